@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/serve"
+	"github.com/spf13/cobra"
+)
+
+// serveFlags mirrors the prototype's flags plus the new ones.
+type serveFlags struct {
+	hosts          []string
+	address        string
+	sshProxyAddr   string
+	sshBackendPort int
+	backupURL      string
+	backupBucket   string
+	backupZone     string
+	debug          bool
+	replicas       int
+	writeQuorum    int
+	publicURL      string
+	adminAddress   string
+	configPath     string
+	healthInterval time.Duration
+	nodeTimeout    time.Duration
+	logFormat      string
+}
+
+func newServeCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy in front of your Charm servers",
+		Long: `Run the proxy: it listens like a Charm server (HTTP 35354, SSH 35353) and
+replicates every file to N of the nodes behind it, acknowledging a write only
+once W of them stored it. Every flag can also be set with CRING_<FLAG>, e.g.
+CRING_HOST=http://a:35354,http://b:35354.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config(cmd)
+			if err != nil {
+				return usageError{err}
+			}
+			log := newLogger(f.logFormat, cfg.Debug)
+			srv, err := serve.New(cfg, log)
+			if err != nil {
+				return usageError{err}
+			}
+			if err := srv.Listen(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return srv.Serve(ctx)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.hosts, "host", nil, "Charm node HTTP URL (repeat for every node)")
+	fl.StringVar(&f.address, "address", config.DefaultAddress, "HTTP listen address")
+	fl.StringVar(&f.sshProxyAddr, "ssh-proxy-address", config.DefaultSSHProxyAddress, "SSH listen address")
+	fl.IntVar(&f.sshBackendPort, "ssh-backend-port", config.DefaultSSHBackendPort, "nodes' SSH port (a --host node's SSH address is its host name plus this port)")
+	fl.StringVar(&f.backupURL, "backup-url", "", "backup target: S3 endpoint URL or file:///dir")
+	fl.StringVar(&f.backupBucket, "backup-bucket", "", "S3 backup bucket")
+	fl.StringVar(&f.backupZone, "backup-zone", config.DefaultBackupZone, "S3 backup region")
+	fl.BoolVar(&f.debug, "debug", false, "debug logging")
+	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N), clamped to the node count")
+	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)")
+	fl.StringVar(&f.publicURL, "public-url", "", "the URL clients use, which the nodes sign tokens for (default: what the nodes announce)")
+	fl.StringVar(&f.adminAddress, "admin-address", config.DefaultAdminAddress, "health and status listen address (/healthz, /readyz, /status)")
+	fl.StringVar(&f.configPath, "config", "", "cring.yaml with per-node settings (name, url, ssh, health, zone)")
+	fl.DurationVar(&f.healthInterval, "health-interval", config.DefaultHealthInterval, "how often every node is probed")
+	fl.DurationVar(&f.nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may take to answer or stall mid-body before it loses the request")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// config merges defaults < cring.yaml < CRING_* env < flags, then validates.
+func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
+	set, err := applyEnv(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	cfg := &config.Config{}
+	if f.configPath != "" {
+		if cfg, err = config.Load(f.configPath); err != nil {
+			return nil, err
+		}
+	}
+	pick := func(name string) bool { return set[name] }
+	if pick("address") || cfg.Address == "" {
+		cfg.Address = f.address
+	}
+	if pick("ssh-proxy-address") || cfg.SSHProxyAddress == "" {
+		cfg.SSHProxyAddress = f.sshProxyAddr
+	}
+	if pick("ssh-backend-port") || cfg.SSHBackendPort == 0 {
+		cfg.SSHBackendPort = f.sshBackendPort
+	}
+	if pick("admin-address") || cfg.AdminAddress == "" {
+		cfg.AdminAddress = f.adminAddress
+	}
+	if pick("replicas") {
+		cfg.Replicas = f.replicas
+	}
+	if pick("write-quorum") {
+		cfg.WriteQuorum = f.writeQuorum
+	}
+	if pick("public-url") || cfg.PublicURL == "" {
+		cfg.PublicURL = f.publicURL
+	}
+	if pick("health-interval") || cfg.HealthInterval == 0 {
+		cfg.HealthInterval = f.healthInterval
+	}
+	if pick("node-timeout") || cfg.NodeTimeout == 0 {
+		cfg.NodeTimeout = f.nodeTimeout
+	}
+	if pick("backup-url") || cfg.Backup.URL == "" {
+		cfg.Backup.URL = f.backupURL
+	}
+	if pick("backup-bucket") || cfg.Backup.Bucket == "" {
+		cfg.Backup.Bucket = f.backupBucket
+	}
+	if pick("backup-zone") || cfg.Backup.Zone == "" {
+		cfg.Backup.Zone = f.backupZone
+	}
+	if pick("debug") {
+		cfg.Debug = f.debug
+	}
+	if pick("replicas") && f.replicas < 1 {
+		return nil, fmt.Errorf("--replicas must be at least 1, got %d", f.replicas)
+	}
+	if pick("write-quorum") && f.writeQuorum < 1 {
+		return nil, fmt.Errorf("--write-quorum must be at least 1, got %d", f.writeQuorum)
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return nil, fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)
+	}
+	for _, h := range f.hosts {
+		n, err := config.NodeFromHost(h, cfg.SSHBackendPort)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Nodes = append(cfg.Nodes, n)
+	}
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func newLogger(format string, debug bool) *slog.Logger {
+	lvl := slog.LevelInfo
+	if debug {
+		lvl = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

@@ -1,0 +1,217 @@
+// Package config holds everything `cring serve` needs to front a cluster, from
+// flags, CRING_* environment variables and an optional cring.yaml, and checks it
+// before anything listens.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults shared by the flags and the config file.
+const (
+	DefaultAddress         = ":35354"
+	DefaultSSHProxyAddress = ":35353"
+	DefaultAdminAddress    = ":35356"
+	DefaultSSHBackendPort  = 35353
+	DefaultReplicas        = 3
+	DefaultWriteQuorum     = 2
+	DefaultBackupZone      = "us-east-1"
+	DefaultHealthInterval  = 2 * time.Second
+	DefaultNodeTimeout     = 30 * time.Second
+)
+
+// Node is one Charm server behind the proxy.
+type Node struct {
+	Name   string `yaml:"name"`
+	URL    string `yaml:"url"`    // HTTP base URL, e.g. http://charm1:35354
+	SSH    string `yaml:"ssh"`    // host:port of its SSH server
+	Health string `yaml:"health"` // URL answering 200 when healthy; empty: check the HTTP API
+	Zone   string `yaml:"zone"`
+}
+
+// Backup is the optional backup target (validated here, used by the backup package).
+type Backup struct {
+	URL    string `yaml:"url"`
+	Bucket string `yaml:"bucket"`
+	Zone   string `yaml:"zone"`
+}
+
+// Config is the proxy's whole configuration.
+type Config struct {
+	Nodes           []Node        `yaml:"nodes"`
+	Replicas        int           `yaml:"replicas"`
+	WriteQuorum     int           `yaml:"write-quorum"`
+	PublicURL       string        `yaml:"public-url"`
+	Address         string        `yaml:"address"`
+	SSHProxyAddress string        `yaml:"ssh-proxy-address"`
+	SSHBackendPort  int           `yaml:"ssh-backend-port"`
+	AdminAddress    string        `yaml:"admin-address"`
+	HealthInterval  time.Duration `yaml:"health-interval"`
+	NodeTimeout     time.Duration `yaml:"node-timeout"`
+	SSHMaxConns     int           `yaml:"ssh-max-conns"`
+	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout"`
+	Backup          Backup        `yaml:"backup"`
+	Debug           bool          `yaml:"debug"`
+}
+
+// Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	var c Config
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// NodeFromHost turns a prototype-style --host URL into a node: its name is the
+// URL's host:port and its SSH address the host name plus sshPort.
+func NodeFromHost(host string, sshPort int) (Node, error) {
+	u, err := parseNodeURL(host)
+	if err != nil {
+		return Node{}, fmt.Errorf("--host %q: %w", host, err)
+	}
+	return Node{
+		Name: u.Host,
+		URL:  host,
+		SSH:  net.JoinHostPort(u.Hostname(), strconv.Itoa(sshPort)),
+	}, nil
+}
+
+func parseNodeURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, errors.New("want an http:// or https:// URL")
+	}
+	if u.Hostname() == "" {
+		return nil, errors.New("missing host")
+	}
+	return u, nil
+}
+
+// Normalize fills defaults and derived values, then validates. The error is
+// one line meant for an operator.
+func (c *Config) Normalize() error {
+	if len(c.Nodes) == 0 {
+		return errors.New("no nodes configured: give --host URL (repeatable) or nodes in --config")
+	}
+	if c.SSHBackendPort == 0 {
+		c.SSHBackendPort = DefaultSSHBackendPort
+	}
+	names := map[string]bool{}
+	urls := map[string]string{}
+	for i := range c.Nodes {
+		n := &c.Nodes[i]
+		u, err := parseNodeURL(n.URL)
+		if err != nil {
+			return fmt.Errorf("node %d (%s): url %q: %w", i+1, n.Name, n.URL, err)
+		}
+		n.URL = strings.TrimRight(n.URL, "/")
+		if n.Name == "" {
+			n.Name = u.Host
+		}
+		if n.SSH == "" {
+			n.SSH = net.JoinHostPort(u.Hostname(), strconv.Itoa(c.SSHBackendPort))
+		}
+		if _, _, err := net.SplitHostPort(n.SSH); err != nil {
+			return fmt.Errorf("node %s: ssh address %q: %w", n.Name, n.SSH, err)
+		}
+		if n.Health != "" {
+			if _, err := parseNodeURL(n.Health); err != nil {
+				return fmt.Errorf("node %s: health url %q: %w", n.Name, n.Health, err)
+			}
+		}
+		if names[n.Name] {
+			return fmt.Errorf("duplicate node name %q", n.Name)
+		}
+		names[n.Name] = true
+		if other, ok := urls[n.URL]; ok {
+			return fmt.Errorf("duplicate node url %s (nodes %s and %s)", n.URL, other, n.Name)
+		}
+		urls[n.URL] = n.Name
+	}
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
+	if c.Replicas < 0 {
+		return fmt.Errorf("replicas must be at least 1, got %d", c.Replicas)
+	}
+	if c.Replicas > len(c.Nodes) {
+		c.Replicas = len(c.Nodes)
+	}
+	if c.WriteQuorum == 0 {
+		c.WriteQuorum = DefaultWriteQuorum
+		if c.Replicas < 2 {
+			c.WriteQuorum = c.Replicas
+		}
+	}
+	if c.WriteQuorum < 1 {
+		return fmt.Errorf("write-quorum must be at least 1, got %d", c.WriteQuorum)
+	}
+	if c.WriteQuorum > c.Replicas {
+		return fmt.Errorf("write-quorum %d is larger than replicas %d (%d nodes)", c.WriteQuorum, c.Replicas, len(c.Nodes))
+	}
+	if c.PublicURL != "" {
+		if _, err := parseNodeURL(c.PublicURL); err != nil {
+			return fmt.Errorf("public-url %q: %w", c.PublicURL, err)
+		}
+	}
+	for _, a := range []struct{ name, v, def string }{
+		{"address", c.Address, DefaultAddress},
+		{"ssh-proxy-address", c.SSHProxyAddress, DefaultSSHProxyAddress},
+		{"admin-address", c.AdminAddress, DefaultAdminAddress},
+	} {
+		v := a.v
+		if v == "" {
+			v = a.def
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%s %q: %w", a.name, v, err)
+		}
+	}
+	if c.Address == "" {
+		c.Address = DefaultAddress
+	}
+	if c.SSHProxyAddress == "" {
+		c.SSHProxyAddress = DefaultSSHProxyAddress
+	}
+	if c.AdminAddress == "" {
+		c.AdminAddress = DefaultAdminAddress
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.NodeTimeout <= 0 {
+		c.NodeTimeout = DefaultNodeTimeout
+	}
+	if c.Backup.URL != "" {
+		if _, err := url.Parse(c.Backup.URL); err != nil {
+			return fmt.Errorf("backup-url %q: %w", c.Backup.URL, err)
+		}
+		if c.Backup.Bucket == "" && !strings.HasPrefix(c.Backup.URL, "file://") {
+			return errors.New("backup-bucket is required when backup-url is an S3 endpoint")
+		}
+	}
+	if c.Backup.Zone == "" {
+		c.Backup.Zone = DefaultBackupZone
+	}
+	return nil
+}

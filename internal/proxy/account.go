@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+
+	charm "github.com/charmbracelet/charm/proto"
+)
+
+// sendAll sends the same small request to nodes concurrently.
+func (p *Proxy) sendAll(ctx context.Context, nodes []int, r *http.Request, method string, body []byte) []outcome {
+	out := make([]outcome, len(nodes))
+	var wg sync.WaitGroup
+	for k, i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[k] = p.send(ctx, i, r, method, body)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// broadcast sends an account update (encrypt key, user name) to every healthy
+// node: stock nodes each keep their own accounts, and any of them may serve
+// this user's next SSH login. Acked at W nodes like a file write.
+func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
+	body, ok := readSmallBody(w, r)
+	if !ok {
+		return
+	}
+	nodes := p.healthyNodes()
+	outs := p.sendAll(r.Context(), nodes, r, r.Method, body)
+	var first *outcome
+	var failed []outcome
+	for k := range outs {
+		if outs[k].ok() {
+			if first == nil {
+				first = &outs[k]
+			}
+			continue
+		}
+		failed = append(failed, outs[k])
+	}
+	stored := len(outs) - len(failed)
+	for _, o := range failed {
+		p.log.Warn("account update failed on node", "node", p.nodes[o.node].Name, "path", r.URL.Path, "outcome", o.String())
+	}
+	if stored >= p.w {
+		relay(w, *first)
+		return
+	}
+	if o, same := sameClientError(failed); stored == 0 && same {
+		relay(w, o)
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+		"account update reached %d of %d nodes, %d required", stored, len(p.nodes), p.w))
+}
+
+// seqQuorums are how many nodes must answer a seq increment and a seq read so
+// that every read and every increment overlaps the last increment's nodes:
+// inc > M/2 makes increments overlap each other, inc+read > M makes reads
+// see them. Together with bringing laggards up to the max, /v1/seq never goes
+// backwards whichever nodes are up (DESIGN invariant 7).
+func (p *Proxy) seqQuorums() (inc, read int) {
+	m := len(p.nodes)
+	inc = max(p.w, m/2+1)
+	return inc, m - inc + 1
+}
+
+// maxCatchUp bounds how many increments bring one lagging node up to date in
+// a single request; a node further behind catches up over several requests.
+const maxCatchUp = 10000
+
+// seq serves GET and POST /v1/seq/:name. Each node keeps its own counter; the
+// answer is the max over the nodes that answered, and every answering node
+// is brought up to that max before the answer leaves. Requests for one
+// user's sequence are serialized in this proxy so two clients never get the
+// same increment.
+func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
+	unlock := p.seqLocks.lock(user + "/" + name)
+	defer unlock()
+	ctx := r.Context()
+	inc, read := p.seqQuorums()
+	need := read
+	if r.Method == http.MethodPost {
+		need = inc
+	}
+	nodes := p.healthyNodes()
+	outs := p.sendAll(ctx, nodes, r, r.Method, nil)
+	vals := map[int]uint64{}
+	var top uint64
+	var failed []outcome
+	for _, o := range outs {
+		v, err := seqValue(o)
+		if err != nil {
+			p.log.Warn("seq failed on node", "node", p.nodes[o.node].Name, "err", err)
+			failed = append(failed, o)
+			continue
+		}
+		vals[o.node] = v
+		top = max(top, v)
+	}
+	if len(vals) == 0 {
+		if o, same := sameClientError(failed); same {
+			relay(w, o)
+			return
+		}
+	}
+	// Bring laggards up so the next request finds the max on any quorum.
+	for i, v := range vals {
+		for n := 0; v < top && n < maxCatchUp; n++ {
+			nv, err := seqValue(p.send(ctx, i, r, http.MethodPost, nil))
+			if err != nil {
+				p.log.Warn("seq catch-up failed", "node", p.nodes[i].Name, "err", err)
+				break
+			}
+			v = nv
+		}
+		if v < top {
+			delete(vals, i)
+		}
+	}
+	if len(vals) < need {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), len(vals)))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(&charm.SeqMsg{Seq: top})
+}
+
+func seqValue(o outcome) (uint64, error) {
+	if !o.ok() {
+		return 0, fmt.Errorf("seq: %s", o.String())
+	}
+	var m charm.SeqMsg
+	if err := json.Unmarshal(o.body, &m); err != nil {
+		return 0, fmt.Errorf("seq: decode %q: %w", o.body, err)
+	}
+	return m.Seq, nil
+}

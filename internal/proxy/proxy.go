@@ -1,0 +1,384 @@
+// Package proxy is the HTTP front door of a cring cluster: it looks like one
+// Charm server to clients and fans requests out to the nodes that hold the data.
+//
+// Routes:
+//   - POST/DELETE /v1/fs/*: streamed to the key's replicas at once, acked at W.
+//   - GET /v1/fs/*: replicas in preference order with failover; directories
+//     are merged from every healthy node.
+//   - POST /v1/encrypt-key, /v1/bio: every healthy node, acked at W.
+//   - /v1/seq/:name: every healthy node, answered with the max (never backwards).
+//   - /v1/public/, /.well-known/: any healthy node, unauthenticated.
+//   - anything else: one healthy node with failover.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cring-dev/cring/internal/auth"
+	"github.com/cring-dev/cring/internal/ring"
+)
+
+// Node is one Charm server's HTTP API.
+type Node struct {
+	Name string
+	URL  *url.URL
+}
+
+// Health is the proxy's view of which nodes are up.
+type Health interface {
+	Healthy(i int) bool
+	MarkDown(i int, err error)
+}
+
+// Verifier checks an Authorization header and returns the charm ID.
+type Verifier interface {
+	Verify(ctx context.Context, header string) (string, error)
+}
+
+// Options configure a Proxy.
+type Options struct {
+	Nodes       []Node
+	Ring        *ring.Ring
+	WriteQuorum int
+	Health      Health
+	Verifier    Verifier
+	Transport   http.RoundTripper
+	Logger      *slog.Logger
+	// StallTimeout bounds how long a node may make no progress reading a
+	// request body or sending a response body before it loses the request.
+	StallTimeout time.Duration
+}
+
+// Proxy serves the Charm HTTP API over a cluster.
+type Proxy struct {
+	nodes     []Node
+	ring      *ring.Ring
+	w         int
+	health    Health
+	verifier  Verifier
+	transport http.RoundTripper
+	log       *slog.Logger
+	stall     time.Duration
+	bufs      sync.Pool
+	seqLocks  keyedMutex
+}
+
+// New checks opts and returns a Proxy.
+func New(o Options) (*Proxy, error) {
+	if len(o.Nodes) == 0 || o.Ring == nil || o.Health == nil || o.Verifier == nil {
+		return nil, errors.New("proxy: nodes, ring, health and verifier are required")
+	}
+	if o.WriteQuorum < 1 || o.WriteQuorum > o.Ring.Replicas() {
+		return nil, fmt.Errorf("proxy: write quorum %d out of range 1..%d", o.WriteQuorum, o.Ring.Replicas())
+	}
+	if o.Transport == nil {
+		o.Transport = http.DefaultTransport
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	p := &Proxy{
+		nodes:     o.Nodes,
+		ring:      o.Ring,
+		w:         o.WriteQuorum,
+		health:    o.Health,
+		verifier:  o.Verifier,
+		transport: o.Transport,
+		log:       o.Logger,
+		stall:     o.StallTimeout,
+	}
+	p.bufs.New = func() any { b := make([]byte, bufSize); return &b }
+	return p, nil
+}
+
+// bufSize is the unit of streaming: memory per request is a few of these.
+const bufSize = 64 << 10
+
+// maxSmallBody caps bodies the proxy must keep to send to several nodes
+// (account calls); Charm itself refuses more than 1 MiB there.
+const maxSmallBody = 1 << 20
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rid := r.Header.Get("X-Request-Id")
+	if rid == "" || len(rid) > 128 {
+		rid = newRequestID()
+		r.Header.Set("X-Request-Id", rid)
+	}
+	w.Header().Set("X-Request-Id", rid)
+
+	if isPublic(r.URL.Path) {
+		p.forwardOne(w, r, nil)
+		return
+	}
+	user, err := p.verifier.Verify(r.Context(), r.Header.Get("Authorization"))
+	if err != nil {
+		var ae *auth.Error
+		if errors.As(err, &ae) {
+			writeError(w, http.StatusUnauthorized, ae.Reason)
+			return
+		}
+		p.log.Error("cannot verify token", "err", err, "request_id", rid)
+		writeError(w, http.StatusServiceUnavailable, "cannot verify token: no node answered for the key set")
+		return
+	}
+
+	switch rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/"); {
+	case isFS && r.Method == http.MethodPost:
+		p.write(w, r, placementKey(user, rest))
+	case isFS && r.Method == http.MethodDelete:
+		p.write(w, r, placementKey(user, rest))
+	case isFS && r.Method == http.MethodGet:
+		p.read(w, r, placementKey(user, rest))
+	case r.Method == http.MethodPost && (r.URL.Path == "/v1/encrypt-key" || r.URL.Path == "/v1/bio"):
+		p.broadcast(w, r)
+	case strings.HasPrefix(r.URL.Path, "/v1/seq/") && (r.Method == http.MethodGet || r.Method == http.MethodPost):
+		p.seq(w, r, user, strings.TrimPrefix(r.URL.Path, "/v1/seq/"))
+	default:
+		body, ok := readSmallBody(w, r)
+		if !ok {
+			return
+		}
+		p.forwardOne(w, r, body)
+	}
+}
+
+func isPublic(p string) bool {
+	return strings.HasPrefix(p, "/v1/public/") || strings.HasPrefix(p, "/.well-known/")
+}
+
+// placementKey is DESIGN invariant 1: charmID + "/" + cleaned path.
+func placementKey(user, rest string) string {
+	return user + "/" + strings.TrimPrefix(path.Clean("/"+rest), "/")
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// writeError answers like Charm does: JSON {"message": ...}.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Message string `json:"message"`
+	}{msg})
+}
+
+// readSmallBody reads a body that must be replayable (sent to several nodes
+// or retried), refusing more than maxSmallBody.
+func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxSmallBody+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+		return nil, false
+	}
+	if len(b) > maxSmallBody {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body larger than 1 MiB")
+		return nil, false
+	}
+	return b, true
+}
+
+// hopHeaders are connection-level headers a proxy must not forward (RFC 9110 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		dst[k] = append([]string(nil), vv...)
+	}
+	for _, f := range src["Connection"] {
+		for _, k := range strings.Split(f, ",") {
+			dst.Del(strings.TrimSpace(k))
+		}
+	}
+	for _, k := range hopHeaders {
+		dst.Del(k)
+	}
+}
+
+// newNodeRequest builds the request to node i for the client's request r,
+// same method, path, query and headers (the token is passed on untouched).
+func (p *Proxy) newNodeRequest(ctx context.Context, i int, r *http.Request, method string, body io.Reader) (*http.Request, error) {
+	u := *p.nodes[i].URL
+	u.Path = strings.TrimRight(u.Path, "/") + r.URL.Path
+	if r.URL.RawPath != "" {
+		u.RawPath = strings.TrimRight(u.EscapedPath(), "/") + r.URL.RawPath
+	}
+	u.RawQuery = r.URL.RawQuery
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("build request for %s: %w", p.nodes[i].Name, err)
+	}
+	copyHeader(req.Header, r.Header)
+	req.Host = u.Host
+	return req, nil
+}
+
+// outcome is one node's answer to one request, its body kept only when small.
+type outcome struct {
+	node   int
+	status int // 0: no HTTP answer
+	header http.Header
+	body   []byte
+	err    error
+}
+
+func (o *outcome) ok() bool { return o.err == nil && o.status >= 200 && o.status <= 299 }
+
+func (o *outcome) String() string {
+	if o.err != nil {
+		return o.err.Error()
+	}
+	return http.StatusText(o.status)
+}
+
+// send does one small request to node i and keeps the answer.
+func (p *Proxy) send(ctx context.Context, i int, r *http.Request, method string, body []byte) outcome {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := p.newNodeRequest(ctx, i, r, method, rd)
+	if err != nil {
+		return outcome{node: i, err: err}
+	}
+	if body != nil {
+		req.ContentLength = int64(len(body))
+	}
+	resp, err := p.transport.RoundTrip(req)
+	if err != nil {
+		p.nodeFailed(ctx, i, err)
+		return outcome{node: i, err: fmt.Errorf("%s %s on %s: %w", method, r.URL.Path, p.nodes[i].Name, err)}
+	}
+	return p.keep(ctx, i, resp)
+}
+
+// keep reads a small answer and closes it.
+func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response) outcome {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallBody))
+	if err != nil {
+		p.nodeFailed(ctx, i, err)
+		return outcome{node: i, err: fmt.Errorf("read answer from %s: %w", p.nodes[i].Name, err)}
+	}
+	return outcome{node: i, status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// nodeFailed marks a node down after a transport failure, unless the failure
+// is only the client going away.
+func (p *Proxy) nodeFailed(ctx context.Context, i int, err error) {
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, errClientGone) {
+		return
+	}
+	p.health.MarkDown(i, err)
+}
+
+var errClientGone = errors.New("client went away")
+
+// relay writes a kept outcome to the client.
+func relay(w http.ResponseWriter, o outcome) {
+	copyHeader(w.Header(), o.header)
+	w.Header().Del("Content-Length")
+	w.WriteHeader(o.status)
+	_, _ = w.Write(o.body)
+}
+
+// stream copies a node's response to the client without holding it, giving
+// up when the node stalls for longer than the stall timeout.
+func (p *Proxy) stream(w http.ResponseWriter, resp *http.Response, cancel context.CancelCauseFunc) error {
+	copyHeader(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	bp := p.bufs.Get().(*[]byte)
+	defer p.bufs.Put(bp)
+	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
+	defer t.Stop()
+	buf := *bp
+	for {
+		n, err := resp.Body.Read(buf)
+		t.Reset(p.stall)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return errClientGone
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+var errStalled = errors.New("node stalled")
+
+// healthyNodes lists nodes believed up, in configured order.
+func (p *Proxy) healthyNodes() []int {
+	out := make([]int, 0, len(p.nodes))
+	for i := range p.nodes {
+		if p.health.Healthy(i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// keyedMutex serializes work per key without growing with the keys ever seen.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*refMutex
+}
+
+type refMutex struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*refMutex{}
+	}
+	m, ok := k.locks[key]
+	if !ok {
+		m = &refMutex{}
+		k.locks[key] = m
+	}
+	m.refs++
+	k.mu.Unlock()
+	m.Lock()
+	return func() {
+		m.Unlock()
+		k.mu.Lock()
+		m.refs--
+		if m.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	charm "github.com/charmbracelet/charm/proto"
+)
+
+// maxListing caps one node's directory listing held for merging.
+const maxListing = 64 << 20
+
+// read serves GET /v1/fs/*: replicas in preference order (known-down nodes
+// skipped), failing over on errors and 404 until one has it. A directory
+// answer switches to merging every healthy node's listing.
+//
+// A 404 is only answered when fewer than W nodes could not be asked: any
+// acknowledged file is on at least W nodes, so at least one of them answered
+// (DESIGN invariant 6). Otherwise the answer is 503, never a false 404.
+func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
+	ctx := r.Context()
+	pref := p.ring.Preference(key)
+	asked := make([]bool, len(p.nodes))
+	unreachable := 0
+	var notFound *outcome
+	for _, i := range pref {
+		if !p.health.Healthy(i) {
+			unreachable++
+			continue
+		}
+		asked[i] = true
+		nctx, cancel := context.WithCancelCause(ctx)
+		req, err := p.newNodeRequest(nctx, i, r, http.MethodGet, nil)
+		if err != nil {
+			cancel(nil)
+			unreachable++
+			continue
+		}
+		resp, err := p.transport.RoundTrip(req)
+		if err != nil {
+			cancel(nil)
+			p.nodeFailed(ctx, i, err)
+			p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "err", err)
+			unreachable++
+			continue
+		}
+		if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+			if isJSON(resp.Header) {
+				p.mergeListing(w, r, i, resp, asked, unreachable)
+				cancel(nil)
+				return
+			}
+			err := p.stream(w, resp, cancel)
+			resp.Body.Close()
+			cancel(nil)
+			if err != nil && err != errClientGone {
+				// Headers are gone: the only honest signal left is to
+				// abort the connection so the client sees a short read.
+				p.nodeFailed(ctx, i, err)
+				p.log.Warn("read aborted mid-body", "node", p.nodes[i].Name, "key", key, "err", err)
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+		o := p.keep(ctx, i, resp)
+		cancel(nil)
+		if o.status == http.StatusNotFound {
+			if notFound == nil {
+				notFound = &o
+			}
+			continue
+		}
+		p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "status", o.status)
+		unreachable++
+	}
+	if notFound != nil && unreachable < p.w {
+		relay(w, *notFound)
+		return
+	}
+	if notFound != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"not found on the %d nodes that answered, but %d nodes that may hold it are unreachable", len(p.nodes)-unreachable, unreachable))
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("no replica could answer: %d of %d nodes unreachable", unreachable, len(p.nodes)))
+}
+
+func isJSON(h http.Header) bool {
+	return strings.HasPrefix(h.Get("Content-Type"), "application/json")
+}
+
+// mergeListing answers a directory GET with the union of every healthy
+// node's listing: by name, newest modtime wins. first is the listing that
+// showed the path is a directory; nodes already asked that had no such
+// directory contribute nothing.
+func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, resp *http.Response, asked []bool, unreachable int) {
+	ctx := r.Context()
+	mode := resp.Header.Get("X-File-Mode")
+	type listing struct {
+		node int
+		dir  *charm.FileInfo
+		err  error
+	}
+	dir, err := decodeListing(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		p.nodeFailed(ctx, first, err)
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("listing from %s: %v", p.nodes[first].Name, err))
+		return
+	}
+	lists := []*charm.FileInfo{dir}
+
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range p.nodes {
+		if asked[i] {
+			continue
+		}
+		if !p.health.Healthy(i) {
+			continue // already counted unreachable during the walk
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := p.send(ctx, i, r, http.MethodGet, nil)
+			var d *charm.FileInfo
+			ok := o.ok() && isJSON(o.header)
+			if ok {
+				if d, err = decodeListing(bytes.NewReader(o.body)); err != nil {
+					ok = false
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case ok:
+				lists = append(lists, d)
+			case o.status == http.StatusNotFound:
+			default:
+				unreachable++
+			}
+		}()
+	}
+	wg.Wait()
+	if unreachable >= p.w {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", unreachable, len(p.nodes), p.w-1))
+		return
+	}
+	merged := mergeDirs(lists)
+	w.Header().Set("Content-Type", "application/json")
+	if mode != "" {
+		w.Header().Set("X-File-Mode", mode)
+	}
+	_ = json.NewEncoder(w).Encode(merged)
+}
+
+func decodeListing(rd io.Reader) (*charm.FileInfo, error) {
+	d := &charm.FileInfo{}
+	if err := json.NewDecoder(io.LimitReader(rd, maxListing)).Decode(d); err != nil {
+		return nil, fmt.Errorf("decode listing: %w", err)
+	}
+	return d, nil
+}
+
+// mergeDirs unions listings by entry name; the newest modtime wins.
+func mergeDirs(lists []*charm.FileInfo) *charm.FileInfo {
+	out := *lists[0]
+	byName := map[string]charm.FileInfo{}
+	var newest time.Time
+	for _, l := range lists {
+		if l.ModTime.After(newest) {
+			newest = l.ModTime
+		}
+		for _, f := range l.Files {
+			if cur, ok := byName[f.Name]; !ok || f.ModTime.After(cur.ModTime) {
+				byName[f.Name] = f
+			}
+		}
+	}
+	out.ModTime = newest
+	out.Files = make([]charm.FileInfo, 0, len(byName))
+	for _, f := range byName {
+		out.Files = append(out.Files, f)
+	}
+	sort.Slice(out.Files, func(a, b int) bool { return out.Files[a].Name < out.Files[b].Name })
+	return &out
+}

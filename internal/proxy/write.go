@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// targets picks the nodes a write goes to: the first N healthy nodes of the
+// key's preference list (replicas, then handoffs in order when a replica is
+// known down: a sloppy quorum). When fewer than N are believed healthy, the
+// rest are filled with down nodes in preference order: a stale down mark must
+// not fail a write that could succeed.
+func (p *Proxy) targets(pref []int) []int {
+	n := p.ring.Replicas()
+	out := make([]int, 0, n)
+	for _, i := range pref {
+		if len(out) == n {
+			return out
+		}
+		if p.health.Healthy(i) {
+			out = append(out, i)
+		}
+	}
+	for _, i := range pref {
+		if len(out) == n {
+			break
+		}
+		if !p.health.Healthy(i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// replica is one node's copy of a streamed request body.
+type replica struct {
+	node    int
+	pr      *io.PipeReader
+	pw      *io.PipeWriter
+	in      chan []byte
+	done    chan error
+	dead    bool
+	sentAll bool
+}
+
+func (rp *replica) kill(err error) {
+	rp.dead = true
+	rp.pw.CloseWithError(err)
+}
+
+// feed writes chunks into the pipe the node's request reads from; it runs in
+// its own goroutine so one slow node can be timed out without blocking others.
+func (rp *replica) feed() {
+	for chunk := range rp.in {
+		_, err := rp.pw.Write(chunk)
+		rp.done <- err
+	}
+}
+
+// write fans a POST or DELETE of /v1/fs/* out to the key's replicas with the
+// body streamed to all of them at once, and acks only at W 2xx answers from
+// nodes that received the whole body (DESIGN invariants 2 and 3).
+func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
+	ctx := r.Context()
+	pref := p.ring.Preference(key)
+	targets := p.targets(pref)
+	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+
+	// Deletes also go to every other healthy node, so a copy left on a
+	// handoff by an earlier sloppy write can't come back; only the
+	// replicas' answers count toward the quorum.
+	var extra []int
+	if r.Method == http.MethodDelete {
+		in := map[int]bool{}
+		for _, i := range targets {
+			in[i] = true
+		}
+		for _, i := range p.healthyNodes() {
+			if !in[i] {
+				extra = append(extra, i)
+			}
+		}
+	}
+
+	results := make(chan outcome, len(targets)+len(extra))
+	reps := make([]*replica, len(targets))
+	for k, i := range targets {
+		var body io.Reader
+		if hasBody {
+			pr, pw := io.Pipe()
+			rp := &replica{node: i, pr: pr, pw: pw, in: make(chan []byte, 1), done: make(chan error, 1)}
+			reps[k] = rp
+			body = pr
+			go rp.feed()
+		}
+		go func() { results <- p.roundTrip(ctx, i, r, body, reps[k]) }()
+	}
+	for _, i := range extra {
+		go func() { results <- p.roundTrip(ctx, i, r, nil, nil) }()
+	}
+
+	var bodyErr error
+	if hasBody {
+		bodyErr = p.pump(ctx, r.Body, reps)
+	} else {
+		for _, rp := range reps {
+			if rp != nil {
+				rp.sentAll = true
+			}
+		}
+	}
+
+	byNode := map[int]outcome{}
+	for range len(targets) + len(extra) {
+		o := <-results
+		byNode[o.node] = o
+	}
+	if bodyErr != nil {
+		p.log.Warn("write aborted: client body failed", "key", key, "err", bodyErr, "request_id", r.Header.Get("X-Request-Id"))
+		writeError(w, http.StatusBadRequest, "read request body: "+bodyErr.Error())
+		return
+	}
+
+	var first *outcome
+	stored := 0
+	var failed []outcome
+	for k, i := range targets {
+		o := byNode[i]
+		if o.ok() && (reps[k] == nil || reps[k].sentAll) {
+			stored++
+			if first == nil {
+				first = &o
+			}
+			continue
+		}
+		if o.ok() {
+			o = outcome{node: i, err: errors.New("answered before receiving the whole body")}
+		}
+		failed = append(failed, o)
+	}
+	for _, o := range failed {
+		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", key, "outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
+	}
+	if stored >= p.w {
+		relay(w, *first)
+		return
+	}
+	if o, same := sameClientError(failed); stored == 0 && same {
+		// Every replica refused the request itself (say 404 missing user,
+		// 413 too large): answer as a single Charm server would.
+		relay(w, o)
+		return
+	}
+	verb := "stored"
+	if r.Method == http.MethodDelete {
+		verb = "deleted"
+	}
+	writeError(w, http.StatusServiceUnavailable,
+		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, stored, len(targets), p.w))
+}
+
+// sameClientError reports whether every outcome is the same 4xx answer.
+func sameClientError(os []outcome) (outcome, bool) {
+	if len(os) == 0 {
+		return outcome{}, false
+	}
+	for _, o := range os {
+		if o.err != nil || o.status < 400 || o.status > 499 || o.status != os[0].status {
+			return outcome{}, false
+		}
+	}
+	return os[0], true
+}
+
+// roundTrip sends one replica's request and keeps its (small) answer. When the
+// node answers or fails before taking the whole body, its pipe is closed so
+// the pump stops feeding it.
+func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.Reader, rp *replica) outcome {
+	req, err := p.newNodeRequest(ctx, i, r, r.Method, body)
+	if err != nil {
+		if rp != nil {
+			rp.pr.CloseWithError(err)
+		}
+		return outcome{node: i, err: err}
+	}
+	if body != nil {
+		req.ContentLength = r.ContentLength
+	} else {
+		req.ContentLength = 0
+		req.Header.Del("Content-Length")
+	}
+	resp, err := p.transport.RoundTrip(req)
+	if rp != nil {
+		rp.pr.CloseWithError(errAnswered)
+	}
+	if err != nil {
+		p.nodeFailed(ctx, i, err)
+		return outcome{node: i, err: fmt.Errorf("%s %s to %s: %w", r.Method, r.URL.Path, p.nodes[i].Name, err)}
+	}
+	return p.keep(ctx, i, resp)
+}
+
+var errAnswered = errors.New("node answered")
+
+// pump reads the client's body once and hands every chunk to each live
+// replica, waiting for all of them before reusing the buffer, so memory stays
+// one buffer per request whatever the file size. A replica that takes no
+// chunk within the stall timeout is dropped; the others carry on. The
+// returned error is the client's (a failed body fails every replica).
+func (p *Proxy) pump(ctx context.Context, src io.Reader, reps []*replica) error {
+	bp := p.bufs.Get().(*[]byte)
+	buf := *bp
+	defer func() {
+		for _, rp := range reps {
+			close(rp.in)
+		}
+	}()
+	timer := time.NewTimer(p.stall)
+	defer timer.Stop()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if dropped := p.broadcastChunk(buf[:n], reps, timer); dropped {
+				// A dropped node's pipe may still be copying from buf:
+				// never reuse it.
+				buf = make([]byte, bufSize)
+				bp = nil
+			}
+		}
+		if rerr == io.EOF {
+			for _, rp := range reps {
+				if !rp.dead {
+					rp.sentAll = true
+					rp.pw.Close()
+				}
+			}
+			break
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				rerr = errClientGone
+			}
+			for _, rp := range reps {
+				if !rp.dead {
+					rp.kill(rerr)
+				}
+			}
+			if bp != nil {
+				p.bufs.Put(bp)
+			}
+			return rerr
+		}
+	}
+	if bp != nil {
+		p.bufs.Put(bp)
+	}
+	return nil
+}
+
+// broadcastChunk gives chunk to every live replica and waits until each took
+// it, failed, or stalled past the timeout. It reports whether any replica was
+// dropped while it might still hold chunk.
+func (p *Proxy) broadcastChunk(chunk []byte, reps []*replica, timer *time.Timer) bool {
+	live := 0
+	for _, rp := range reps {
+		if !rp.dead {
+			rp.in <- chunk
+			live++
+		}
+	}
+	if live == 0 {
+		return false
+	}
+	timer.Reset(p.stall)
+	expired := false
+	dropped := false
+	for _, rp := range reps {
+		if rp.dead {
+			continue
+		}
+		if expired {
+			select {
+			case err := <-rp.done:
+				if err != nil {
+					rp.kill(err)
+				}
+			default:
+				rp.kill(errStalled)
+				dropped = true
+			}
+			continue
+		}
+		select {
+		case err := <-rp.done:
+			if err != nil {
+				rp.kill(err)
+			}
+		case <-timer.C:
+			expired = true
+			rp.kill(errStalled)
+			dropped = true
+		}
+	}
+	timer.Stop() // Go 1.23+ timers: no stale value to drain after Stop
+	return dropped
+}

@@ -1,0 +1,312 @@
+// Package serve assembles a running cring proxy from a config: the HTTP front
+// door, the SSH front door, health checks and the admin endpoints.
+package serve
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cring-dev/cring/internal/auth"
+	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/health"
+	"github.com/cring-dev/cring/internal/proxy"
+	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/sshproxy"
+	jose "gopkg.in/square/go-jose.v2"
+)
+
+// Server is a configured proxy, listening once Listen returns.
+type Server struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	transport *http.Transport
+	health    *health.Checker
+	verifier  *auth.Verifier
+	proxy     *proxy.Proxy
+	ssh       *sshproxy.Proxy
+	admin     *http.ServeMux
+
+	httpLn, sshLn, adminLn net.Listener
+}
+
+// New builds a server from a normalized config. Nothing listens yet.
+func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log}
+	s.transport = &http.Transport{
+		Proxy:                 nil, // nodes are reached directly, never via HTTP_PROXY
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   128,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.NodeTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		WriteBufferSize:       64 << 10,
+		ReadBufferSize:        64 << 10,
+	}
+
+	rnodes := make([]ring.Node, len(cfg.Nodes))
+	pnodes := make([]proxy.Node, len(cfg.Nodes))
+	targets := make([]health.Target, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		u, err := url.Parse(n.URL)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone}
+		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
+		hu := n.Health
+		if hu == "" {
+			hu = n.URL + "/v1/public/jwks"
+		}
+		targets[i] = health.Target{Name: n.Name, URL: hu}
+	}
+	rg, err := ring.New(rnodes, cfg.Replicas)
+	if err != nil {
+		return nil, fmt.Errorf("build ring: %w", err)
+	}
+	s.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: log})
+	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
+	s.proxy, err = proxy.New(proxy.Options{
+		Nodes:        pnodes,
+		Ring:         rg,
+		WriteQuorum:  cfg.WriteQuorum,
+		Health:       s.health,
+		Verifier:     s.verifier,
+		Transport:    s.transport,
+		Logger:       log,
+		StallTimeout: cfg.NodeTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.ssh = &sshproxy.Proxy{
+		Backends:    s.sshBackends,
+		IdleTimeout: cfg.SSHIdleTimeout,
+		MaxConns:    cfg.SSHMaxConns,
+		Logger:      log,
+		OnDialError: func(addr string, err error) {
+			for i, n := range cfg.Nodes {
+				if n.SSH == addr {
+					s.health.MarkDown(i, fmt.Errorf("ssh dial %s: %w", addr, err))
+				}
+			}
+		},
+		OnConnect: func(addr string, failover bool) {
+			if failover {
+				log.Warn("ssh failed over", "backend", addr)
+			}
+		},
+	}
+	s.admin = http.NewServeMux()
+	s.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.admin.HandleFunc("GET /readyz", s.handleReady)
+	s.admin.HandleFunc("GET /status", s.handleStatus)
+	return s, nil
+}
+
+// sshBackends is the SSH primary order as addresses.
+func (s *Server) sshBackends() []string {
+	var out []string
+	for _, i := range s.primaryOrder() {
+		out = append(out, s.cfg.Nodes[i].SSH)
+	}
+	return out
+}
+
+// fetchKeys asks healthy nodes, in order, for the key set and issuer.
+func (s *Server) fetchKeys(ctx context.Context) (*jose.JSONWebKeySet, string, error) {
+	var errs []error
+	for _, i := range s.primaryOrder() {
+		n := s.cfg.Nodes[i]
+		set := &jose.JSONWebKeySet{}
+		if err := s.getJSON(ctx, n.URL+"/v1/public/jwks", set); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var oidc struct {
+			Issuer string `json:"issuer"`
+		}
+		if err := s.getJSON(ctx, n.URL+"/.well-known/openid-configuration", &oidc); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return set, oidc.Issuer, nil
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+// primaryOrder is healthy nodes in configured order, then the rest: SSH's
+// sticky primary is its first entry, and a failed dial moves to the next.
+func (s *Server) primaryOrder() []int {
+	var up, down []int
+	for i := range s.cfg.Nodes {
+		if s.health.Healthy(i) {
+			up = append(up, i)
+		} else {
+			down = append(down, i)
+		}
+	}
+	return append(up, down...)
+}
+
+func (s *Server) getJSON(ctx context.Context, u string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.transport.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: %s", u, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", u, err)
+	}
+	return nil
+}
+
+// Listen opens the three listeners; a port in use fails here, before serving.
+func (s *Server) Listen() error {
+	var err error
+	if s.httpLn, err = net.Listen("tcp", s.cfg.Address); err != nil {
+		return fmt.Errorf("listen http %s: %w", s.cfg.Address, err)
+	}
+	if s.sshLn, err = net.Listen("tcp", s.cfg.SSHProxyAddress); err != nil {
+		s.httpLn.Close()
+		return fmt.Errorf("listen ssh %s: %w", s.cfg.SSHProxyAddress, err)
+	}
+	if s.adminLn, err = net.Listen("tcp", s.cfg.AdminAddress); err != nil {
+		s.httpLn.Close()
+		s.sshLn.Close()
+		return fmt.Errorf("listen admin %s: %w", s.cfg.AdminAddress, err)
+	}
+	return nil
+}
+
+// Addrs are the bound addresses (useful with port 0).
+func (s *Server) Addrs() (httpAddr, sshAddr, adminAddr string) {
+	return s.httpLn.Addr().String(), s.sshLn.Addr().String(), s.adminLn.Addr().String()
+}
+
+// Serve runs until ctx ends, then shuts down gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hs := &http.Server{
+		Handler:           s.proxy,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	as := &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second}
+
+	go func() {
+		if err := s.verifier.Prime(ctx); err != nil {
+			s.log.Warn("no node answered for the key set yet; will retry on the first request", "err", err)
+			return
+		}
+		if d := s.verifier.DiscoveredIssuer(); s.cfg.PublicURL != "" && d != "" && d != s.cfg.PublicURL {
+			s.log.Warn("nodes sign tokens for a different public URL than --public-url: clients will get 401",
+				"nodes", d, "public_url", s.cfg.PublicURL)
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.health.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := as.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.ssh.Serve(ctx, s.sshLn); err != nil {
+			errc <- fmt.Errorf("ssh: %w", err)
+		}
+	}()
+	s.log.Info("cring serving", "http", s.httpLn.Addr().String(), "ssh", s.sshLn.Addr().String(),
+		"admin", s.adminLn.Addr().String(), "nodes", len(s.cfg.Nodes), "replicas", s.cfg.Replicas, "write_quorum", s.cfg.WriteQuorum)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	_ = hs.Shutdown(sctx)
+	_ = as.Shutdown(sctx)
+	wg.Wait()
+	s.transport.CloseIdleConnections()
+	return err
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	up := s.health.HealthyCount()
+	ready := up >= s.cfg.WriteQuorum
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, map[string]any{
+		"ready":    ready,
+		"healthy":  up,
+		"required": s.cfg.WriteQuorum,
+		"nodes":    s.health.Snapshot(),
+	})
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"nodes":          s.health.Snapshot(),
+		"replicas":       s.cfg.Replicas,
+		"write_quorum":   s.cfg.WriteQuorum,
+		"ssh_active":     s.ssh.Active(),
+		"peak_rss_bytes": peakRSS(),
+	})
+}
+
+// peakRSS is this process's peak resident set size (Linux reports KiB).
+func peakRSS() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Maxrss * 1024
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
