@@ -32,11 +32,11 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
 	unreachable := 0
 	var notFound *outcome
 	for _, i := range pref {
+		asked[i] = true // asked or counted unreachable: merging skips it
 		if !p.health.Healthy(i) {
 			unreachable++
 			continue
 		}
-		asked[i] = true
 		nctx, cancel := context.WithCancelCause(ctx)
 		req, err := p.newNodeRequest(nctx, i, r, http.MethodGet, nil)
 		if err != nil {
@@ -125,7 +125,8 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 			continue
 		}
 		if !p.health.Healthy(i) {
-			continue // already counted unreachable during the walk
+			unreachable++
+			continue
 		}
 		wg.Add(1)
 		go func() {
