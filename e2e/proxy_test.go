@@ -302,8 +302,19 @@ func kvSet(t *testing.T, u *user, db, k, v string) {
 	if err := d.Sync(); err != nil {
 		t.Fatalf("kv sync: %v", err)
 	}
-	if err := d.Set([]byte(k), []byte(v)); err != nil {
-		t.Fatalf("kv set %s: %v", k, err)
+	txn, err := d.NewTransaction(true)
+	if err != nil {
+		t.Fatalf("kv txn: %v", err)
+	}
+	if err := txn.Set([]byte(k), []byte(v)); err != nil {
+		t.Fatal(err)
+	}
+	// Not kv.Set: it commits asynchronously and uploads the backup at once,
+	// so a slow machine can upload a backup without the write (a charm kv
+	// race, reproducible on a single stock server). A nil callback commits
+	// synchronously; the proxy sees the same seq, listing and upload calls.
+	if err := d.Commit(txn, nil); err != nil {
+		t.Fatalf("kv commit %s: %v", k, err)
 	}
 }
 

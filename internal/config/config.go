@@ -74,7 +74,9 @@ func Load(path string) (*Config, error) {
 	dec := yaml.NewDecoder(f)
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("parse config %s: %w", path, err)
+		// yaml lists problems on several lines; the operator gets one.
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+		return nil, fmt.Errorf("parse config %s: %s", path, msg)
 	}
 	return &c, nil
 }
@@ -95,11 +97,8 @@ func NodeFromHost(host string, sshPort int) (Node, error) {
 
 func parseNodeURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
-	if err != nil {
-		return nil, err
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, errors.New("want an http:// or https:// URL")
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, errors.New("want an http:// or https:// URL like http://charm1:35354")
 	}
 	if u.Hostname() == "" {
 		return nil, errors.New("missing host")

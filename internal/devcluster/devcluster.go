@@ -11,6 +11,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -94,7 +96,9 @@ func New(dir string, o Options) (*Cluster, error) {
 	return c, nil
 }
 
-// FreePorts returns n currently free TCP ports on host.
+// FreePorts returns n currently free TCP ports on host. They are drawn
+// below Linux's ephemeral range (32768+), so the outgoing connections of a
+// busy test can't take a port between this check and the server's listen.
 func FreePorts(host string, n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
@@ -103,13 +107,17 @@ func FreePorts(host string, n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("find free port: none free in 20000-32767")
+		}
+		p := 20000 + rand.IntN(12768)
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
 		if err != nil {
-			return nil, fmt.Errorf("find free port: %w", err)
+			continue
 		}
 		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }
@@ -169,6 +177,9 @@ func (c *Cluster) Start(ctx context.Context, n *Node) error {
 	cfg.PublicURL = c.PublicURL
 	cfg.EnableMetrics = false
 	cfg = cfg.WithKeys(c.PublicKey, c.PrivateKey)
+	// Without an error logger charm's SSH server borrows charmbracelet/log's
+	// global one, racing with other nodes logging through it.
+	cfg = cfg.WithErrorLogger(stdlog.New(os.Stderr, n.Name+" ", stdlog.LstdFlags))
 	if err := os.MkdirAll(filepath.Join(n.DataDir, "db"), 0o700); err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}

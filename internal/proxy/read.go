@@ -135,7 +135,8 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 			var d *charm.FileInfo
 			ok := o.ok() && isJSON(o.header)
 			if ok {
-				if d, err = decodeListing(bytes.NewReader(o.body)); err != nil {
+				var derr error
+				if d, derr = decodeListing(bytes.NewReader(o.body)); derr != nil {
 					ok = false
 				}
 			}

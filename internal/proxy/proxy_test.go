@@ -1,0 +1,991 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	charm "github.com/charmbracelet/charm/proto"
+
+	"github.com/cring-dev/cring/internal/auth"
+	"github.com/cring-dev/cring/internal/ring"
+)
+
+// These tests drive the proxy against fake nodes that imitate the Charm HTTP
+// API only to produce failure shapes real servers can't (stalls, lies,
+// resets, garbage). Happy paths against real Charm servers live elsewhere.
+
+const (
+	stallTimeout  = 300 * time.Millisecond
+	headerTimeout = 2 * time.Second // the node transport's ResponseHeaderTimeout, as in serve
+	clientTimeout = 10 * time.Second
+	user          = "u1"
+	goodToken     = "bearer good"
+)
+
+// --- test doubles for Health and Verifier ---
+
+type stubHealth struct {
+	mu   sync.Mutex
+	up   []bool
+	down []int // MarkDown calls, in order
+}
+
+func (h *stubHealth) Healthy(i int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.up[i]
+}
+
+func (h *stubHealth) MarkDown(i int, _ error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.down = append(h.down, i)
+}
+
+func (h *stubHealth) set(i int, up bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.up[i] = up
+}
+
+// markedDown returns the distinct nodes MarkDown was called for, sorted.
+func (h *stubHealth) markedDown() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := slices.Clone(h.down)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+type stubVerifier struct{}
+
+func (stubVerifier) Verify(_ context.Context, header string) (string, error) {
+	if header == goodToken {
+		return user, nil
+	}
+	return "", &auth.Error{Reason: "bad token"}
+}
+
+// --- fake Charm node ---
+
+// hook intercepts a request to a fake node; it reports whether it answered.
+type hook func(f *fake, w http.ResponseWriter, r *http.Request) bool
+
+type entry struct {
+	data    []byte
+	mode    string
+	modtime time.Time
+	dir     *charm.FileInfo // set for a directory
+}
+
+type fake struct {
+	srv   *httptest.Server
+	quit  chan struct{} // released at cleanup: unblocks stalled handlers
+	once  sync.Once
+	reqs  atomic.Int64 // every request received
+	got   atomic.Int64 // fs POST body bytes read
+	ended chan error   // how each fs POST body read ended
+
+	mu    sync.Mutex
+	hook  hook
+	files map[string]entry
+	seq   map[string]uint64
+}
+
+func newFake(t *testing.T) *fake {
+	t.Helper()
+	f := &fake{
+		quit:  make(chan struct{}),
+		ended: make(chan error, 16),
+		files: map[string]entry{},
+		seq:   map[string]uint64{},
+	}
+	f.srv = httptest.NewUnstartedServer(f)
+	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	f.srv.Start()
+	t.Cleanup(f.srv.Close)
+	t.Cleanup(f.release) // runs before Close
+	return f
+}
+
+func (f *fake) release() { f.once.Do(func() { close(f.quit) }) }
+
+// block holds a handler until the test ends or the connection's context is done.
+func (f *fake) block(r *http.Request) {
+	select {
+	case <-f.quit:
+	case <-r.Context().Done():
+	}
+}
+
+func (f *fake) setHook(h hook) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hook = h
+}
+
+func (f *fake) put(p string, e entry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.files[p] = e
+}
+
+func (f *fake) file(p string) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.files[p]
+	return e.data, ok
+}
+
+func (f *fake) setSeq(name string, v uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seq[name] = v
+}
+
+func (f *fake) seqOf(name string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.seq[name]
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func replyJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func message(s string) any { return map[string]string{"message": s} }
+
+func (f *fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.reqs.Add(1)
+	f.mu.Lock()
+	h := f.hook
+	f.mu.Unlock()
+	if h != nil && h(f, w, r) {
+		return
+	}
+	p, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/")
+	switch {
+	case isFS && r.Method == http.MethodPost:
+		data, err := io.ReadAll(countingReader{r.Body, &f.got})
+		select {
+		case f.ended <- err:
+		default:
+		}
+		if err != nil {
+			return
+		}
+		f.put(p, entry{data: data, mode: r.URL.Query().Get("mode"), modtime: time.Now()})
+	case isFS && r.Method == http.MethodGet:
+		f.mu.Lock()
+		e, ok := f.files[p]
+		f.mu.Unlock()
+		switch {
+		case !ok:
+			replyJSON(w, http.StatusNotFound, message("file not found"))
+		case e.dir != nil:
+			replyJSON(w, http.StatusOK, e.dir)
+		default:
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("X-File-Mode", e.mode)
+			w.Header().Set("Last-Modified", e.modtime.UTC().Format(http.TimeFormat))
+			_, _ = w.Write(e.data)
+		}
+	case isFS && r.Method == http.MethodDelete:
+		f.mu.Lock()
+		delete(f.files, p)
+		f.mu.Unlock()
+	case strings.HasPrefix(r.URL.Path, "/v1/seq/"):
+		name := strings.TrimPrefix(r.URL.Path, "/v1/seq/")
+		f.mu.Lock()
+		if r.Method == http.MethodPost {
+			f.seq[name]++
+		}
+		v := f.seq[name]
+		f.mu.Unlock()
+		replyJSON(w, http.StatusOK, charm.SeqMsg{Seq: v})
+	case r.URL.Path == "/v1/encrypt-key":
+	default:
+		replyJSON(w, http.StatusNotFound, message("not found"))
+	}
+}
+
+// --- failure shapes ---
+
+// shape configures one fake node; nil leaves it well behaved.
+type shape func(f *fake)
+
+func refuse(f *fake) { f.srv.Close() } // its URL now refuses connections
+
+func with(h hook) shape { return func(f *fake) { f.setHook(h) } }
+
+// onPost intercepts only fs POSTs.
+func onPost(fn func(f *fake, w http.ResponseWriter, r *http.Request)) shape {
+	return with(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/v1/fs/") {
+			return false
+		}
+		fn(f, w, r)
+		return true
+	})
+}
+
+func hijack(w http.ResponseWriter) net.Conn {
+	c, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+var (
+	// missingUser: the node has no account for the user (Charm's 404).
+	missingUser = onPost(func(_ *fake, w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		replyJSON(w, http.StatusNotFound, message("missing user for id"))
+	})
+	// stall reads part of the body, then neither reads nor answers.
+	stall = onPost(func(f *fake, _ http.ResponseWriter, r *http.Request) {
+		_, _ = io.CopyN(io.Discard, r.Body, 256<<10)
+		f.block(r)
+	})
+	// silent reads the whole body and never answers.
+	silent = onPost(func(f *fake, _ http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		f.block(r)
+	})
+	// lie answers 200 at once without reading the body.
+	lie = onPost(func(_ *fake, w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	})
+	// reset reads part of the body, then resets the connection.
+	reset = onPost(func(_ *fake, w http.ResponseWriter, r *http.Request) {
+		_, _ = io.CopyN(io.Discard, r.Body, 256<<10)
+		c := hijack(w)
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	})
+	// garbage answers bytes that are not HTTP and hangs up.
+	garbage = onPost(func(_ *fake, w http.ResponseWriter, _ *http.Request) {
+		c := hijack(w)
+		_, _ = c.Write([]byte("\x00\x17 this is not HTTP \xff\r\n\r\n"))
+		_ = c.Close()
+	})
+)
+
+// --- cluster harness ---
+
+type cluster struct {
+	t      *testing.T
+	fakes  []*fake
+	health *stubHealth
+	p      *Proxy
+	url    string
+	client *http.Client
+}
+
+// newCluster starts len(shapes) fake nodes (node1..nodeN), a ring with N=3
+// and a proxy with write quorum w in front of them.
+func newCluster(t *testing.T, w int, shapes ...shape) *cluster {
+	t.Helper()
+	c := &cluster{t: t, health: &stubHealth{up: make([]bool, len(shapes))}}
+	var rnodes []ring.Node
+	var pnodes []Node
+	for i := range shapes {
+		f := newFake(t)
+		c.fakes = append(c.fakes, f)
+		c.health.up[i] = true
+		name := fmt.Sprintf("node%d", i+1)
+		u, _ := url.Parse(f.srv.URL)
+		rnodes = append(rnodes, ring.Node{Name: name})
+		pnodes = append(pnodes, Node{Name: name, URL: u})
+	}
+	rg, err := ring.New(rnodes, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{ResponseHeaderTimeout: headerTimeout, DisableCompression: true}
+	p, err := New(Options{
+		Nodes: pnodes, Ring: rg, WriteQuorum: w, Health: c.health, Verifier: stubVerifier{},
+		Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StallTimeout: stallTimeout,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.p = p
+	srv := httptest.NewUnstartedServer(p)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.Start()
+	c.url = srv.URL
+	ctr := &http.Transport{}
+	c.client = &http.Client{Timeout: clientTimeout, Transport: ctr}
+	// Cleanups run last-registered first: release stalled fakes, stop the
+	// proxy, drop idle connections, then the fakes' own cleanups.
+	t.Cleanup(func() { tr.CloseIdleConnections(); ctr.CloseIdleConnections() })
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		for _, f := range c.fakes {
+			f.release()
+		}
+	})
+	for i, s := range shapes {
+		if s != nil {
+			s(c.fakes[i])
+		}
+	}
+	return c
+}
+
+// pref is the key's preference list as the proxy computes it.
+func (c *cluster) pref(p string) []int { return c.p.ring.Preference(placementKey(user, p)) }
+
+type result struct {
+	status int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+// message decodes a Charm-style JSON error body.
+func (r result) message() string {
+	var m struct{ Message string }
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		return fmt.Sprintf("<not JSON: %q>", r.body)
+	}
+	return m.Message
+}
+
+func (c *cluster) do(ctx context.Context, method, p, token, ctype string, body io.Reader) result {
+	req, err := http.NewRequestWithContext(ctx, method, c.url+p, body)
+	if err != nil {
+		return result{err: err}
+	}
+	if token != "" {
+		req.Header.Set("Authorization", token)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return result{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return result{status: resp.StatusCode, header: resp.Header, body: b, err: err}
+}
+
+// call does an authenticated request and fails the test on transport errors.
+func (c *cluster) call(method, p string, body []byte, ctype string) result {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	r := c.do(context.Background(), method, p, goodToken, ctype, rd)
+	if r.err != nil {
+		c.t.Fatalf("%s %s: %v", method, p, r.err)
+	}
+	return r
+}
+
+func (c *cluster) upload(p string, body []byte, ctype string) result {
+	c.t.Helper()
+	return c.call(http.MethodPost, "/v1/fs/"+p+"?mode=420", body, ctype)
+}
+
+// multipartBody wraps size random bytes in a Charm-style upload (field "data").
+func multipartBody(t *testing.T, size int, seed uint64) ([]byte, string) {
+	t.Helper()
+	content := make([]byte, size)
+	_, _ = rand.NewChaCha8([32]byte{byte(seed)}).Read(content)
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, err := mw.CreateFormFile("data", "data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fw.Write(content)
+	if err := mw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+// --- 1. write quorum ---
+
+func TestWriteQuorum(t *testing.T) {
+	const quorumFail = "stored on 1 of 3 replicas, 2 required"
+	tests := []struct {
+		name    string
+		shapes  []shape
+		status  int
+		message string // for non-2xx answers
+		down    []int  // nodes that must be marked down
+	}{
+		{"all healthy", []shape{nil, nil, nil}, 200, "", nil},
+		{"one refuses", []shape{refuse, nil, nil}, 200, "", []int{0}},
+		{"two refuse", []shape{nil, refuse, refuse}, 503, quorumFail, []int{1, 2}},
+		{"one missing user", []shape{nil, missingUser, nil}, 200, "", nil},
+		{"two missing user", []shape{missingUser, nil, missingUser}, 503, quorumFail, nil},
+		{"all missing user", []shape{missingUser, missingUser, missingUser}, 404, "missing user for id", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, tt.shapes...)
+			body, ctype := multipartBody(t, 64<<10, 1)
+			r := c.upload("notes/a", body, ctype)
+			if r.status != tt.status {
+				t.Fatalf("status %d, want %d (body %q)", r.status, tt.status, r.body)
+			}
+			if tt.message != "" {
+				if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+					t.Errorf("Content-Type %q, want JSON", ct)
+				}
+				if got := r.message(); got != tt.message {
+					t.Errorf("message %q, want %q", got, tt.message)
+				}
+			}
+			for i, f := range c.fakes {
+				data, ok := f.file("notes/a")
+				if want := tt.shapes[i] == nil; ok != want {
+					t.Errorf("node%d stored=%v, want %v", i+1, ok, want)
+				} else if ok && !bytes.Equal(data, body) {
+					t.Errorf("node%d stored %d bytes that differ from the %d sent", i+1, len(data), len(body))
+				}
+			}
+			// Only transport failures mark a node down; an HTTP answer means it is up.
+			if got := c.health.markedDown(); !slices.Equal(got, tt.down) {
+				t.Errorf("MarkDown for %v, want %v", got, tt.down)
+			}
+		})
+	}
+}
+
+// --- 2 and 10. failure shapes while streaming a large body ---
+
+func TestWriteFailureShapes(t *testing.T) {
+	base := runtime.NumGoroutine()
+	const quorumFail = "stored on 1 of 3 replicas, 2 required"
+	const stallBug = "BUG: write.go: a replica dropped for stalling keeps its node request alive: " +
+		"kill only closes the pipe, the transport stays blocked writing to the node's full socket, " +
+		"roundTrip never returns and write waits for it (write.go:119) until the client gives up"
+	tests := []struct {
+		name   string
+		shapes []shape
+		status int
+		within time.Duration
+		bug    string
+	}{
+		{"staller dropped", []shape{stall, nil, nil}, 200, 5 * time.Second, stallBug},
+		{"silent after body", []shape{nil, silent, nil}, 200, headerTimeout + 3*time.Second, ""},
+		{"liar", []shape{nil, nil, lie}, 200, 5 * time.Second, ""},
+		{"two liars", []shape{lie, nil, lie}, 503, 5 * time.Second, ""},
+		{"reset", []shape{nil, reset, nil}, 200, 5 * time.Second, ""},
+		{"two resets", []shape{reset, reset, nil}, 503, 5 * time.Second, ""},
+		{"garbage", []shape{garbage, nil, nil}, 200, 5 * time.Second, ""},
+		{"two garbage", []shape{nil, garbage, garbage}, 503, 5 * time.Second, ""},
+		{"staller and liar", []shape{stall, lie, nil}, 503, 5 * time.Second, stallBug},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.bug != "" {
+				t.Skip(tt.bug)
+			}
+			c := newCluster(t, 2, tt.shapes...)
+			body, ctype := multipartBody(t, 8<<20, 2)
+			start := time.Now()
+			r := c.upload("big/file", body, ctype)
+			if d := time.Since(start); d > tt.within {
+				t.Errorf("write took %v, want under %v", d, tt.within)
+			}
+			if r.status != tt.status {
+				t.Fatalf("status %d, want %d (body %q)", r.status, tt.status, r.body)
+			}
+			if tt.status == 503 && r.message() != quorumFail {
+				t.Errorf("message %q, want %q", r.message(), quorumFail)
+			}
+			for i, f := range c.fakes {
+				data, ok := f.file("big/file")
+				if want := tt.shapes[i] == nil; ok != want {
+					t.Errorf("node%d stored=%v, want %v", i+1, ok, want)
+				} else if ok && !bytes.Equal(data, body) {
+					t.Errorf("node%d stored %d bytes that differ from the %d sent", i+1, len(data), len(body))
+				}
+			}
+			// The proxy is still up and serves the surviving copy.
+			g := c.call(http.MethodGet, "/v1/fs/big/file", nil, "")
+			if g.status != 200 || !bytes.Equal(g.body, body) {
+				t.Errorf("follow-up GET: status %d, %d bytes (want 200, %d bytes)", g.status, len(g.body), len(body))
+			}
+		})
+	}
+	checkGoroutines(t, base)
+}
+
+// checkGoroutines waits up to 2 s for the goroutine count to settle back near base.
+func checkGoroutines(t *testing.T, base int) {
+	t.Helper()
+	const slack = 3
+	deadline := time.Now().Add(2 * time.Second)
+	n := runtime.NumGoroutine()
+	for n > base+slack && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	if n > base+slack {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("goroutines: %d at start, %d after the servers closed\n%s", base, n, buf)
+	}
+}
+
+// --- 3. client disconnect mid-upload ---
+
+func TestClientDisconnectMidUpload(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	body, ctype := multipartBody(t, 8<<20, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write(body[:len(body)/2]) // half, then nothing more
+	}()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url+"/v1/fs/big/cut?mode=420", pr)
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Authorization", goodToken)
+	req.Header.Set("Content-Type", ctype)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("got an answer: %s", resp.Status)
+		}
+		done <- err
+	}()
+
+	// Wait until every node is receiving the body, then hang up.
+	waitFor(t, 5*time.Second, "every node receives part of the body", func() bool {
+		for _, f := range c.fakes {
+			if f.got.Load() < 1<<20 {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	_ = pw.CloseWithError(errors.New("client gone"))
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("client request ended with %v, want context canceled", err)
+	}
+	for i, f := range c.fakes {
+		select {
+		case err := <-f.ended:
+			if err == nil {
+				t.Errorf("node%d read a complete body", i+1)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("node%d still reading the body 2s after the client left", i+1)
+		}
+		if _, ok := f.file("big/cut"); ok {
+			t.Errorf("node%d stored a file from a cut upload", i+1)
+		}
+	}
+	small, sctype := multipartBody(t, 1024, 4)
+	if r := c.upload("small", small, sctype); r.status != 200 {
+		t.Errorf("proxy after disconnect: status %d (%q)", r.status, r.body)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// --- 4. auth at the edge ---
+
+func TestBadTokenNeverReachesNodes(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	body, ctype := multipartBody(t, 1024, 5)
+	reqs := []struct{ method, path string }{
+		{http.MethodPost, "/v1/fs/notes/a?mode=420"},
+		{http.MethodGet, "/v1/fs/notes/a"},
+		{http.MethodDelete, "/v1/fs/notes/a"},
+		{http.MethodPost, "/v1/seq/kv"},
+		{http.MethodGet, "/v1/seq/kv"},
+		{http.MethodPost, "/v1/encrypt-key"},
+		{http.MethodGet, "/v1/news"},
+	}
+	for _, token := range []string{"bearer bad", ""} {
+		for _, rq := range reqs {
+			r := c.do(context.Background(), rq.method, rq.path, token, ctype, bytes.NewReader(body))
+			if r.err != nil {
+				t.Fatalf("%s %s: %v", rq.method, rq.path, r.err)
+			}
+			if r.status != http.StatusUnauthorized || r.message() != "bad token" {
+				t.Errorf("%s %s with %q: %d %q, want 401 \"bad token\"", rq.method, rq.path, token, r.status, r.body)
+			}
+		}
+	}
+	for i, f := range c.fakes {
+		if n := f.reqs.Load(); n != 0 {
+			t.Errorf("node%d got %d requests from unauthenticated clients", i+1, n)
+		}
+	}
+}
+
+// --- 5. read failover ---
+
+func TestReadFailover(t *testing.T) {
+	fail500 := with(func(_ *fake, w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet {
+			return false
+		}
+		replyJSON(w, http.StatusInternalServerError, message("boom"))
+		return true
+	})
+	const p = "docs/report"
+	modtime := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	tests := []struct {
+		name  string
+		first func(c *cluster, f *fake, i int) // breaks the first node of the preference list
+		asked bool                             // whether that node is still asked
+	}{
+		{"404", func(_ *cluster, f *fake, _ int) { f.mu.Lock(); delete(f.files, p); f.mu.Unlock() }, true},
+		{"500", func(_ *cluster, f *fake, _ int) { fail500(f) }, true},
+		{"refused", func(_ *cluster, f *fake, _ int) { refuse(f) }, false},
+		{"known down", func(c *cluster, _ *fake, i int) { c.health.set(i, false) }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			pref := c.pref(p)
+			for k, i := range pref {
+				c.fakes[i].put(p, entry{data: []byte(fmt.Sprintf("copy %d", k)), mode: "420", modtime: modtime})
+			}
+			tt.first(c, c.fakes[pref[0]], pref[0])
+			r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+			if r.status != 200 || string(r.body) != "copy 1" {
+				t.Fatalf("got %d %q, want 200 \"copy 1\" from the second node", r.status, r.body)
+			}
+			for h, want := range map[string]string{
+				"Content-Type":  "application/octet-stream",
+				"X-File-Mode":   "420",
+				"Last-Modified": modtime.Format(http.TimeFormat),
+			} {
+				if got := r.header.Get(h); got != want {
+					t.Errorf("%s = %q, want %q", h, got, want)
+				}
+			}
+			if n := c.fakes[pref[0]].reqs.Load(); (n > 0) != tt.asked {
+				t.Errorf("first node got %d requests, asked should be %v", n, tt.asked)
+			}
+			if n := c.fakes[pref[2]].reqs.Load(); n != 0 {
+				t.Errorf("third node got %d requests though the second had the file", n)
+			}
+		})
+	}
+}
+
+// --- 6. the 404 rule ---
+
+func TestReadNotFoundRule(t *testing.T) {
+	const p = "docs/missing"
+	tests := []struct {
+		name    string
+		setup   func(c *cluster, pref []int)
+		status  int
+		message string
+	}{
+		{"missing everywhere", func(*cluster, []int) {}, 404, "file not found"},
+		{"missing on two, one known down", func(c *cluster, pref []int) {
+			c.health.set(pref[0], false)
+			c.fakes[pref[0]].put(p, entry{data: []byte("x")}) // down nodes may hold it: that does not matter here
+		}, 404, "file not found"},
+		{"missing on the only healthy node", func(c *cluster, pref []int) {
+			for _, i := range pref[:2] {
+				c.health.set(i, false)
+				c.fakes[i].put(p, entry{data: []byte("x")})
+			}
+		}, 503, ""},
+		{"missing on one, two refuse", func(c *cluster, pref []int) {
+			refuse(c.fakes[pref[0]])
+			refuse(c.fakes[pref[2]])
+		}, 503, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			pref := c.pref(p)
+			tt.setup(c, pref)
+			r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+			if r.status != tt.status {
+				t.Fatalf("status %d %q, want %d", r.status, r.body, tt.status)
+			}
+			if tt.message != "" && r.message() != tt.message {
+				t.Errorf("message %q, want %q", r.message(), tt.message)
+			}
+			for i, f := range c.fakes {
+				if !c.health.Healthy(i) && f.reqs.Load() != 0 {
+					t.Errorf("node%d is known down but was asked", i+1)
+				}
+			}
+		})
+	}
+}
+
+// --- 7. directory listings ---
+
+func TestListingMerge(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	t1 := t0.Add(time.Hour)
+	fi := func(name string, size int64, mt time.Time) charm.FileInfo {
+		return charm.FileInfo{Name: name, Size: size, ModTime: mt, Mode: 0o600}
+	}
+	dir := func(files ...charm.FileInfo) entry {
+		return entry{dir: &charm.FileInfo{Name: "kv", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700, Files: files}}
+	}
+	listings := []entry{
+		dir(fi("b", 1, t0), fi("a", 1, t0)),
+		dir(fi("c", 1, t0), fi("b", 2, t1)), // newer b
+		dir(fi("d", 1, t0)),
+	}
+	check := func(t *testing.T, r result, want []charm.FileInfo) {
+		t.Helper()
+		if r.status != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
+			t.Fatalf("got %d %s %q, want 200 JSON", r.status, r.header.Get("Content-Type"), r.body)
+		}
+		var got charm.FileInfo
+		if err := json.Unmarshal(r.body, &got); err != nil {
+			t.Fatal(err)
+		}
+		if !got.IsDir || len(got.Files) != len(want) {
+			t.Fatalf("listing %+v, want files %+v", got, want)
+		}
+		for k := range want {
+			g, w := got.Files[k], want[k]
+			if g.Name != w.Name || g.Size != w.Size || !g.ModTime.Equal(w.ModTime) {
+				t.Errorf("file %d = %+v, want %+v", k, g, w)
+			}
+		}
+	}
+
+	t.Run("three listings", func(t *testing.T) {
+		c := newCluster(t, 2, nil, nil, nil)
+		for i, l := range listings {
+			c.fakes[i].put("kv", l)
+		}
+		check(t, c.call(http.MethodGet, "/v1/fs/kv", nil, ""),
+			[]charm.FileInfo{fi("a", 1, t0), fi("b", 2, t1), fi("c", 1, t0), fi("d", 1, t0)})
+	})
+	t.Run("one node without the dir", func(t *testing.T) {
+		c := newCluster(t, 2, nil, nil, nil)
+		c.fakes[0].put("kv", listings[0])
+		c.fakes[1].put("kv", listings[1])
+		check(t, c.call(http.MethodGet, "/v1/fs/kv", nil, ""),
+			[]charm.FileInfo{fi("a", 1, t0), fi("b", 2, t1), fi("c", 1, t0)})
+	})
+	// Known-down nodes count once toward the W-1 that may be missing,
+	// whether the walk met them before or after the first listing.
+	for _, tt := range []struct {
+		name string
+		down []int            // positions in the key's preference list
+		want []charm.FileInfo // nil: 503
+	}{
+		{"one known down before the first listing", []int{0}, []charm.FileInfo{fi("b", 2, t1), fi("c", 1, t0), fi("d", 1, t0)}},
+		{"one known down after the first listing", []int{2}, []charm.FileInfo{fi("a", 1, t0), fi("b", 2, t1), fi("c", 1, t0)}},
+		{"two known down", []int{0, 2}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			pref := c.pref("kv")
+			for k, i := range pref {
+				c.fakes[i].put("kv", listings[k])
+			}
+			for _, k := range tt.down {
+				c.health.set(pref[k], false)
+			}
+			r := c.call(http.MethodGet, "/v1/fs/kv", nil, "")
+			if tt.want == nil {
+				if r.status != 503 {
+					t.Errorf("status %d %q, want 503", r.status, r.body)
+				}
+				return
+			}
+			check(t, r, tt.want)
+		})
+	}
+	t.Run("two unreachable", func(t *testing.T) {
+		c := newCluster(t, 2, nil, refuse, refuse)
+		c.fakes[0].put("kv", listings[0])
+		if r := c.call(http.MethodGet, "/v1/fs/kv", nil, ""); r.status != 503 {
+			t.Errorf("status %d %q, want 503 for an incomplete listing", r.status, r.body)
+		}
+	})
+	t.Run("mergeDirs", func(t *testing.T) {
+		got := mergeDirs([]*charm.FileInfo{listings[2].dir, listings[1].dir, listings[0].dir})
+		want := []string{"a", "b", "c", "d"}
+		var names []string
+		for _, f := range got.Files {
+			names = append(names, f.Name)
+			if f.Name == "b" && (f.Size != 2 || !f.ModTime.Equal(t1)) {
+				t.Errorf("b = %+v, want the newer entry", f)
+			}
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("names %v, want %v", names, want)
+		}
+	})
+}
+
+// --- 8. seq ---
+
+func TestSeq(t *testing.T) {
+	seqOf := func(t *testing.T, r result) uint64 {
+		t.Helper()
+		var m charm.SeqMsg
+		if r.status != 200 || json.Unmarshal(r.body, &m) != nil {
+			t.Fatalf("got %d %q, want 200 {\"seq\":N}", r.status, r.body)
+		}
+		return m.Seq
+	}
+	start := func(t *testing.T, shapes ...shape) *cluster {
+		c := newCluster(t, 2, shapes...)
+		for i, v := range []uint64{5, 3, 7} {
+			c.fakes[i].setSeq("kv", v)
+		}
+		return c
+	}
+
+	t.Run("post returns max+1 and catches laggards up", func(t *testing.T) {
+		c := start(t, nil, nil, nil)
+		if got := seqOf(t, c.call(http.MethodPost, "/v1/seq/kv", nil, "")); got != 8 {
+			t.Errorf("POST = %d, want 8", got)
+		}
+		for i, f := range c.fakes {
+			if v := f.seqOf("kv"); v < 8 {
+				t.Errorf("node%d counter %d, want >= 8", i+1, v)
+			}
+		}
+	})
+	t.Run("get returns the max", func(t *testing.T) {
+		c := start(t, nil, nil, nil)
+		if got := seqOf(t, c.call(http.MethodGet, "/v1/seq/kv", nil, "")); got != 7 {
+			t.Errorf("GET = %d, want 7", got)
+		}
+	})
+	t.Run("two down", func(t *testing.T) {
+		c := start(t, refuse, nil, refuse)
+		for _, m := range []string{http.MethodPost, http.MethodGet} {
+			if r := c.call(m, "/v1/seq/kv", nil, ""); r.status != 503 {
+				t.Errorf("%s with 2 of 3 down: %d %q, want 503", m, r.status, r.body)
+			}
+		}
+	})
+	t.Run("concurrent posts never repeat", func(t *testing.T) {
+		c := newCluster(t, 2, nil, nil, nil)
+		const n = 20
+		vals := make([]uint64, n)
+		var wg sync.WaitGroup
+		for k := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := c.do(context.Background(), http.MethodPost, "/v1/seq/kv", goodToken, "", nil)
+				var m charm.SeqMsg
+				if r.err != nil || r.status != 200 || json.Unmarshal(r.body, &m) != nil {
+					t.Errorf("POST: %v %d %q", r.err, r.status, r.body)
+				}
+				vals[k] = m.Seq
+			}()
+		}
+		wg.Wait()
+		slices.Sort(vals)
+		for k, v := range vals {
+			if v != uint64(k+1) {
+				t.Fatalf("values %v, want 1..%d each once", vals, n)
+			}
+		}
+	})
+}
+
+// --- 9. a node stalling mid-response ---
+
+func TestReadStallMidBody(t *testing.T) {
+	const p = "docs/slow"
+	c := newCluster(t, 2, nil, nil, nil)
+	pref := c.pref(p)
+	for _, i := range pref {
+		c.fakes[i].put(p, entry{data: bytes.Repeat([]byte("x"), 1<<20), mode: "420", modtime: time.Now()})
+	}
+	c.fakes[pref[0]].setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.URL.Path != "/v1/fs/"+p {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", fmt.Sprint(1<<20))
+		_, _ = w.Write(make([]byte, 64<<10))
+		_ = http.NewResponseController(w).Flush()
+		f.block(r)
+		return true
+	})
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodGet, c.url+"/v1/fs/"+p, nil)
+	req.Header.Set("Authorization", goodToken)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read %d bytes, ended with %v; want the connection aborted", n, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("aborted after %v, want within 2s", d)
+	}
+	// Still serving.
+	small, ctype := multipartBody(t, 1024, 6)
+	if r := c.upload("docs/other", small, ctype); r.status != 200 {
+		t.Errorf("proxy after a stalled read: %d %q", r.status, r.body)
+	}
+}
