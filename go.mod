@@ -5,6 +5,8 @@ go 1.26.8
 require (
 	github.com/charmbracelet/charm v0.12.6
 	github.com/charmbracelet/keygen v0.4.2
+	github.com/charmbracelet/lipgloss v0.7.1
+	github.com/charmbracelet/log v0.2.2
 	github.com/dgraph-io/badger/v3 v3.2103.2
 	github.com/golang-jwt/jwt/v4 v4.5.0
 	github.com/google/uuid v1.3.0
@@ -28,8 +30,6 @@ require (
 	github.com/cespare/xxhash/v2 v2.2.0 // indirect
 	github.com/charmbracelet/bubbles v0.15.0 // indirect
 	github.com/charmbracelet/bubbletea v0.23.2 // indirect
-	github.com/charmbracelet/lipgloss v0.7.1 // indirect
-	github.com/charmbracelet/log v0.2.2 // indirect
 	github.com/charmbracelet/ssh v0.0.0-20221117183211-483d43d97103 // indirect
 	github.com/charmbracelet/wish v1.1.1 // indirect
 	github.com/containerd/console v1.0.3 // indirect

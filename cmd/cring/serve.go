@@ -32,6 +32,7 @@ type serveFlags struct {
 	healthInterval time.Duration
 	nodeTimeout    time.Duration
 	logFormat      string
+	accounts       string
 }
 
 func newServeCmd() *cobra.Command {
@@ -79,6 +80,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.healthInterval, "health-interval", config.DefaultHealthInterval, "how often every node is probed")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may take to answer or stall mid-body before it loses the request")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
 }
 
@@ -130,6 +132,9 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("backup-zone") || cfg.Backup.Zone == "" {
 		cfg.Backup.Zone = f.backupZone
+	}
+	if pick("accounts") || cfg.Accounts == "" {
+		cfg.Accounts = f.accounts
 	}
 	if pick("debug") {
 		cfg.Debug = f.debug

@@ -29,6 +29,12 @@ const (
 	DefaultNodeTimeout     = 30 * time.Second
 )
 
+// Account store modes.
+const (
+	AccountsPerNode = "per-node"
+	AccountsShared  = "shared"
+)
+
 // Node is one Charm server behind the proxy.
 type Node struct {
 	Name   string `yaml:"name"`
@@ -59,8 +65,11 @@ type Config struct {
 	NodeTimeout     time.Duration `yaml:"node-timeout"`
 	SSHMaxConns     int           `yaml:"ssh-max-conns"`
 	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout"`
-	Backup          Backup        `yaml:"backup"`
-	Debug           bool          `yaml:"debug"`
+	// Accounts says where nodes keep accounts: "per-node" (stock nodes, each
+	// its own sqlite) or "shared" (one store every node uses).
+	Accounts string `yaml:"accounts"`
+	Backup   Backup `yaml:"backup"`
+	Debug    bool   `yaml:"debug"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
@@ -200,6 +209,13 @@ func (c *Config) Normalize() error {
 	}
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = DefaultNodeTimeout
+	}
+	switch c.Accounts {
+	case "":
+		c.Accounts = AccountsPerNode
+	case AccountsPerNode, AccountsShared:
+	default:
+		return fmt.Errorf("accounts must be %q or %q, got %q", AccountsPerNode, AccountsShared, c.Accounts)
 	}
 	if c.Backup.URL != "" {
 		if _, err := url.Parse(c.Backup.URL); err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/charmbracelet/charm/server"
+	"github.com/charmbracelet/charm/server/db"
 	"github.com/charmbracelet/charm/server/db/sqlite"
 	"github.com/charmbracelet/keygen"
 	"github.com/google/uuid"
@@ -34,6 +35,9 @@ type Options struct {
 	Nodes     int
 	PublicURL string // the URL the nodes sign tokens for: the proxy's
 	Host      string // bind host, default 127.0.0.1
+	// SharedAccounts makes every node use one sqlite account store, so a
+	// user created through any node exists on all of them.
+	SharedAccounts bool
 }
 
 // Cluster is a set of in-process Charm servers.
@@ -44,6 +48,8 @@ type Cluster struct {
 	PrivateKey []byte // PEM
 	KeyPath    string // the shared charm_server_ed25519
 	Nodes      []*Node
+
+	shared db.DB // the one account store when Options.SharedAccounts
 }
 
 // Node is one Charm server.
@@ -78,6 +84,12 @@ func New(dir string, o Options) (*Cluster, error) {
 		PublicKey:  kp.RawAuthorizedKey(),
 		PrivateKey: kp.RawPrivateKey(),
 		KeyPath:    filepath.Join(dir, ".ssh", "charm_server_ed25519"),
+	}
+	if o.SharedAccounts {
+		if err := os.MkdirAll(filepath.Join(dir, "accounts"), 0o700); err != nil {
+			return nil, fmt.Errorf("accounts dir: %w", err)
+		}
+		c.shared = sqlite.NewDB(filepath.Join(dir, "accounts", sqlite.DbName))
 	}
 	for i := range o.Nodes {
 		ports, err := FreePorts(o.Host, 3)
@@ -120,6 +132,29 @@ func FreePorts(host string, n int) ([]int, error) {
 		ports = append(ports, p)
 	}
 	return ports, nil
+}
+
+// FreePortRange returns the first of n consecutive free ports on host,
+// drawn like FreePorts.
+func FreePortRange(host string, n int) (int, error) {
+	for range 1000 {
+		base := 20000 + rand.IntN(12768-n)
+		var lns []net.Listener
+		for p := base; p < base+n; p++ {
+			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+			if err != nil {
+				break
+			}
+			lns = append(lns, l)
+		}
+		for _, l := range lns {
+			l.Close()
+		}
+		if len(lns) == n {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("find %d consecutive free ports: none in 20000-32767", n)
 }
 
 // HTTPURL is the node's HTTP API base URL.
@@ -177,6 +212,9 @@ func (c *Cluster) Start(ctx context.Context, n *Node) error {
 	cfg.PublicURL = c.PublicURL
 	cfg.EnableMetrics = false
 	cfg = cfg.WithKeys(c.PublicKey, c.PrivateKey)
+	if c.shared != nil {
+		cfg = cfg.WithDB(keepOpen{c.shared})
+	}
 	// Without an error logger charm's SSH server borrows charmbracelet/log's
 	// global one, racing with other nodes logging through it.
 	cfg = cfg.WithErrorLogger(stdlog.New(os.Stderr, n.Name+" ", stdlog.LstdFlags))
@@ -218,8 +256,18 @@ func (c *Cluster) Close() error {
 	for _, n := range c.Nodes {
 		errs = append(errs, c.Stop(n))
 	}
+	if c.shared != nil {
+		errs = append(errs, c.shared.Close())
+		c.shared = nil
+	}
 	return errors.Join(errs...)
 }
+
+// keepOpen shares one account store between nodes: a node stopping (charm
+// closes its DB on Close) must not close it for the others.
+type keepOpen struct{ db.DB }
+
+func (keepOpen) Close() error { return nil }
 
 func waitHTTP(ctx context.Context, u string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -58,6 +58,9 @@ type Options struct {
 	Verifier    Verifier
 	Transport   http.RoundTripper
 	Logger      *slog.Logger
+	// SharedAccounts: every node reads and writes one account store, so
+	// account calls go to a single node and seq needs no merging.
+	SharedAccounts bool
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
@@ -73,6 +76,7 @@ type Proxy struct {
 	transport http.RoundTripper
 	log       *slog.Logger
 	stall     time.Duration
+	shared    bool
 	bufs      sync.Pool
 	seqLocks  keyedMutex
 }
@@ -103,6 +107,7 @@ func New(o Options) (*Proxy, error) {
 		transport: o.Transport,
 		log:       o.Logger,
 		stall:     o.StallTimeout,
+		shared:    o.SharedAccounts,
 	}
 	p.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	return p, nil
@@ -146,9 +151,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.write(w, r, placementKey(user, rest))
 	case isFS && r.Method == http.MethodGet:
 		p.read(w, r, placementKey(user, rest))
-	case r.Method == http.MethodPost && (r.URL.Path == "/v1/encrypt-key" || r.URL.Path == "/v1/bio"):
+	case !p.shared && r.Method == http.MethodPost && (r.URL.Path == "/v1/encrypt-key" || r.URL.Path == "/v1/bio"):
 		p.broadcast(w, r)
-	case strings.HasPrefix(r.URL.Path, "/v1/seq/") && (r.Method == http.MethodGet || r.Method == http.MethodPost):
+	case !p.shared && strings.HasPrefix(r.URL.Path, "/v1/seq/") && (r.Method == http.MethodGet || r.Method == http.MethodPost):
 		p.seq(w, r, user, strings.TrimPrefix(r.URL.Path, "/v1/seq/"))
 	default:
 		body, ok := readSmallBody(w, r)

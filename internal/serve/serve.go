@@ -78,14 +78,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	s.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: log})
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
 	s.proxy, err = proxy.New(proxy.Options{
-		Nodes:        pnodes,
-		Ring:         rg,
-		WriteQuorum:  cfg.WriteQuorum,
-		Health:       s.health,
-		Verifier:     s.verifier,
-		Transport:    s.transport,
-		Logger:       log,
-		StallTimeout: cfg.NodeTimeout,
+		Nodes:          pnodes,
+		Ring:           rg,
+		WriteQuorum:    cfg.WriteQuorum,
+		Health:         s.health,
+		Verifier:       s.verifier,
+		Transport:      s.transport,
+		Logger:         log,
+		StallTimeout:   cfg.NodeTimeout,
+		SharedAccounts: cfg.Accounts == config.AccountsShared,
 	})
 	if err != nil {
 		return nil, err
@@ -116,6 +117,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	s.admin.HandleFunc("GET /status", s.handleStatus)
 	return s, nil
 }
+
+// HandleAdmin adds a route to the admin server (before Serve).
+func (s *Server) HandleAdmin(pattern string, h http.HandlerFunc) { s.admin.HandleFunc(pattern, h) }
 
 // sshBackends is the SSH primary order as addresses.
 func (s *Server) sshBackends() []string {

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	charmlog "github.com/charmbracelet/log"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/spf13/cobra"
+
+	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/serve"
+)
+
+type devFlags struct {
+	nodes       int
+	dir         string
+	portsFrom   int
+	replicas    int
+	writeQuorum int
+	debug       bool
+	logFormat   string
+}
+
+func newDevCmd() *cobra.Command {
+	var f devFlags
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local cluster: real Charm servers behind the proxy, in one process",
+		Long: `Start N real Charm servers (charm's own server package) sharing one server
+key and one account store, with the proxy in front on the standard ports.
+Data persists in --dir and is reused on the next start. Stop and start a node
+while it runs with "cring dev node stop node2" to watch failover.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			return runDev(cmd, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.nodes, "nodes", 3, "number of Charm nodes")
+	fl.StringVar(&f.dir, "dir", defaultDevDir(), "where the cluster keeps its key, accounts and files")
+	fl.IntVar(&f.portsFrom, "ports-from", 35353, "first port: SSH on it, HTTP on +1, admin on +3 (Charm's own layout)")
+	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N)")
+	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write (W)")
+	fl.BoolVar(&f.debug, "debug", false, "debug logs, including every request the nodes serve")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	cmd.AddCommand(newDevNodeCmd())
+	return cmd
+}
+
+// defaultDevDir is under the user's data dir (XDG on Linux).
+func defaultDevDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "cring", "dev")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "cring", "dev")
+	}
+	return "cring-dev"
+}
+
+func runDev(cmd *cobra.Command, f devFlags) error {
+	if f.nodes < 1 {
+		return usageError{fmt.Errorf("--nodes must be at least 1, got %d", f.nodes)}
+	}
+	if f.portsFrom < 1 || f.portsFrom > 65535-3 {
+		return usageError{fmt.Errorf("--ports-from must be between 1 and 65532, got %d", f.portsFrom)}
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return usageError{fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)}
+	}
+	if !f.debug {
+		// The embedded Charm servers log every request through the standard
+		// and charmbracelet loggers; only --debug wants that.
+		stdlog.SetOutput(io.Discard)
+		charmlog.SetOutput(io.Discard)
+	}
+	log := newLogger(f.logFormat, f.debug)
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	sshAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom))
+	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom+1))
+	adminAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom+3))
+	publicURL := "http://" + httpAddr
+
+	dc, err := devcluster.New(f.dir, devcluster.Options{Nodes: f.nodes, PublicURL: publicURL, SharedAccounts: true})
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	cfg := &config.Config{
+		Replicas:        f.replicas,
+		WriteQuorum:     f.writeQuorum,
+		PublicURL:       publicURL,
+		Address:         httpAddr,
+		SSHProxyAddress: sshAddr,
+		AdminAddress:    adminAddr,
+		HealthInterval:  time.Second,
+		Accounts:        config.AccountsShared,
+		Debug:           f.debug,
+	}
+	for _, n := range dc.Nodes {
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+	}
+	if err := cfg.Normalize(); err != nil {
+		return usageError{err}
+	}
+	srv, err := serve.New(cfg, log)
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	devControl(ctx, srv, dc)
+	if err := srv.Listen(); err != nil {
+		return fmt.Errorf("%w (is another cring or charm running? try --ports-from)", err)
+	}
+	if err := dc.StartAll(ctx); err != nil {
+		return err
+	}
+	printDevSummary(cmd.OutOrStdout(), dc, cfg, sshAddr, httpAddr, adminAddr)
+	err = srv.Serve(ctx)
+	log.Info("stopping nodes")
+	return errors.Join(err, dc.Close())
+}
+
+// devControl adds the admin routes that stop and start embedded nodes.
+func devControl(ctx context.Context, srv *serve.Server, dc *devcluster.Cluster) {
+	list := func(w http.ResponseWriter) {
+		type node struct {
+			Name    string `json:"name"`
+			Running bool   `json:"running"`
+			HTTP    string `json:"http"`
+			SSH     string `json:"ssh"`
+		}
+		var out []node
+		for _, n := range dc.Nodes {
+			out = append(out, node{n.Name, n.Running(), n.HTTPURL(), n.SSHAddr()})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	}
+	srv.HandleAdmin("GET /dev/nodes", func(w http.ResponseWriter, r *http.Request) { list(w) })
+	srv.HandleAdmin("POST /dev/nodes/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		var node *devcluster.Node
+		for _, n := range dc.Nodes {
+			if n.Name == r.PathValue("name") {
+				node = n
+			}
+		}
+		if node == nil {
+			http.Error(w, fmt.Sprintf("no node %q", r.PathValue("name")), http.StatusNotFound)
+			return
+		}
+		var err error
+		switch r.PathValue("action") {
+		case "stop":
+			err = dc.Stop(node)
+		case "start":
+			err = dc.Start(ctx, node)
+		default:
+			http.Error(w, "action must be stop or start", http.StatusBadRequest)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		list(w)
+	})
+}
+
+func printDevSummary(w io.Writer, dc *devcluster.Cluster, cfg *config.Config, sshAddr, httpAddr, adminAddr string) {
+	title := lipgloss.NewStyle().Bold(true).Foreground(lipgloss.Color("212"))
+	dim := lipgloss.NewStyle().Foreground(lipgloss.Color("245"))
+	cell := lipgloss.NewStyle().PaddingRight(3)
+	box := lipgloss.NewStyle().Border(lipgloss.RoundedBorder()).BorderForeground(lipgloss.Color("63")).Padding(0, 1)
+
+	share := ringShare(cfg)
+	rows := [][]string{{"node", "http", "ssh", "holds"}}
+	for i, n := range dc.Nodes {
+		rows = append(rows, []string{n.Name, n.HTTPURL(), n.SSHAddr(), fmt.Sprintf("%.0f%% of files", share[i]*100)})
+	}
+	rows = append(rows, []string{"proxy", "http://" + httpAddr, sshAddr, "admin http://" + adminAddr})
+	widths := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for c, v := range r {
+			widths[c] = max(widths[c], lipgloss.Width(v))
+		}
+	}
+	var lines []string
+	for k, r := range rows {
+		var cells []string
+		for c, v := range r {
+			cells = append(cells, cell.Width(widths[c]+3).Render(v))
+		}
+		line := lipgloss.JoinHorizontal(lipgloss.Top, cells...)
+		if k == 0 {
+			line = dim.Render(line)
+		}
+		lines = append(lines, line)
+	}
+	fmt.Fprintln(w, title.Render(fmt.Sprintf("💍 cring dev: %d Charm nodes behind one proxy, every file on %d, acked at %d", len(dc.Nodes), cfg.Replicas, cfg.WriteQuorum)))
+	fmt.Fprintln(w, box.Render(strings.Join(lines, "\n")))
+	fmt.Fprintln(w, "Point charm at it:")
+	fmt.Fprintln(w)
+	_, sshPort, _ := net.SplitHostPort(sshAddr)
+	_, httpPort, _ := net.SplitHostPort(httpAddr)
+	fmt.Fprintf(w, "export CHARM_HOST=127.0.0.1 CHARM_SSH_PORT=%s CHARM_HTTP_PORT=%s\n", sshPort, httpPort)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, dim.Render(fmt.Sprintf("Watch failover: cring dev node stop node%d (and start)  ·  data in %s  ·  Ctrl-C stops", len(dc.Nodes), dc.Dir)))
+}
+
+// ringShare samples the ring: the fraction of keys each node replicates.
+func ringShare(cfg *config.Config) []float64 {
+	var nodes []ring.Node
+	for _, n := range cfg.Nodes {
+		nodes = append(nodes, ring.Node{Name: n.Name, Zone: n.Zone})
+	}
+	share := make([]float64, len(nodes))
+	r, err := ring.New(nodes, cfg.Replicas)
+	if err != nil {
+		return share
+	}
+	const samples = 10000
+	for k := range samples {
+		for _, i := range r.Preference(fmt.Sprintf("sample/%d", k))[:r.Replicas()] {
+			share[i] += 1.0 / samples
+		}
+	}
+	return share
+}
+
+func newDevNodeCmd() *cobra.Command {
+	var admin string
+	cmd := &cobra.Command{
+		Use:   "node stop|start|list [NAME]",
+		Short: "Stop or start a node of a running cring dev",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			method, path := http.MethodGet, "/dev/nodes"
+			switch {
+			case args[0] == "list" && len(args) == 1:
+			case (args[0] == "stop" || args[0] == "start") && len(args) == 2:
+				method, path = http.MethodPost, "/dev/nodes/"+args[1]+"/"+args[0]
+			default:
+				return usageError{errors.New("usage: cring dev node stop|start NAME, or cring dev node list")}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, method, "http://"+admin+path, nil)
+			if err != nil {
+				return usageError{err}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("reach cring dev at %s: %w", admin, err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s", strings.TrimSpace(string(body)))
+			}
+			var nodes []struct {
+				Name    string `json:"name"`
+				Running bool   `json:"running"`
+				HTTP    string `json:"http"`
+			}
+			if err := json.Unmarshal(body, &nodes); err != nil {
+				return fmt.Errorf("decode answer: %w", err)
+			}
+			up := lipgloss.NewStyle().Foreground(lipgloss.Color("42")).Render("● up")
+			down := lipgloss.NewStyle().Foreground(lipgloss.Color("203")).Render("○ stopped")
+			for _, n := range nodes {
+				state := up
+				if !n.Running {
+					state = down
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%-8s %s  %s\n", n.Name, state, n.HTTP)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "admin address of the running cring dev")
+	return cmd
+}
