@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	charmlog "github.com/charmbracelet/log"
 	"github.com/charmbracelet/lipgloss"
+	charmlog "github.com/charmbracelet/log"
 	"github.com/spf13/cobra"
 
 	"github.com/cring-dev/cring/internal/config"
