@@ -283,9 +283,12 @@ func (p *Proxy) send(ctx context.Context, i int, r *http.Request, method string,
 	return p.keep(ctx, i, resp)
 }
 
-// keep reads a small answer and closes it.
+// keep reads a small answer and closes it. A node that sends headers and
+// then stalls loses the request after the stall timeout.
 func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response) outcome {
 	defer resp.Body.Close()
+	t := time.AfterFunc(p.stall, func() { resp.Body.Close() })
+	defer t.Stop()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallBody))
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
