@@ -45,7 +45,7 @@ func NewVerifier(source KeySource, issuer string) *Verifier {
 	return &Verifier{
 		source:  source,
 		issuer:  strings.TrimRight(issuer, "/"),
-		refresh: 10 * time.Second,
+		refresh: time.Second, // an unknown key id refetches at most once a second
 		now:     time.Now,
 		keys:    map[string]ed25519.PublicKey{},
 	}
