@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -227,7 +228,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Warn("no node answered for the key set yet; will retry on the first request", "err", err)
 			return
 		}
-		if d := s.verifier.DiscoveredIssuer(); s.cfg.PublicURL != "" && d != "" && d != s.cfg.PublicURL {
+		if d := s.verifier.DiscoveredIssuer(); s.cfg.PublicURL != "" && d != "" && d != strings.TrimRight(s.cfg.PublicURL, "/") {
 			s.log.Warn("nodes sign tokens for a different public URL than --public-url: clients will get 401",
 				"nodes", d, "public_url", s.cfg.PublicURL)
 		}

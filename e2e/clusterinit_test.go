@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// TestClusterInit: what `cring cluster init` generates actually boots. Three
+// real stock `charm serve` processes run with the generated env files and
+// data directories (installed as docs/deploy.md says), the cring binary with
+// the generated cring.yaml, and a file round-trips through the proxy onto
+// every node's disk. A second init into the same directory is refused.
+func TestClusterInit(t *testing.T) {
+	charmBin := charmCLI(t)
+	bin := cringBinary(t)
+	base := t.TempDir()
+	out := filepath.Join(base, "cluster")
+	hosts := ciLoopbacks(t, 3)
+	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	sshAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	publicURL := "http://" + httpAddr
+
+	initArgs := []string{"cluster", "init", "--dir", out, "--hosts", strings.Join(hosts, ","),
+		"--public-url", publicURL, "--data-dir", filepath.Join(base, "data", "{name}")}
+	if b, err := exec.Command(bin, initArgs...).CombinedOutput(); err != nil {
+		t.Fatalf("cring cluster init: %v\n%s", err, b)
+	}
+
+	// Install each node as the docs say: data/ into its data dir, then
+	// `charm serve` with charm.env as its whole CHARM_* environment.
+	dc := &devcluster.Cluster{} // only for SeedUser and FilePath over these data dirs
+	envs := make([][]string, len(hosts))
+	for i, host := range hosts {
+		name := fmt.Sprintf("charm%d", i+1)
+		env := ciReadEnv(t, filepath.Join(out, "nodes", name, "charm.env"))
+		if env["CHARM_SERVER_BIND_ADDRESS"] != host || env["CHARM_SERVER_PUBLIC_URL"] != publicURL {
+			t.Fatalf("%s charm.env: bind %q, public URL %q", name, env["CHARM_SERVER_BIND_ADDRESS"], env["CHARM_SERVER_PUBLIC_URL"])
+		}
+		data := env["CHARM_SERVER_DATA_DIR"]
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := exec.Command("cp", "-a", filepath.Join(out, "nodes", name, "data")+"/.", data).CombinedOutput(); err != nil {
+			t.Fatalf("install %s data: %v\n%s", name, err, b)
+		}
+		dc.Nodes = append(dc.Nodes, &devcluster.Node{Name: name, Host: host, DataDir: data})
+		envs[i] = ciCharmEnv(t, env)
+	}
+
+	// Stock nodes keep their own accounts: give every node the same user
+	// before it starts (charm's own constructor creates the schema).
+	kp, err := keygen.New(filepath.Join(t.TempDir(), "client"), keygen.WithKeyType(keygen.Ed25519))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := dc.SeedUser(kp.RawAuthorizedKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for i, n := range dc.Nodes {
+		cmd := exec.Command(charmBin, "serve")
+		cmd.Env = envs[i]
+		ciRun(t, n.Name, cmd, "http://"+net.JoinHostPort(n.Host, "35356")+"/")
+	}
+	proxy := exec.Command(bin, "serve", "--config", filepath.Join(out, "cring.yaml"),
+		"--address", httpAddr, "--ssh-proxy-address", sshAddr, "--admin-address", admin, "--health-interval", "200ms")
+	ciRun(t, "cring", proxy, "http://"+admin+"/readyz")
+	waitFor(t, 15*time.Second, func() bool { return ciHealthy(admin) == len(hosts) })
+
+	signer, err := token.LoadSigner(filepath.Join(out, "keys", "charm_server_ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwt, err := signer.Sign(id, publicURL, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 2<<20 + 12345 // crosses upload's 1 MiB pattern boundary
+	want := ciPattern(size)
+	upload(t, httpAddr, jwt, "hello.bin", size)
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/v1/fs/hello.bin", nil)
+	req.Header.Set("Authorization", "bearer "+jwt)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET through the proxy: %d %v %.200q", resp.StatusCode, err, got)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("GET through the proxy returned %d bytes that differ from the %d uploaded", len(got), len(want))
+	}
+
+	key, err := os.ReadFile(filepath.Join(out, "keys", "charm_server_ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range dc.Nodes {
+		b, err := os.ReadFile(n.FilePath(id, "hello.bin"))
+		if err != nil || !bytes.Equal(b, want) {
+			t.Errorf("%s: stored copy: %v (%d bytes)", n.Name, err, len(b))
+		}
+		// charm serve reused the generated key rather than making its own.
+		nk, err := os.ReadFile(filepath.Join(n.DataDir, ".ssh", "charm_server_ed25519"))
+		if err != nil || !bytes.Equal(nk, key) {
+			t.Errorf("%s: server key is not the generated one: %v", n.Name, err)
+		}
+	}
+
+	// A second init must not replace the keys the running cluster uses.
+	var stderr strings.Builder
+	again := exec.Command(bin, initArgs...)
+	again.Stderr = &stderr
+	err = again.Run()
+	var ee *exec.ExitError
+	msg := strings.TrimSpace(stderr.String())
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(msg, "refusing to overwrite existing keys") || strings.Contains(msg, "\n") {
+		t.Fatalf("second init: %v, stderr %q; want exit 2 and one line about existing keys", err, msg)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "keys", "charm_server_ed25519")); !bytes.Equal(b, key) {
+		t.Fatal("second init changed the key")
+	}
+}
+
+// ciLoopbacks returns n loopback addresses whose standard Charm ports are
+// free: 127.0.0.2.. when possible, else another 127/8 range, so a concurrent
+// run elsewhere on the machine does not collide.
+func ciLoopbacks(t *testing.T, n int) []string {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		a, b, c := 0, 0, 2
+		if try > 0 {
+			a, b, c = 1+rand.IntN(254), rand.IntN(256), 2+rand.IntN(200)
+		}
+		var hosts []string
+		for i := range n {
+			hosts = append(hosts, fmt.Sprintf("127.%d.%d.%d", a, b, c+i))
+		}
+		if ciPortsFree(hosts) {
+			return hosts
+		}
+	}
+	t.Fatal("no loopback addresses with free ports 35353-35356")
+	return nil
+}
+
+func ciPortsFree(hosts []string) bool {
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for _, h := range hosts {
+		for _, p := range []int{35353, 35354, 35355, 35356} {
+			l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(p)))
+			if err != nil {
+				return false
+			}
+			lns = append(lns, l)
+		}
+	}
+	return true
+}
+
+// ciReadEnv parses an env file of plain KEY=value lines, as systemd's
+// EnvironmentFile does.
+func ciReadEnv(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: line without '=': %q", path, line)
+		}
+		env[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// ciCharmEnv is this process's environment without any CHARM_* variable,
+// plus the env file and a private HOME.
+func ciCharmEnv(t *testing.T, file map[string]string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CHARM_") && !strings.HasPrefix(kv, "HOME=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "HOME="+t.TempDir())
+	for k, v := range file {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// ciRun starts cmd, stops it when the test ends, and waits (bounded) until
+// healthURL answers 200. Its output goes to a file shown only on failure.
+func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 4096 {
+				b = b[len(b)-4096:]
+			}
+			t.Logf("%s output (tail):\n%s", name, b)
+		}
+	})
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get(healthURL)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("%s exited before %s answered", name, healthURL)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s did not answer 200 within 20s (last error %v)", name, healthURL, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ciHealthy is how many nodes the proxy's /readyz reports healthy.
+func ciHealthy(admin string) int {
+	resp, err := http.Get("http://" + admin + "/readyz")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Healthy int `json:"healthy"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return -1
+	}
+	return st.Healthy
+}
+
+// ciPattern is the body upload sends for size bytes.
+func ciPattern(size int) []byte {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte((i % (1 << 20)) * 7)
+	}
+	return b
+}

@@ -1,0 +1,659 @@
+// Package clusterinit generates what a real cring deployment needs: the shared
+// Charm server key pair, env files, data directories and systemd units for
+// stock `charm serve` nodes, the proxy's cring.yaml and unit, and a compose
+// file. It never overwrites a key: a cluster's key pair is its identity.
+package clusterinit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/config"
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults and the fixed layout of a generated cluster.
+const (
+	DefaultNodes   = 3
+	DefaultDataDir = "/var/lib/charm"
+	// NamePlaceholder in a data dir is replaced by each node's name, so
+	// several nodes can share one machine (tests, a single-host trial).
+	NamePlaceholder = "{name}"
+	CharmImage      = "charmcli/charm:v0.12.6"
+	KeyName         = "charm_server_ed25519"
+
+	SSHPort    = 35353
+	HTTPPort   = 35354
+	StatsPort  = 35355
+	HealthPort = 35356
+
+	maxNodes = 128 // a typo like --nodes 3000 should not fill a disk with directories
+)
+
+// Where the generated files go on the machines; the units and README refer to them.
+const (
+	charmBin      = "/usr/local/bin/charm"
+	charmEnvPath  = "/etc/charm/charm.env"
+	cringBin      = "/usr/local/bin/cring"
+	cringYAMLPath = "/etc/cring/cring.yaml"
+)
+
+// Options shape a generated cluster.
+type Options struct {
+	Dir         string   // output directory
+	Nodes       int      // default: len(Hosts), else 3
+	PublicURL   string   // required: the URL clients use (the proxy's), http or https
+	Hosts       []string // node host names or IPs; default charm1..charmN
+	Replicas    int      // default 3, clamped to Nodes
+	WriteQuorum int      // default 2 (Replicas when Replicas < 2)
+	Zones       []string // optional, one per node
+	DataDir     string   // CHARM_SERVER_DATA_DIR on the nodes; default /var/lib/charm; may contain {name}
+}
+
+// Node is one generated node.
+type Node struct {
+	Name    string // stable name: placement depends on it
+	Host    string
+	Zone    string
+	DataDir string // CHARM_SERVER_DATA_DIR on the node
+	Dir     string // nodes/<name> under the output directory
+}
+
+// Result is what Generate wrote.
+type Result struct {
+	Dir         string
+	PublicURL   string
+	Replicas    int
+	WriteQuorum int
+	Nodes       []Node
+	PublicKey   string   // the shared server key, authorized_keys form
+	Files       []string // paths relative to Dir, in write order
+}
+
+// KeysExistError means the output directory already holds a server key.
+type KeysExistError struct{ Path string }
+
+func (e *KeysExistError) Error() string {
+	return fmt.Sprintf("refusing to overwrite existing keys: %s already exists (a cluster was generated there; use a new directory)", e.Path)
+}
+
+// plan is Options with defaults applied and every value checked.
+type plan struct {
+	dir         string
+	publicURL   string
+	replicas    int
+	writeQuorum int
+	nodes       []Node
+}
+
+// Validate reports whether the options describe a valid cluster, without
+// touching the disk. Its errors are one line, meant for an operator.
+func (o Options) Validate() error {
+	_, err := o.plan()
+	return err
+}
+
+func (o Options) plan() (*plan, error) {
+	p := &plan{dir: o.Dir}
+	if strings.TrimSpace(o.Dir) == "" {
+		return nil, errors.New("output directory is required")
+	}
+	pu, err := normalizePublicURL(o.PublicURL)
+	if err != nil {
+		return nil, err
+	}
+	p.publicURL = pu
+
+	n := o.Nodes
+	if n == 0 {
+		n = DefaultNodes
+		if len(o.Hosts) > 0 {
+			n = len(o.Hosts)
+		}
+	}
+	if n < 1 || n > maxNodes {
+		return nil, fmt.Errorf("nodes must be between 1 and %d, got %d", maxNodes, n)
+	}
+	hosts := o.Hosts
+	if len(hosts) == 0 {
+		for i := range n {
+			hosts = append(hosts, fmt.Sprintf("charm%d", i+1))
+		}
+	}
+	if len(hosts) != n {
+		return nil, fmt.Errorf("%d hosts given for %d nodes: give one host per node", len(hosts), n)
+	}
+	if len(o.Zones) != 0 && len(o.Zones) != n {
+		return nil, fmt.Errorf("%d zones given for %d nodes: give one zone per node, or none", len(o.Zones), n)
+	}
+	dataDir := o.DataDir
+	if dataDir == "" {
+		dataDir = DefaultDataDir
+	}
+	if err := checkDataDir(dataDir); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for i, h := range hosts {
+		h = strings.TrimSpace(h)
+		if err := checkHost(h); err != nil {
+			return nil, err
+		}
+		if seen[strings.ToLower(h)] {
+			return nil, fmt.Errorf("host %q is listed twice: every node needs its own address (nodes use the standard ports)", h)
+		}
+		seen[strings.ToLower(h)] = true
+		name := fmt.Sprintf("charm%d", i+1)
+		nd := Node{
+			Name:    name,
+			Host:    h,
+			DataDir: strings.ReplaceAll(dataDir, NamePlaceholder, name),
+			Dir:     filepath.Join("nodes", name),
+		}
+		if len(o.Zones) > 0 {
+			nd.Zone = strings.TrimSpace(o.Zones[i])
+			if nd.Zone == "" {
+				return nil, fmt.Errorf("zone %d is empty", i+1)
+			}
+		}
+		p.nodes = append(p.nodes, nd)
+	}
+
+	// Same defaults and clamping as config.Normalize, written out explicitly
+	// so the generated cring.yaml says what the proxy will do.
+	p.replicas = o.Replicas
+	if p.replicas == 0 {
+		p.replicas = config.DefaultReplicas
+	}
+	if p.replicas < 0 {
+		return nil, fmt.Errorf("replicas must be at least 1, got %d", p.replicas)
+	}
+	p.replicas = min(p.replicas, n)
+	p.writeQuorum = o.WriteQuorum
+	if p.writeQuorum == 0 {
+		p.writeQuorum = config.DefaultWriteQuorum
+		if p.replicas < 2 {
+			p.writeQuorum = p.replicas
+		}
+	}
+	if p.writeQuorum < 1 {
+		return nil, fmt.Errorf("write-quorum must be at least 1, got %d", p.writeQuorum)
+	}
+	if p.writeQuorum > p.replicas {
+		return nil, fmt.Errorf("write-quorum %d is larger than replicas %d (%d nodes)", p.writeQuorum, p.replicas, n)
+	}
+	return p, nil
+}
+
+// normalizePublicURL keeps scheme://host[:port]: the nodes put it in every
+// token's iss and the proxy compares it, so one spelling must be used everywhere.
+func normalizePublicURL(s string) (string, error) {
+	if s == "" {
+		return "", errors.New("public-url is required: the URL clients use to reach the proxy, e.g. https://charm.example.com:35354")
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return "", fmt.Errorf("public-url %q: want an http:// or https:// URL like https://charm.example.com:35354", s)
+	}
+	if u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("public-url %q: want only scheme, host and port (charm clients ignore any path)", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("public-url %q: bad port %q", s, p)
+		}
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+func checkHost(h string) error {
+	if h == "" {
+		return errors.New("empty host in the host list")
+	}
+	if ip := net.ParseIP(h); ip != nil {
+		return nil
+	}
+	if strings.Contains(h, ":") {
+		return fmt.Errorf("host %q: give a host name or IP address without a port (nodes use ports %d-%d)", h, SSHPort, HealthPort)
+	}
+	if len(h) > 253 {
+		return fmt.Errorf("host %q: name too long", h)
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("host %q: not a valid host name or IP address", h)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("host %q: not a valid host name or IP address", h)
+			}
+		}
+	}
+	return nil
+}
+
+// checkDataDir keeps the path plain: it lands unquoted in env files (which
+// systemd and compose parse differently) and in unit files (where % is special).
+func checkDataDir(d string) error {
+	if !strings.HasPrefix(d, "/") { // a path on the Linux nodes, whatever runs init
+		return fmt.Errorf("data-dir %q must be an absolute path", d)
+	}
+	for _, r := range strings.ReplaceAll(d, NamePlaceholder, "") {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+@", r)) {
+			return fmt.Errorf("data-dir %q: only letters, digits, / . _ - + @ and %s are allowed", d, NamePlaceholder)
+		}
+	}
+	return nil
+}
+
+// file is one output file.
+type file struct {
+	rel    string
+	data   []byte
+	perm   fs.FileMode
+	secret bool // a key: created exclusively, never replaced
+}
+
+// Generate writes a cluster into o.Dir. It refuses when the directory already
+// holds a server key. Ordinary files are written first (replacing earlier
+// ones atomically), keys last and exclusively, so a failed run leaves no key
+// behind and can simply be repeated.
+func Generate(ctx context.Context, o Options) (*Result, error) {
+	p, err := o.plan()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkNoKeys(p.dir); err != nil {
+		return nil, err
+	}
+	kp, err := keygen.New(filepath.Join(p.dir, "keys", KeyName), keygen.WithKeyType(keygen.Ed25519))
+	if err != nil {
+		return nil, fmt.Errorf("generate server key: %w", err)
+	}
+	priv := kp.RawPrivateKey()
+	pub := []byte(kp.AuthorizedKey() + "\n")
+	if len(priv) == 0 {
+		return nil, errors.New("generate server key: empty private key")
+	}
+
+	files := []file{
+		{rel: "README.txt", data: readme(p), perm: 0o644},
+		{rel: "cring.yaml", data: cringYAML(p, false), perm: 0o644},
+		{rel: "cring.service", data: cringUnit(), perm: 0o644},
+		{rel: "compose.yaml", data: composeYAML(p), perm: 0o644},
+		{rel: filepath.Join("compose", "cring.yaml"), data: cringYAML(p, true), perm: 0o644},
+	}
+	for _, n := range p.nodes {
+		files = append(files,
+			file{rel: filepath.Join(n.Dir, "charm.env"), data: charmEnv(p, n), perm: 0o644},
+			file{rel: filepath.Join(n.Dir, "charm.service"), data: charmUnit(n), perm: 0o644},
+		)
+	}
+	keyFiles := []file{
+		{rel: filepath.Join("keys", KeyName), data: priv, perm: 0o600, secret: true},
+		{rel: filepath.Join("keys", KeyName+".pub"), data: pub, perm: 0o644, secret: true},
+	}
+	for _, n := range p.nodes {
+		ssh := filepath.Join(n.Dir, "data", ".ssh")
+		keyFiles = append(keyFiles,
+			file{rel: filepath.Join(ssh, KeyName), data: priv, perm: 0o600, secret: true},
+			file{rel: filepath.Join(ssh, KeyName+".pub"), data: pub, perm: 0o644, secret: true},
+		)
+	}
+
+	res := &Result{Dir: p.dir, PublicURL: p.publicURL, Replicas: p.replicas, WriteQuorum: p.writeQuorum,
+		Nodes: p.nodes, PublicKey: strings.TrimSpace(string(pub))}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", p.dir, err)
+	}
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := writeFile(p.dir, f); err != nil {
+			return nil, err
+		}
+		res.Files = append(res.Files, f.rel)
+	}
+	// The proxy must accept what we generated; check before any key exists.
+	for _, rel := range []string{"cring.yaml", filepath.Join("compose", "cring.yaml")} {
+		c, err := config.Load(filepath.Join(p.dir, rel))
+		if err == nil {
+			err = c.Normalize()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("generated %s does not load: %w", rel, err)
+		}
+	}
+	var written []string
+	for _, f := range keyFiles {
+		err := ctx.Err()
+		if err == nil {
+			err = writeFile(p.dir, f)
+		}
+		if err != nil {
+			// Keys from a failed run are useless; removing them lets the
+			// operator just run again. Nothing older is touched.
+			for _, w := range written {
+				_ = os.Remove(filepath.Join(p.dir, w))
+			}
+			return nil, err
+		}
+		written = append(written, f.rel)
+		res.Files = append(res.Files, f.rel)
+	}
+	return res, nil
+}
+
+// checkNoKeys refuses a directory that already holds the shared key or any
+// node's copy of it.
+func checkNoKeys(dir string) error {
+	candidates := []string{
+		filepath.Join(dir, "keys", KeyName),
+		filepath.Join(dir, "keys", KeyName+".pub"),
+	}
+	for _, pat := range []string{KeyName, KeyName + ".pub"} {
+		m, err := filepath.Glob(filepath.Join(dir, "nodes", "*", "data", ".ssh", pat))
+		if err != nil {
+			return fmt.Errorf("look for existing keys: %w", err)
+		}
+		candidates = append(candidates, m...)
+	}
+	for _, c := range candidates {
+		_, err := os.Lstat(c)
+		if err == nil {
+			return &KeysExistError{Path: c}
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("look for existing keys: %w", err)
+		}
+	}
+	return nil
+}
+
+// writeFile writes through a temporary file in the same directory: ordinary
+// files are renamed over the old one, keys are hard-linked into place, which
+// fails instead of replacing an existing key.
+func writeFile(root string, f file) error {
+	path := filepath.Join(root, f.rel)
+	dirPerm := fs.FileMode(0o755)
+	if f.secret {
+		dirPerm = 0o700
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if f.secret {
+		// MkdirAll leaves existing directories alone; key dirs must be private.
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("protect %s: %w", dir, err)
+		}
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a rename; the link's leftover otherwise
+	if _, err := tmp.Write(f.data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	if err := tmp.Chmod(f.perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	if f.secret {
+		if err := os.Link(tmp.Name(), path); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return &KeysExistError{Path: path}
+			}
+			return fmt.Errorf("write %s: %w", f.rel, err)
+		}
+		return nil
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", f.rel, err)
+	}
+	return nil
+}
+
+// yq renders a string as a YAML scalar, quoted only when needed (an IPv6
+// "[fd00::1]:35353" would otherwise start a YAML list).
+func yq(s string) string {
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		return strconv.Quote(s) // a JSON string is valid YAML
+	}
+	return strings.TrimSuffix(string(b), "\n")
+}
+
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+
+// bindAddress is what charm formats as "<bind>:<port>": only an IP literal
+// binds (a name might resolve elsewhere), and IPv6 needs brackets there.
+func bindAddress(host string) string {
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return ""
+	case ip.To4() == nil:
+		return "[" + host + "]"
+	default:
+		return host
+	}
+}
+
+func cringYAML(p *plan, compose bool) []byte {
+	var b strings.Builder
+	b.WriteString("# cring.yaml, generated by `cring cluster init`: the proxy's view of the cluster.\n")
+	if compose {
+		b.WriteString("# This copy is for compose.yaml: nodes are reached by their service names.\n")
+	} else {
+		b.WriteString("# Install as " + cringYAMLPath + " on the proxy machine. Flags and CRING_* variables\n")
+		b.WriteString("# override it (cring serve --help).\n")
+	}
+	b.WriteString("# Placement depends on node names: keep them, even if a node's address changes.\n")
+	fmt.Fprintf(&b, "public-url: %s\n", yq(p.publicURL))
+	fmt.Fprintf(&b, "replicas: %d\n", p.replicas)
+	fmt.Fprintf(&b, "write-quorum: %d\n", p.writeQuorum)
+	b.WriteString("nodes:\n")
+	for _, n := range p.nodes {
+		host := n.Host
+		if compose {
+			host = n.Name
+		}
+		fmt.Fprintf(&b, "  - name: %s\n", yq(n.Name))
+		fmt.Fprintf(&b, "    url: %s\n", yq("http://"+hostPort(host, HTTPPort)))
+		fmt.Fprintf(&b, "    ssh: %s\n", yq(hostPort(host, SSHPort)))
+		fmt.Fprintf(&b, "    health: %s\n", yq("http://"+hostPort(host, HealthPort)+"/"))
+		if n.Zone != "" {
+			fmt.Fprintf(&b, "    zone: %s\n", yq(n.Zone))
+		}
+	}
+	return []byte(b.String())
+}
+
+func charmEnv(p *plan, n Node) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Charm node %s (%s), generated by `cring cluster init`.\n", n.Name, n.Host)
+	b.WriteString("# Environment of a stock `charm serve` (v0.12.6); install as " + charmEnvPath + ".\n")
+	b.WriteString("# Every node signs tokens for the proxy's public URL with the shared key in\n")
+	b.WriteString("# $CHARM_SERVER_DATA_DIR/.ssh (copy this node's data/ directory there).\n")
+	fmt.Fprintf(&b, "CHARM_SERVER_HOST=%s\n", n.Host)
+	b.WriteString("# An IP host binds only that address (a proxy may use another address of the\n")
+	b.WriteString("# same machine); empty binds every interface.\n")
+	fmt.Fprintf(&b, "CHARM_SERVER_BIND_ADDRESS=%s\n", bindAddress(n.Host))
+	fmt.Fprintf(&b, "CHARM_SERVER_PUBLIC_URL=%s\n", p.publicURL)
+	fmt.Fprintf(&b, "CHARM_SERVER_DATA_DIR=%s\n", n.DataDir)
+	fmt.Fprintf(&b, "CHARM_SERVER_SSH_PORT=%d\n", SSHPort)
+	fmt.Fprintf(&b, "CHARM_SERVER_HTTP_PORT=%d\n", HTTPPort)
+	fmt.Fprintf(&b, "CHARM_SERVER_STATS_PORT=%d\n", StatsPort)
+	fmt.Fprintf(&b, "CHARM_SERVER_HEALTH_PORT=%d\n", HealthPort)
+	b.WriteString("# Metrics, when enabled, listen on every interface whatever the bind address.\n")
+	b.WriteString("CHARM_SERVER_ENABLE_METRICS=false\n")
+	return []byte(b.String())
+}
+
+func charmUnit(n Node) []byte {
+	return fmt.Appendf(nil, `# Charm node %[1]s, generated by `+"`cring cluster init`"+`.
+# Install as /etc/systemd/system/charm.service on %[2]s, with
+#   charm.env at %[3]s,
+#   this node's data/ copied into %[4]s, owned by the charm user,
+#   the charm v0.12.6 binary at %[5]s.
+[Unit]
+Description=Charm server %[1]s (cring cluster)
+Documentation=https://github.com/charmbracelet/charm
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=charm
+Group=charm
+EnvironmentFile=%[3]s
+ExecStart=%[5]s serve
+Restart=always
+RestartSec=2
+LimitNOFILE=65536
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectHome=yes
+ProtectSystem=strict
+ReadWritePaths=%[4]s
+
+[Install]
+WantedBy=multi-user.target
+`, n.Name, n.Host, charmEnvPath, n.DataDir, charmBin)
+}
+
+func cringUnit() []byte {
+	return fmt.Appendf(nil, `# The cring proxy, generated by `+"`cring cluster init`"+`.
+# Install as /etc/systemd/system/cring.service on the proxy machine, with
+# cring.yaml at %[1]s and the cring binary at %[2]s.
+# The proxy keeps no state: run it on as many machines as you like.
+[Unit]
+Description=cring, replicating proxy for Charm
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+DynamicUser=yes
+ExecStart=%[2]s serve --config %[1]s
+Restart=always
+RestartSec=2
+LimitNOFILE=65536
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+
+[Install]
+WantedBy=multi-user.target
+`, cringYAMLPath, cringBin)
+}
+
+func composeYAML(p *plan) []byte {
+	var b strings.Builder
+	b.WriteString(`# compose.yaml, generated by ` + "`cring cluster init`" + `: the whole cluster on ONE Docker
+# host (a trial, or one machine with a disk per node). For separate machines use
+# the systemd units instead (README.txt).
+#
+# The proxy runs a cring binary you build and put next to this file; there is no
+# published cring image. In the cring repository:
+#   CGO_ENABLED=0 go build -o <this directory>/cring ./cmd/cring
+name: cring
+services:
+`)
+	for _, n := range p.nodes {
+		fmt.Fprintf(&b, `  %[1]s:
+    image: %[2]s
+    restart: unless-stopped
+    env_file: ./nodes/%[1]s/charm.env
+    environment:
+      # In a container the node listens on every interface and keeps its
+      # data in the image's /data volume, whatever charm.env says for a host.
+      CHARM_SERVER_BIND_ADDRESS: ""
+      CHARM_SERVER_DATA_DIR: /data
+    volumes:
+      - ./nodes/%[1]s/data:/data
+`, n.Name, CharmImage)
+	}
+	fmt.Fprintf(&b, `  cring:
+    image: gcr.io/distroless/static-debian12
+    restart: unless-stopped
+    command: ["/cring", "serve", "--config", "/etc/cring/cring.yaml"]
+    volumes:
+      - ./cring:/cring:ro
+      - ./compose/cring.yaml:/etc/cring/cring.yaml:ro
+    ports:
+      - "%[1]d:%[1]d"
+      - "%[2]d:%[2]d"
+      - "%[3]d:%[3]d"
+    depends_on:
+`, SSHPort, HTTPPort, HealthPort)
+	for _, n := range p.nodes {
+		fmt.Fprintf(&b, "      - %s\n", n.Name)
+	}
+	return []byte(b.String())
+}
+
+func readme(p *plan) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cring cluster: %d stock Charm nodes behind a cring proxy\n", len(p.nodes))
+	fmt.Fprintf(&b, "public URL %s, %d replicas, write quorum %d\n", p.publicURL, p.replicas, p.writeQuorum)
+	b.WriteString("Generated by `cring cluster init`; the walkthrough is docs/deploy.md in the cring repository.\n\n")
+	b.WriteString(`keys/charm_server_ed25519, keys/charm_server_ed25519.pub
+    The shared server key pair: every node signs tokens with it. SECRET.
+    Keep a copy somewhere safe: a node added later needs the same key.
+
+On each node machine:
+`)
+	for _, n := range p.nodes {
+		zone := ""
+		if n.Zone != "" {
+			zone = ", zone " + n.Zone
+		}
+		fmt.Fprintf(&b, "    %s on %s%s: data dir %s\n", n.Name, n.Host, zone, n.DataDir)
+	}
+	fmt.Fprintf(&b, `
+    nodes/<name>/charm.env       -> %[1]s
+    nodes/<name>/data/           -> its contents into the data dir above, owned by the
+                                    charm user (it holds the shared key in .ssh/; a node
+                                    without it would make its own and reject the others' tokens)
+    nodes/<name>/charm.service   -> /etc/systemd/system/charm.service
+    charm v0.12.6 binary         -> %[2]s
+    then: systemctl enable --now charm
+
+On the proxy machine:
+    cring.yaml                   -> %[3]s
+    cring.service                -> /etc/systemd/system/cring.service
+    cring binary                 -> %[4]s
+    then: systemctl enable --now cring; curl http://<proxy>:%[5]d/readyz
+
+Everything on one Docker host instead: compose.yaml (see its first lines);
+it uses compose/cring.yaml, which reaches the nodes by service name.
+
+Accounts: stock nodes each keep their own sqlite of users. A user who logs in
+once (charm id, through the proxy) exists on the first healthy node only; copy
+that node's <data dir>/db/charm_sqlite.db to the others, nodes stopped, before
+the user stores anything.
+`, charmEnvPath, charmBin, cringYAMLPath, cringBin, HealthPort)
+	return []byte(b.String())
+}
