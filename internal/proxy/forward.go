@@ -47,7 +47,7 @@ func (p *Proxy) forwardOne(w http.ResponseWriter, r *http.Request, body []byte) 
 			continue
 		}
 		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented {
-			o := p.keep(ctx, i, resp)
+			o := p.keep(ctx, i, resp, cancel)
 			cancel(nil)
 			last = fmt.Sprintf("%s: %s", p.nodes[i].Name, o.String())
 			continue

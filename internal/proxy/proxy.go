@@ -90,7 +90,8 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: write quorum %d out of range 1..%d", o.WriteQuorum, o.Ring.Replicas())
 	}
 	if o.Transport == nil {
-		o.Transport = http.DefaultTransport
+		// Never the default transport: it has no answer timeout.
+		o.Transport = &http.Transport{ResponseHeaderTimeout: 30 * time.Second}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -268,26 +269,26 @@ func (p *Proxy) send(ctx context.Context, i int, r *http.Request, method string,
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := p.newNodeRequest(ctx, i, r, method, rd)
+	nctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req, err := p.newNodeRequest(nctx, i, r, method, rd)
 	if err != nil {
 		return outcome{node: i, err: err}
-	}
-	if body != nil {
-		req.ContentLength = int64(len(body))
 	}
 	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
 		return outcome{node: i, err: fmt.Errorf("%s %s on %s: %w", method, r.URL.Path, p.nodes[i].Name, err)}
 	}
-	return p.keep(ctx, i, resp)
+	return p.keep(ctx, i, resp, cancel)
 }
 
-// keep reads a small answer and closes it. A node that sends headers and
-// then stalls loses the request after the stall timeout.
-func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response) outcome {
+// keep reads a small answer and closes it. cancel ends the node request: a
+// node that sends headers and then stalls loses it after the stall timeout
+// (closing the body from another goroutine would wait for the stuck Read).
+func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response, cancel context.CancelCauseFunc) outcome {
 	defer resp.Body.Close()
-	t := time.AfterFunc(p.stall, func() { resp.Body.Close() })
+	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
 	defer t.Stop()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallBody))
 	if err != nil {
@@ -300,6 +301,10 @@ func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response) outcome {
 // nodeFailed marks a node down after a transport failure, unless the failure
 // is only the client going away.
 func (p *Proxy) nodeFailed(ctx context.Context, i int, err error) {
+	if cause := context.Cause(ctx); cause == errStalled {
+		p.health.MarkDown(i, fmt.Errorf("%w: %v", errStalled, err))
+		return
+	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, errClientGone) {
 		return
 	}

@@ -54,7 +54,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 			if isJSON(resp.Header) {
-				p.mergeListing(w, r, i, resp, asked, unreachable)
+				p.mergeListing(w, r, i, resp, cancel, asked, unreachable)
 				cancel(nil)
 				return
 			}
@@ -70,7 +70,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
 			}
 			return
 		}
-		o := p.keep(ctx, i, resp)
+		o := p.keep(ctx, i, resp, cancel)
 		cancel(nil)
 		if o.status == http.StatusNotFound {
 			if notFound == nil {
@@ -101,7 +101,7 @@ func isJSON(h http.Header) bool {
 // node's listing: by name, newest modtime wins. first is the listing that
 // showed the path is a directory; nodes already asked that had no such
 // directory contribute nothing.
-func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, resp *http.Response, asked []bool, unreachable int) {
+func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
 	ctx := r.Context()
 	mode := resp.Header.Get("X-File-Mode")
 	type listing struct {
@@ -109,14 +109,19 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 		dir  *charm.FileInfo
 		err  error
 	}
+	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
 	dir, err := decodeListing(resp.Body)
+	t.Stop()
 	resp.Body.Close()
+	var lists []*charm.FileInfo
 	if err != nil {
+		// A broken listing costs that node, like any other failure.
 		p.nodeFailed(ctx, first, err)
-		writeError(w, http.StatusBadGateway, fmt.Sprintf("listing from %s: %v", p.nodes[first].Name, err))
-		return
+		p.log.Warn("listing failed", "node", p.nodes[first].Name, "err", err)
+		unreachable++
+	} else {
+		lists = append(lists, dir)
 	}
-	lists := []*charm.FileInfo{dir}
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -152,7 +157,7 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 		}()
 	}
 	wg.Wait()
-	if unreachable >= p.w {
+	if unreachable >= p.w || len(lists) == 0 {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", unreachable, len(p.nodes), p.w-1))
 		return

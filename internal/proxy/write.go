@@ -39,6 +39,7 @@ func (p *Proxy) targets(pref []int) []int {
 // replica is one node's copy of a streamed request body.
 type replica struct {
 	node    int
+	cancel  context.CancelCauseFunc // ends this node's request
 	pr      *io.PipeReader
 	pw      *io.PipeWriter
 	in      chan []byte
@@ -50,6 +51,11 @@ type replica struct {
 func (rp *replica) kill(err error) {
 	rp.dead = true
 	rp.pw.CloseWithError(err)
+	if err == errStalled {
+		// The transport may be stuck writing to a node that stopped
+		// reading; only cancelling the request frees it.
+		rp.cancel(err)
+	}
 }
 
 // feed writes chunks into the pipe the node's request reads from; it runs in
@@ -89,18 +95,22 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
 	results := make(chan outcome, len(targets)+len(extra))
 	reps := make([]*replica, len(targets))
 	for k, i := range targets {
+		nctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
 		var body io.Reader
 		if hasBody {
 			pr, pw := io.Pipe()
-			rp := &replica{node: i, pr: pr, pw: pw, in: make(chan []byte, 1), done: make(chan error, 1)}
+			rp := &replica{node: i, cancel: cancel, pr: pr, pw: pw, in: make(chan []byte, 1), done: make(chan error, 1)}
 			reps[k] = rp
 			body = pr
 			go rp.feed()
 		}
-		go func() { results <- p.roundTrip(ctx, i, r, body, reps[k]) }()
+		go func() { results <- p.roundTrip(nctx, i, r, body, reps[k], cancel) }()
 	}
 	for _, i := range extra {
-		go func() { results <- p.roundTrip(ctx, i, r, nil, nil) }()
+		nctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() { results <- p.roundTrip(nctx, i, r, nil, nil, cancel) }()
 	}
 
 	var bodyErr error
@@ -179,7 +189,7 @@ func sameClientError(os []outcome) (outcome, bool) {
 // roundTrip sends one replica's request and keeps its (small) answer. When the
 // node answers or fails before taking the whole body, its pipe is closed so
 // the pump stops feeding it.
-func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.Reader, rp *replica) outcome {
+func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.Reader, rp *replica, cancel context.CancelCauseFunc) outcome {
 	req, err := p.newNodeRequest(ctx, i, r, r.Method, body)
 	if err != nil {
 		if rp != nil {
@@ -201,7 +211,7 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 		p.nodeFailed(ctx, i, err)
 		return outcome{node: i, err: fmt.Errorf("%s %s to %s: %w", r.Method, r.URL.Path, p.nodes[i].Name, err)}
 	}
-	return p.keep(ctx, i, resp)
+	return p.keep(ctx, i, resp, cancel)
 }
 
 var errAnswered = errors.New("node answered")
