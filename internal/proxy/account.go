@@ -58,6 +58,7 @@ func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
 		relay(w, o)
 		return
 	}
+	p.obs.QuorumFailure("account")
 	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 		"account update reached %d of %d nodes, %d required", stored, len(p.nodes), p.w))
 }
@@ -127,6 +128,7 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 		}
 	}
 	if len(vals) < need {
+		p.obs.QuorumFailure("seq")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), len(vals)))
 		return

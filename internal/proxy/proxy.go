@@ -61,6 +61,8 @@ type Options struct {
 	// SharedAccounts: every node reads and writes one account store, so
 	// account calls go to a single node and seq needs no merging.
 	SharedAccounts bool
+	// Observer gets metrics; nil: none.
+	Observer Observer
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
@@ -77,6 +79,7 @@ type Proxy struct {
 	log       *slog.Logger
 	stall     time.Duration
 	shared    bool
+	obs       Observer
 	bufs      sync.Pool
 	seqLocks  keyedMutex
 }
@@ -96,6 +99,14 @@ func New(o Options) (*Proxy, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	byHost := map[string]string{}
+	for _, n := range o.Nodes {
+		byHost[n.URL.Host] = n.Name
+	}
+	o.Transport = &observedTransport{next: o.Transport, byHost: byHost, obs: o.Observer}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 30 * time.Second
 	}
@@ -109,6 +120,7 @@ func New(o Options) (*Proxy, error) {
 		log:       o.Logger,
 		stall:     o.StallTimeout,
 		shared:    o.SharedAccounts,
+		obs:       o.Observer,
 	}
 	p.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	return p, nil
@@ -128,7 +140,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("X-Request-Id", rid)
 	}
 	w.Header().Set("X-Request-Id", rid)
+	p.observe(w, r, rid, p.route)
+}
 
+// route dispatches one request (see the package comment).
+func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 	if isPublic(r.URL.Path) {
 		p.forwardOne(w, r, nil)
 		return
@@ -140,11 +156,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusUnauthorized, ae.Reason)
 			return
 		}
-		p.log.Error("cannot verify token", "err", err, "request_id", rid)
+		p.log.Error("cannot verify token", "err", err, "request_id", r.Header.Get("X-Request-Id"))
 		writeError(w, http.StatusServiceUnavailable, "cannot verify token: no node answered for the key set")
 		return
 	}
 
+	if t := traceFrom(r.Context()); t != nil {
+		t.mu.Lock()
+		t.user = user
+		t.mu.Unlock()
+	}
 	switch rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/"); {
 	case isFS && r.Method == http.MethodPost:
 		p.write(w, r, placementKey(user, rest))

@@ -85,6 +85,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
 		relay(w, *notFound)
 		return
 	}
+	p.obs.QuorumFailure("read")
 	if notFound != nil {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"not found on the %d nodes that answered, but %d nodes that may hold it are unreachable", len(p.nodes)-unreachable, unreachable))
@@ -158,6 +159,7 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 	}
 	wg.Wait()
 	if unreachable >= p.w || len(lists) == 0 {
+		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", unreachable, len(p.nodes), p.w-1))
 		return

@@ -153,6 +153,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
 		failed = append(failed, o)
 	}
 	for _, o := range failed {
+		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
 		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", key, "outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
 	}
 	if stored >= p.w {
@@ -165,6 +166,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
 		relay(w, o)
 		return
 	}
+	p.obs.QuorumFailure(r.Method)
 	verb := "stored"
 	if r.Method == http.MethodDelete {
 		verb = "deleted"

@@ -20,6 +20,7 @@ import (
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/health"
+	"github.com/cring-dev/cring/internal/metrics"
 	"github.com/cring-dev/cring/internal/proxy"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/sshproxy"
@@ -36,6 +37,7 @@ type Server struct {
 	proxy     *proxy.Proxy
 	ssh       *sshproxy.Proxy
 	admin     *http.ServeMux
+	metrics   *metrics.Metrics
 
 	httpLn, sshLn, adminLn net.Listener
 }
@@ -76,7 +78,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build ring: %w", err)
 	}
-	s.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: log})
+	s.metrics = metrics.New()
+	s.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: log,
+		OnChange: func(i int, up bool) { s.metrics.NodeHealth(cfg.Nodes[i].Name, up) }})
+	for _, n := range cfg.Nodes {
+		s.metrics.NodeHealth(n.Name, true)
+	}
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
 	s.proxy, err = proxy.New(proxy.Options{
 		Nodes:          pnodes,
@@ -88,6 +95,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		Logger:         log,
 		StallTimeout:   cfg.NodeTimeout,
 		SharedAccounts: cfg.Accounts == config.AccountsShared,
+		Observer:       s.metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -105,17 +113,23 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			}
 		},
 		OnConnect: func(addr string, failover bool) {
+			s.metrics.SSHConnect(failover)
 			if failover {
 				log.Warn("ssh failed over", "backend", addr)
 			}
 		},
+		OnReject: func(string) { s.metrics.SSHRejected() },
 	}
+	s.metrics.GaugeFunc("cring_write_quorum", "Configured write quorum W.", func() float64 { return float64(cfg.WriteQuorum) })
+	s.metrics.GaugeFunc("cring_replicas", "Configured replica count N.", func() float64 { return float64(cfg.Replicas) })
+	s.metrics.GaugeFunc("cring_ssh_active_connections", "SSH connections being proxied now.", func() float64 { return float64(s.ssh.Active()) })
 	s.admin = http.NewServeMux()
 	s.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.admin.HandleFunc("GET /readyz", s.handleReady)
 	s.admin.HandleFunc("GET /status", s.handleStatus)
+	s.admin.Handle("GET /metrics", s.metrics.Handler())
 	return s, nil
 }
 

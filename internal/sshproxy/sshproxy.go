@@ -38,6 +38,9 @@ type Proxy struct {
 	OnDialError func(addr string, err error)
 	// OnConnect, if set, is called with the backend chosen for a connection and whether it was a failover (not the first candidate).
 	OnConnect func(addr string, failover bool)
+	// OnReject, if set, is called when a client connection is closed unproxied
+	// (reason "max_conns" or "no_backend").
+	OnReject func(reason string)
 
 	active atomic.Int64
 }
@@ -116,6 +119,9 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			_ = c.Close()
 			srv.log.Warn("sshproxy: too many connections; rejecting client",
 				"client", c.RemoteAddr().String(), "max_conns", maxConns)
+			if p.OnReject != nil {
+				p.OnReject("max_conns")
+			}
 			continue
 		}
 		s := &session{client: c}
@@ -224,6 +230,9 @@ func (srv *server) handle(s *session) {
 	if err != nil {
 		if srv.ctx.Err() == nil {
 			srv.log.Warn("sshproxy: no backend reachable; closing client", "client", clientAddr, "err", err)
+			if srv.p.OnReject != nil {
+				srv.p.OnReject("no_backend")
+			}
 		}
 		return
 	}

@@ -1,0 +1,137 @@
+// Package metrics exposes what the proxy sees as Prometheus metrics on the
+// admin address. It implements the proxy's Observer, so the proxy itself
+// stays free of Prometheus types.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the proxy's registry and instruments.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	nodeRequests    *prometheus.CounterVec
+	nodeDuration    *prometheus.HistogramVec
+	replicaFailures *prometheus.CounterVec
+	quorumFailures  *prometheus.CounterVec
+	received        prometheus.Counter
+	sent            prometheus.Counter
+	nodeUp          *prometheus.GaugeVec
+	sshConnections  prometheus.Counter
+	sshFailovers    prometheus.Counter
+	sshRejected     prometheus.Counter
+}
+
+// New registers every instrument on a fresh registry (plus Go and process
+// collectors).
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	latency := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_http_requests_total", Help: "Client HTTP requests answered, by route, method and status code.",
+	}, []string{"route", "method", "code"})
+	m.requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "cring_http_request_duration_seconds", Help: "Time to answer a client HTTP request, by route and method.", Buckets: latency,
+	}, []string{"route", "method"})
+	m.nodeRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_node_requests_total", Help: "Requests the proxy sent to nodes, by node and outcome (2xx..5xx, error).",
+	}, []string{"node", "outcome"})
+	m.nodeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "cring_node_request_duration_seconds", Help: "Time until a node answered (headers), by node.", Buckets: latency,
+	}, []string{"node"})
+	m.replicaFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_replica_failures_total", Help: "Replica writes that did not store, by node and operation.",
+	}, []string{"node", "op"})
+	m.quorumFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_quorum_failures_total", Help: "Requests answered 503 because too few nodes answered, by operation.",
+	}, []string{"op"})
+	m.received = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_client_received_bytes_total", Help: "Request body bytes received from clients.",
+	})
+	m.sent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_client_sent_bytes_total", Help: "Response body bytes sent to clients.",
+	})
+	m.nodeUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cring_node_up", Help: "1 when the node is believed healthy, else 0.",
+	}, []string{"node"})
+	m.sshConnections = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_ssh_connections_total", Help: "SSH connections proxied to a node.",
+	})
+	m.sshFailovers = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_ssh_failovers_total", Help: "SSH connections that went to a node other than the first candidate.",
+	})
+	m.sshRejected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_ssh_rejected_total", Help: "SSH connections closed because no node could be dialed or the cap was reached.",
+	})
+	m.reg.MustRegister(m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
+		m.quorumFailures, m.received, m.sent, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry lets other parts (backups, healing) add their own instruments.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Request records one answered client request.
+func (m *Metrics) Request(route, method string, code int, d time.Duration, in, out int64) {
+	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	m.requestDuration.WithLabelValues(route, method).Observe(d.Seconds())
+	m.received.Add(float64(in))
+	m.sent.Add(float64(out))
+}
+
+// NodeRequest records one request to a node (status 0 with err on failure).
+func (m *Metrics) NodeRequest(node string, status int, err error, d time.Duration) {
+	outcome := "error"
+	if err == nil {
+		outcome = strconv.Itoa(status/100) + "xx"
+		m.nodeDuration.WithLabelValues(node).Observe(d.Seconds())
+	}
+	m.nodeRequests.WithLabelValues(node, outcome).Inc()
+}
+
+// ReplicaFailure records a replica that did not store a write.
+func (m *Metrics) ReplicaFailure(node, op string) { m.replicaFailures.WithLabelValues(node, op).Inc() }
+
+// QuorumFailure records a request refused for lack of nodes.
+func (m *Metrics) QuorumFailure(op string) { m.quorumFailures.WithLabelValues(op).Inc() }
+
+// NodeHealth records a node's state.
+func (m *Metrics) NodeHealth(node string, up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.nodeUp.WithLabelValues(node).Set(v)
+}
+
+// SSHConnect records a proxied SSH connection.
+func (m *Metrics) SSHConnect(failover bool) {
+	m.sshConnections.Inc()
+	if failover {
+		m.sshFailovers.Inc()
+	}
+}
+
+// SSHRejected records an SSH connection that could not be proxied.
+func (m *Metrics) SSHRejected() { m.sshRejected.Inc() }
+
+// GaugeFunc registers a gauge read at scrape time (active SSH connections,
+// queue depths).
+func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+}

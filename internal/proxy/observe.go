@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Observer receives what the proxy sees (metrics implement it).
+type Observer interface {
+	Request(route, method string, code int, d time.Duration, in, out int64)
+	NodeRequest(node string, status int, err error, d time.Duration)
+	ReplicaFailure(node, op string)
+	QuorumFailure(op string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Request(string, string, int, time.Duration, int64, int64) {}
+func (nopObserver) NodeRequest(string, int, error, time.Duration)            {}
+func (nopObserver) ReplicaFailure(string, string)                            {}
+func (nopObserver) QuorumFailure(string)                                     {}
+
+// trace collects, for the request log line, which nodes a request tried and
+// how each answered. Node requests carry it in their context.
+type trace struct {
+	mu    sync.Mutex
+	user  string
+	tries []string
+}
+
+type traceKey struct{}
+
+func traceFrom(ctx context.Context) *trace {
+	t, _ := ctx.Value(traceKey{}).(*trace)
+	return t
+}
+
+func (t *trace) add(node, outcome string) {
+	t.mu.Lock()
+	t.tries = append(t.tries, node+"="+outcome)
+	t.mu.Unlock()
+}
+
+func (t *trace) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.tries, " ")
+}
+
+// observedTransport reports every node request to the observer and the
+// request's trace.
+type observedTransport struct {
+	next   http.RoundTripper
+	byHost map[string]string
+	obs    Observer
+}
+
+func (o *observedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := o.next.RoundTrip(req)
+	node := o.byHost[req.URL.Host]
+	if node == "" {
+		return resp, err
+	}
+	status := 0
+	outcome := ""
+	if err != nil {
+		outcome = "error"
+		if req.Context().Err() != nil {
+			outcome = "cancelled"
+		}
+	} else {
+		status = resp.StatusCode
+		outcome = fmt.Sprint(status)
+	}
+	o.obs.NodeRequest(node, status, err, time.Since(start))
+	if t := traceFrom(req.Context()); t != nil {
+		t.add(node, outcome)
+	}
+	return resp, err
+}
+
+// routeOf names a request's route for metrics and logs (bounded label set).
+func routeOf(r *http.Request) string {
+	p := r.URL.Path
+	switch {
+	case strings.HasPrefix(p, "/v1/fs/"):
+		return "fs"
+	case strings.HasPrefix(p, "/v1/seq/"):
+		return "seq"
+	case p == "/v1/encrypt-key":
+		return "encrypt-key"
+	case strings.HasPrefix(p, "/v1/bio"):
+		return "bio"
+	case strings.HasPrefix(p, "/v1/id/"):
+		return "id"
+	case strings.HasPrefix(p, "/v1/news"):
+		return "news"
+	case isPublic(p):
+		return "public"
+	}
+	return "other"
+}
+
+// recorder keeps the status and bytes a handler wrote.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// counted counts a request body's bytes as the handler reads them.
+type counted struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *counted) Read(b []byte) (int, error) {
+	n, err := c.ReadCloser.Read(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// observe wraps one request: metrics and one log line at the end, even when
+// the handler aborts the connection.
+func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serve func(http.ResponseWriter, *http.Request)) {
+	start := time.Now()
+	tr := &trace{}
+	rec := &recorder{ResponseWriter: w}
+	body := &counted{ReadCloser: r.Body}
+	if r.Body != nil {
+		r.Body = body
+	}
+	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, tr))
+	defer func() {
+		d := time.Since(start)
+		status := rec.status
+		aborted := recover()
+		if aborted != nil {
+			status = 499 // connection aborted mid-answer
+		}
+		route := routeOf(r)
+		p.obs.Request(route, r.Method, status, d, body.n, rec.bytes)
+		level := slog.LevelInfo
+		if status >= 500 || aborted != nil {
+			level = slog.LevelWarn
+		}
+		tr.mu.Lock()
+		user := tr.user
+		tr.mu.Unlock()
+		p.log.Log(r.Context(), level, "request",
+			"request_id", rid, "user", user, "method", r.Method, "route", route, "path", r.URL.Path,
+			"status", status, "duration", d.Round(time.Microsecond), "in", body.n, "out", rec.bytes,
+			"replicas", tr.String())
+		if aborted != nil {
+			panic(aborted)
+		}
+	}()
+	serve(rec, r)
+}
