@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
 )
 
 // promtool is Debian's (package prometheus), installed by scripts/test.
