@@ -23,13 +23,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // Node is one Charm server's HTTP API.
@@ -63,6 +63,8 @@ type Options struct {
 	SharedAccounts bool
 	// Observer gets metrics; nil: none.
 	Observer Observer
+	// Healer hears about missed replicas and disagreeing reads; nil: none.
+	Healer Healer
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
@@ -80,6 +82,8 @@ type Proxy struct {
 	stall     time.Duration
 	shared    bool
 	obs       Observer
+	healer    Healer
+	tombs     recentTombstones
 	bufs      sync.Pool
 	seqLocks  keyedMutex
 }
@@ -102,6 +106,9 @@ func New(o Options) (*Proxy, error) {
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
 	}
+	if o.Healer == nil {
+		o.Healer = nopHealer{}
+	}
 	byHost := map[string]string{}
 	for _, n := range o.Nodes {
 		byHost[n.URL.Host] = n.Name
@@ -121,6 +128,7 @@ func New(o Options) (*Proxy, error) {
 		stall:     o.StallTimeout,
 		shared:    o.SharedAccounts,
 		obs:       o.Observer,
+		healer:    o.Healer,
 	}
 	p.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	return p, nil
@@ -166,13 +174,21 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 		t.user = user
 		t.mu.Unlock()
 	}
-	switch rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/"); {
+	p.healer.RecordUser(user)
+	rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/")
+	ref := fileRef{user: user, path: tombstone.Clean(rest)}
+	if isFS && tombstone.Reserved(ref.path) {
+		writeError(w, http.StatusForbidden, tombstone.Root+" is reserved for cring")
+		return
+	}
+	switch {
 	case isFS && r.Method == http.MethodPost:
-		p.write(w, r, placementKey(user, rest))
+		p.clearTombstone(r, ref)
+		p.write(w, r, ref)
 	case isFS && r.Method == http.MethodDelete:
-		p.write(w, r, placementKey(user, rest))
+		p.delete(w, r, ref)
 	case isFS && r.Method == http.MethodGet:
-		p.read(w, r, placementKey(user, rest))
+		p.read(w, r, ref)
 	case !p.shared && r.Method == http.MethodPost && (r.URL.Path == "/v1/encrypt-key" || r.URL.Path == "/v1/bio"):
 		p.broadcast(w, r)
 	case !p.shared && strings.HasPrefix(r.URL.Path, "/v1/seq/") && (r.Method == http.MethodGet || r.Method == http.MethodPost):
@@ -192,8 +208,13 @@ func isPublic(p string) bool {
 
 // placementKey is DESIGN invariant 1: charmID + "/" + cleaned path.
 func placementKey(user, rest string) string {
-	return user + "/" + strings.TrimPrefix(path.Clean("/"+rest), "/")
+	return user + "/" + tombstone.Clean(rest)
 }
+
+// fileRef is a file of one user.
+type fileRef struct{ user, path string }
+
+func (f fileRef) key() string { return placementKey(f.user, f.path) }
 
 func newRequestID() string {
 	var b [8]byte

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	charm "github.com/charmbracelet/charm/proto"
+
+	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // maxListing caps one node's directory listing held for merging.
@@ -25,8 +27,9 @@ const maxListing = 64 << 20
 // A 404 is only answered when fewer than W nodes could not be asked: any
 // acknowledged file is on at least W nodes, so at least one of them answered
 // (DESIGN invariant 6). Otherwise the answer is 503, never a false 404.
-func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
+func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
+	key := ref.key()
 	pref := p.ring.Preference(key)
 	asked := make([]bool, len(p.nodes))
 	unreachable := 0
@@ -54,9 +57,21 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, key string) {
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 			if isJSON(resp.Header) {
-				p.mergeListing(w, r, i, resp, cancel, asked, unreachable)
+				p.mergeListing(w, r, ref, i, resp, cancel, asked, unreachable)
 				cancel(nil)
 				return
+			}
+			if notFound != nil {
+				// An earlier replica lacks it: repair, and never serve a
+				// stale copy of a file that was deleted.
+				p.healer.Suspect(ref.user, ref.path)
+				lm, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
+				if p.deletedSince(r, ref, lm) {
+					resp.Body.Close()
+					cancel(nil)
+					relay(w, *notFound)
+					return
+				}
 			}
 			err := p.stream(w, resp, cancel)
 			resp.Body.Close()
@@ -102,7 +117,7 @@ func isJSON(h http.Header) bool {
 // node's listing: by name, newest modtime wins. first is the listing that
 // showed the path is a directory; nodes already asked that had no such
 // directory contribute nothing.
-func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
+func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
 	ctx := r.Context()
 	mode := resp.Header.Get("X-File-Mode")
 	type listing struct {
@@ -126,6 +141,19 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	// Tombstones, asked of the same nodes at the same time, hide entries a
+	// stale replica still holds.
+	var tombs map[string]time.Time
+	if !tombstone.Reserved(ref.path) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := p.tombstoneTimes(ctx, r, p.healthyNodes())
+			mu.Lock()
+			tombs = t
+			mu.Unlock()
+		}()
+	}
 	for i := range p.nodes {
 		if asked[i] {
 			continue
@@ -165,6 +193,7 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, first int, 
 		return
 	}
 	merged := mergeDirs(lists)
+	dropDeleted(merged, ref.path, tombs)
 	w.Header().Set("Content-Type", "application/json")
 	if mode != "" {
 		w.Header().Set("X-File-Mode", mode)

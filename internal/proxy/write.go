@@ -70,8 +70,9 @@ func (rp *replica) feed() {
 // write fans a POST or DELETE of /v1/fs/* out to the key's replicas with the
 // body streamed to all of them at once, and acks only at W 2xx answers from
 // nodes that received the whole body (DESIGN invariants 2 and 3).
-func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
+func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
+	key := ref.key()
 	pref := p.ring.Preference(key)
 	targets := p.targets(pref)
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
@@ -151,6 +152,23 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, key string) {
 			o = outcome{node: i, err: errors.New("answered before receiving the whole body")}
 		}
 		failed = append(failed, o)
+	}
+	// Hinted handoff: every replica that did not get this write or delete
+	// (failed, or skipped as down and replaced by a handoff) is owed it.
+	inTargets := map[int]bool{}
+	for _, i := range targets {
+		inTargets[i] = true
+	}
+	for _, i := range pref[:p.ring.Replicas()] {
+		if !inTargets[i] {
+			p.healer.Missed(ref.user, ref.path, i)
+		}
+	}
+	for _, o := range failed {
+		p.healer.Missed(ref.user, ref.path, o.node)
+	}
+	if stored < p.w && stored > 0 {
+		p.healer.Suspect(ref.user, ref.path) // partial copies of a refused write
 	}
 	for _, o := range failed {
 		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)

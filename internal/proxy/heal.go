@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	charm "github.com/charmbracelet/charm/proto"
+
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// Healer learns what the proxy saw go wrong, so it can be repaired later
+// (hinted handoff and read repair).
+type Healer interface {
+	RecordUser(user string)
+	// Missed: node did not get the latest write or delete of path.
+	Missed(user, path string, node int)
+	// Suspect: replicas of path disagree; check it soon.
+	Suspect(user, path string)
+}
+
+type nopHealer struct{}
+
+func (nopHealer) RecordUser(string)          {}
+func (nopHealer) Missed(string, string, int) {}
+func (nopHealer) Suspect(string, string)     {}
+
+// delete records a tombstone (acked at W like any write) and then deletes
+// the file everywhere, so no stale replica can bring it back.
+func (p *Proxy) delete(w http.ResponseWriter, r *http.Request, ref fileRef) {
+	now := time.Now()
+	status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, now))
+	if status < 200 || status > 299 {
+		p.obs.QuorumFailure("tombstone")
+		writeError(w, http.StatusServiceUnavailable, "could not record the delete: "+msg)
+		return
+	}
+	p.tombs.add(ref.key())
+	p.write(w, r, ref)
+}
+
+// clearTombstone removes the tombstone of a path this proxy deleted a
+// moment ago, before it is written again: the new file must not look older
+// than its own delete to anyone. (Older tombstones lose to the newer file by
+// modification time.)
+func (p *Proxy) clearTombstone(r *http.Request, ref fileRef) {
+	if !p.tombs.take(ref.key()) {
+		return
+	}
+	if status, msg := p.internalWrite(r, http.MethodDelete, fileRef{ref.user, tombstone.Path(ref.path)}, nil); status != http.StatusOK {
+		p.log.Warn("could not clear tombstone before rewrite", "path", ref.path, "err", msg)
+		p.healer.Suspect(ref.user, ref.path)
+	}
+}
+
+// internalWrite runs the write path for a request of cring's own, with the
+// client's token, and returns the status and message it would have sent.
+func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data []byte) (int, string) {
+	req := r.Clone(r.Context())
+	req.URL = &url.URL{Path: "/v1/fs/" + ref.path}
+	req.Header.Del("Content-Length")
+	req.Header.Del("Content-Type")
+	req.Body = http.NoBody
+	req.ContentLength = 0
+	if method == http.MethodPost {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		part, _ := mw.CreateFormFile("data", "tombstone")
+		_, _ = part.Write(data)
+		_ = mw.Close()
+		req.URL.RawQuery = "mode=" + strconv.Itoa(tombstone.Mode)
+		req.Body = readCloser{bytes.NewReader(buf.Bytes())}
+		req.ContentLength = int64(buf.Len())
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+	}
+	req.Method = method
+	rec := &captured{header: http.Header{}}
+	p.write(rec, req, ref)
+	var m struct {
+		Message string `json:"message"`
+	}
+	_ = json.Unmarshal(rec.body.Bytes(), &m)
+	return rec.status, m.Message
+}
+
+type readCloser struct{ *bytes.Reader }
+
+func (readCloser) Close() error { return nil }
+
+// captured is a ResponseWriter that keeps what an internal request answered.
+type captured struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (c *captured) Header() http.Header { return c.header }
+func (c *captured) WriteHeader(s int) {
+	if c.status == 0 {
+		c.status = s
+	}
+}
+func (c *captured) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	return c.body.Write(b)
+}
+
+// tombstoneTimes lists a user's tombstones on the given nodes: name → the
+// newest modification time any node has for it.
+func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, nodes []int) map[string]time.Time {
+	req := r.Clone(ctx)
+	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
+	out := map[string]time.Time{}
+	for _, o := range p.sendAll(ctx, nodes, req, http.MethodGet, nil) {
+		if !o.ok() || !isJSON(o.header) {
+			continue
+		}
+		var d charm.FileInfo
+		if json.Unmarshal(o.body, &d) != nil {
+			continue
+		}
+		for _, f := range d.Files {
+			if f.ModTime.After(out[f.Name]) {
+				out[f.Name] = f.ModTime
+			}
+		}
+	}
+	return out
+}
+
+// dropDeleted removes listing entries that a tombstone at least as new
+// covers, and cring's own directory from the user's root.
+func dropDeleted(dir *charm.FileInfo, dirPath string, tombs map[string]time.Time) {
+	kept := dir.Files[:0]
+	for _, f := range dir.Files {
+		p := tombstone.Clean(dirPath + "/" + f.Name)
+		if tombstone.Reserved(p) {
+			continue
+		}
+		if t, ok := tombs[tombstone.Name(p)]; ok && !f.IsDir && !f.ModTime.After(t) {
+			continue
+		}
+		kept = append(kept, f)
+	}
+	dir.Files = kept
+}
+
+// deletedSince reports whether path has a tombstone newer than modTime,
+// asking the tombstone's replicas in order.
+func (p *Proxy) deletedSince(r *http.Request, ref fileRef, modTime time.Time) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), p.stall)
+	defer cancel()
+	tref := fileRef{ref.user, tombstone.Path(ref.path)}
+	req := r.Clone(ctx)
+	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
+	for _, i := range p.ring.Preference(tref.key()) {
+		if !p.health.Healthy(i) {
+			continue
+		}
+		o := p.send(ctx, i, req, http.MethodGet, nil)
+		if !o.ok() || !isJSON(o.header) {
+			continue
+		}
+		var d charm.FileInfo
+		if json.Unmarshal(o.body, &d) != nil {
+			continue
+		}
+		for _, f := range d.Files {
+			if f.Name == tombstone.Name(ref.path) && !modTime.After(f.ModTime) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// recentTombstones remembers the keys this proxy deleted lately, so a quick
+// rewrite clears its tombstone first. Bounded: old entries fall out.
+type recentTombstones struct {
+	mu   sync.Mutex
+	keys map[string]time.Time
+}
+
+const recentTombstoneTTL = 10 * time.Minute
+
+func (t *recentTombstones) add(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.keys == nil {
+		t.keys = map[string]time.Time{}
+	}
+	now := time.Now()
+	if len(t.keys) > 10000 {
+		for k, at := range t.keys {
+			if now.Sub(at) > recentTombstoneTTL {
+				delete(t.keys, k)
+			}
+		}
+	}
+	t.keys[key] = now
+}
+
+func (t *recentTombstones) take(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.keys[key]
+	delete(t.keys, key)
+	return ok && time.Since(at) < recentTombstoneTTL
+}
