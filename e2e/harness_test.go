@@ -44,12 +44,16 @@ type clusterOpts struct {
 	// count puts a counting reverse proxy in front of each node's HTTP API,
 	// to prove what never reaches a node.
 	count bool
+	// heal gives the proxy the server key and a data dir: self-healing on.
+	heal bool
+	// proxyNodes: how many of the nodes the proxy fronts (default all).
+	proxyNodes int
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
 	t.Helper()
 	ctx := context.Background()
-	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	ports, err := devcluster.FreePorts("127.0.0.1", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,24 +68,58 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 		t.Fatal(err)
 	}
 	tc := &testCluster{t: t, dc: dc}
+	if o.proxyNodes == 0 {
+		o.proxyNodes = o.nodes
+	}
+	p := tc.startProxy(o, o.proxyNodes, httpAddr)
+	tc.cfg, tc.srv = p.cfg, p.srv
+	tc.httpAddr, tc.sshAddr, tc.admin = p.httpAddr, p.sshAddr, p.admin
+	return tc
+}
+
+// proxyInst is one running cring proxy.
+type proxyInst struct {
+	cfg                      *config.Config
+	srv                      *serve.Server
+	httpAddr, sshAddr, admin string
+}
+
+// startProxy runs a proxy over the cluster's first n nodes, on httpAddr
+// ("" picks a port). Every proxy uses the cluster's public URL as issuer.
+func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyInst {
+	t := tc.t
+	t.Helper()
+	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if httpAddr == "" {
+		httpAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	}
 	cfg := &config.Config{
 		Replicas:        o.replicas,
 		WriteQuorum:     o.quorum,
-		PublicURL:       publicURL,
+		PublicURL:       tc.dc.PublicURL,
 		Address:         httpAddr,
 		SSHProxyAddress: fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		AdminAddress:    fmt.Sprintf("127.0.0.1:%d", ports[2]),
 		HealthInterval:  200 * time.Millisecond,
 		NodeTimeout:     10 * time.Second,
 	}
-	for _, n := range dc.Nodes {
-		u := n.HTTPURL()
+	if o.heal {
+		cfg.ServerKey = tc.dc.KeyPath
+		cfg.DataDir = t.TempDir()
+		cfg.ScanInterval = time.Hour // tests run scans themselves
+		cfg.RepairRate = 1000
+	}
+	for _, nd := range tc.dc.Nodes[:n] {
+		u := nd.HTTPURL()
 		if o.count {
 			c := &atomic.Int64{}
 			tc.counters = append(tc.counters, c)
 			u = countingFront(t, u, c)
 		}
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: u, SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
 	}
 	if err := cfg.Normalize(); err != nil {
 		t.Fatal(err)
@@ -94,13 +132,13 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(sctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	tc.cfg, tc.srv = cfg, srv
-	tc.httpAddr, tc.sshAddr, tc.admin = srv.Addrs()
-	return tc
+	p := &proxyInst{cfg: cfg, srv: srv}
+	p.httpAddr, p.sshAddr, p.admin = srv.Addrs()
+	return p
 }
 
 // countingFront is instrumentation, not a fake: it forwards to the real node

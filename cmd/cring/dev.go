@@ -67,14 +67,17 @@ while it runs with "cring dev node stop node2" to watch failover.`,
 }
 
 // defaultDevDir is under the user's data dir (XDG on Linux).
-func defaultDevDir() string {
+func defaultDevDir() string { return defaultDataDir("dev") }
+
+// defaultDataDir is cring/<sub> under the user's data dir (XDG on Linux).
+func defaultDataDir(sub string) string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "cring", "dev")
+		return filepath.Join(d, "cring", sub)
 	}
 	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "share", "cring", "dev")
+		return filepath.Join(h, ".local", "share", "cring", sub)
 	}
-	return "cring-dev"
+	return filepath.Join("cring-data", sub)
 }
 
 func runDev(cmd *cobra.Command, f devFlags) error {
@@ -117,6 +120,9 @@ func runDev(cmd *cobra.Command, f devFlags) error {
 		HealthInterval:  time.Second,
 		Accounts:        config.AccountsShared,
 		Debug:           f.debug,
+		ServerKey:       dc.KeyPath,
+		DataDir:         filepath.Join(f.dir, "proxy"),
+		ScanInterval:    10 * time.Minute,
 	}
 	for _, n := range dc.Nodes {
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})

@@ -33,6 +33,11 @@ type serveFlags struct {
 	nodeTimeout    time.Duration
 	logFormat      string
 	accounts       string
+	serverKey      string
+	dataDir        string
+	scanInterval   time.Duration
+	repairRate     float64
+	tombstoneGrace time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -80,6 +85,11 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.healthInterval, "health-interval", config.DefaultHealthInterval, "how often every node is probed")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may take to answer or stall mid-body before it loses the request")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fl.StringVar(&f.serverKey, "server-key", "", "the nodes' shared charm_server_ed25519: turns on self-healing (repairs act for users with tokens it signs)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "where durable state lives: hints, known users, backup queue (default under the user's data dir)")
+	fl.DurationVar(&f.scanInterval, "scan-interval", config.DefaultScanInterval, "time between background anti-entropy scans")
+	fl.Float64Var(&f.repairRate, "repair-rate", config.DefaultRepairRate, "repairs per second the healer may do")
+	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long deletes are remembered; a node away longer may bring deleted files back")
 	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
 }
@@ -135,6 +145,24 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("accounts") || cfg.Accounts == "" {
 		cfg.Accounts = f.accounts
+	}
+	if pick("server-key") || cfg.ServerKey == "" {
+		cfg.ServerKey = f.serverKey
+	}
+	if pick("data-dir") || cfg.DataDir == "" {
+		cfg.DataDir = f.dataDir
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = defaultDataDir("serve")
+	}
+	if pick("scan-interval") || cfg.ScanInterval == 0 {
+		cfg.ScanInterval = f.scanInterval
+	}
+	if pick("repair-rate") || cfg.RepairRate == 0 {
+		cfg.RepairRate = f.repairRate
+	}
+	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
+		cfg.TombstoneGrace = f.tombstoneGrace
 	}
 	if pick("debug") {
 		cfg.Debug = f.debug

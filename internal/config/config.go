@@ -27,6 +27,9 @@ const (
 	DefaultBackupZone      = "us-east-1"
 	DefaultHealthInterval  = 2 * time.Second
 	DefaultNodeTimeout     = 30 * time.Second
+	DefaultScanInterval    = time.Hour
+	DefaultRepairRate      = 50
+	DefaultTombstoneGrace  = 30 * 24 * time.Hour
 )
 
 // Account store modes.
@@ -69,7 +72,14 @@ type Config struct {
 	// its own sqlite) or "shared" (one store every node uses).
 	Accounts string `yaml:"accounts"`
 	Backup   Backup `yaml:"backup"`
-	Debug    bool   `yaml:"debug"`
+	// ServerKey is the charm_server_ed25519 every node shares: with it the
+	// proxy repairs replicas for users (healing is on when it is set).
+	ServerKey      string        `yaml:"server-key"`
+	DataDir        string        `yaml:"data-dir"` // durable hints, users, queues
+	ScanInterval   time.Duration `yaml:"scan-interval"`
+	RepairRate     float64       `yaml:"repair-rate"` // repairs per second
+	TombstoneGrace time.Duration `yaml:"tombstone-grace"`
+	Debug          bool          `yaml:"debug"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
@@ -209,6 +219,18 @@ func (c *Config) Normalize() error {
 	}
 	if c.NodeTimeout <= 0 {
 		c.NodeTimeout = DefaultNodeTimeout
+	}
+	if c.ScanInterval == 0 {
+		c.ScanInterval = DefaultScanInterval
+	}
+	if c.RepairRate == 0 {
+		c.RepairRate = DefaultRepairRate
+	}
+	if c.TombstoneGrace == 0 {
+		c.TombstoneGrace = DefaultTombstoneGrace
+	}
+	if c.ServerKey != "" && c.DataDir == "" {
+		return errors.New("healing needs --data-dir for its durable hints (with --server-key)")
 	}
 	switch c.Accounts {
 	case "":

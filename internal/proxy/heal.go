@@ -24,13 +24,17 @@ type Healer interface {
 	Missed(user, path string, node int)
 	// Suspect: replicas of path disagree; check it soon.
 	Suspect(user, path string)
+	// Owed: node has not yet been given the latest write or delete of path
+	// (its copy may be stale): reads skip it.
+	Owed(user, path string, node int) bool
 }
 
 type nopHealer struct{}
 
-func (nopHealer) RecordUser(string)          {}
-func (nopHealer) Missed(string, string, int) {}
-func (nopHealer) Suspect(string, string)     {}
+func (nopHealer) RecordUser(string)             {}
+func (nopHealer) Missed(string, string, int)    {}
+func (nopHealer) Suspect(string, string)        {}
+func (nopHealer) Owed(string, string, int) bool { return false }
 
 // delete records a tombstone (acked at W like any write) and then deletes
 // the file everywhere, so no stale replica can bring it back.

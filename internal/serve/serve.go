@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,11 +20,13 @@ import (
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
 	"github.com/cring-dev/cring/internal/metrics"
 	"github.com/cring-dev/cring/internal/proxy"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/sshproxy"
+	"github.com/cring-dev/cring/internal/token"
 	jose "gopkg.in/square/go-jose.v2"
 )
 
@@ -38,6 +41,7 @@ type Server struct {
 	ssh       *sshproxy.Proxy
 	admin     *http.ServeMux
 	metrics   *metrics.Metrics
+	healer    *heal.Healer
 
 	httpLn, sshLn, adminLn net.Listener
 }
@@ -85,6 +89,41 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		s.metrics.NodeHealth(n.Name, true)
 	}
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
+	if cfg.ServerKey != "" {
+		signer, err := token.LoadSigner(cfg.ServerKey)
+		if err != nil {
+			return nil, fmt.Errorf("--server-key: %w", err)
+		}
+		hnodes := make([]heal.Node, len(pnodes))
+		for i, n := range pnodes {
+			hnodes[i] = heal.Node{Name: n.Name, URL: n.URL}
+		}
+		s.healer, err = heal.New(heal.Options{
+			Nodes:          hnodes,
+			Ring:           rg,
+			WriteQuorum:    cfg.WriteQuorum,
+			Health:         s.health,
+			Signer:         signer,
+			Issuer:         s.issuer,
+			Transport:      s.transport,
+			DataDir:        filepath.Join(cfg.DataDir, "heal"),
+			Logger:         log,
+			StallTimeout:   cfg.NodeTimeout,
+			ScanInterval:   cfg.ScanInterval,
+			Rate:           cfg.RepairRate,
+			TombstoneGrace: cfg.TombstoneGrace,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.registerHealMetrics()
+	} else {
+		log.Warn("healing is off: give --server-key (the nodes' shared charm_server_ed25519) and --data-dir to repair replicas")
+	}
+	var healer proxy.Healer
+	if s.healer != nil {
+		healer = s.healer
+	}
 	s.proxy, err = proxy.New(proxy.Options{
 		Nodes:          pnodes,
 		Ring:           rg,
@@ -96,6 +135,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		StallTimeout:   cfg.NodeTimeout,
 		SharedAccounts: cfg.Accounts == config.AccountsShared,
 		Observer:       s.metrics,
+		Healer:         healer,
 	})
 	if err != nil {
 		return nil, err
@@ -250,6 +290,11 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
+	if s.healer != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.healer.Run(ctx) }()
+		defer s.healer.Close()
+	}
 	wg.Add(4)
 	go func() { defer wg.Done(); s.health.Run(ctx) }()
 	go func() {
@@ -304,12 +349,50 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
+	st := map[string]any{
 		"nodes":          s.health.Snapshot(),
 		"replicas":       s.cfg.Replicas,
 		"write_quorum":   s.cfg.WriteQuorum,
 		"ssh_active":     s.ssh.Active(),
 		"peak_rss_bytes": peakRSS(),
+	}
+	if s.healer != nil {
+		st["heal"] = s.healer.Status()
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// issuer is the issuer the nodes accept: configured, or what they announce.
+func (s *Server) issuer() string {
+	if s.cfg.PublicURL != "" {
+		return strings.TrimRight(s.cfg.PublicURL, "/")
+	}
+	return s.verifier.DiscoveredIssuer()
+}
+
+// Healer is the running healer, nil when healing is off.
+func (s *Server) Healer() *heal.Healer { return s.healer }
+
+func (s *Server) registerHealMetrics() {
+	h := s.healer
+	s.metrics.GaugeFunc("cring_heal_hints_pending", "Missed writes and deletes owed to nodes.", func() float64 {
+		n := 0
+		for _, c := range h.Status().HintsPending {
+			n += c
+		}
+		return float64(n)
+	})
+	s.metrics.GaugeFunc("cring_heal_users", "Users whose files the scan walks.", func() float64 { return float64(h.Status().Users) })
+	for _, k := range []string{"copied", "removed", "hints_replayed", "read_repairs"} {
+		s.metrics.CounterFunc("cring_heal_"+k+"_total", "Healer total: "+strings.ReplaceAll(k, "_", " ")+".", func() float64 {
+			return float64(h.Status().Totals[k])
+		})
+	}
+	s.metrics.GaugeFunc("cring_heal_last_scan_under_replicated", "Keys missing a replica at the last scan.", func() float64 {
+		if r := h.Status().LastScan; r != nil {
+			return float64(r.UnderReplicated)
+		}
+		return 0
 	})
 }
 

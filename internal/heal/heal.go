@@ -1,0 +1,311 @@
+// Package heal brings every key back to exactly N correct copies without an
+// operator (DESIGN invariant 9): durable hints replay missed writes and
+// deletes when a node returns, read repair checks keys a read found
+// disagreeing, and a background scan walks every known user's files on every
+// node, fixing what it finds at a bounded rate. Tombstones (see package
+// tombstone) keep acknowledged deletes from coming back. The healer acts for
+// users with short-lived tokens signed by the cluster's server key.
+package heal
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// Node is one Charm server's HTTP API.
+type Node struct {
+	Name string
+	URL  *url.URL
+}
+
+// Health is the healer's view of which nodes are up.
+type Health interface {
+	Healthy(i int) bool
+}
+
+// Options configure a Healer.
+type Options struct {
+	Nodes        []Node
+	Ring         *ring.Ring
+	WriteQuorum  int
+	Health       Health
+	Signer       *token.Signer
+	Issuer       func() string // the issuer nodes accept (the public URL)
+	Transport    http.RoundTripper
+	DataDir      string
+	Logger       *slog.Logger
+	StallTimeout time.Duration
+	// ScanInterval between background scans; 0: never scan in the background.
+	ScanInterval time.Duration
+	// Rate bounds repairs and copies per second (0: unlimited).
+	Rate float64
+	// TombstoneGrace: tombstones older than this are collected by scans.
+	TombstoneGrace time.Duration
+}
+
+// Healer repairs the cluster.
+type Healer struct {
+	nodes    []Node
+	ring     *ring.Ring
+	w        int
+	health   Health
+	api      *nodeAPI
+	state    *state
+	log      *slog.Logger
+	stall    time.Duration
+	interval time.Duration
+	grace    time.Duration
+	limiter  func(context.Context)
+	suspects chan suspect
+	counts   counters
+
+	mu       sync.Mutex
+	lastScan *Report
+	scanning *Progress
+}
+
+type suspect struct{ user, path string }
+
+// New opens the healer's state under o.DataDir.
+func New(o Options) (*Healer, error) {
+	st, err := openState(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	if o.TombstoneGrace <= 0 {
+		o.TombstoneGrace = 30 * 24 * time.Hour
+	}
+	h := &Healer{
+		nodes:  o.Nodes,
+		ring:   o.Ring,
+		w:      o.WriteQuorum,
+		health: o.Health,
+		api: &nodeAPI{
+			client:  &http.Client{Transport: o.Transport},
+			signer:  o.Signer,
+			issuer:  o.Issuer,
+			timeout: o.StallTimeout,
+			tokens:  map[string]cachedToken{},
+		},
+		state:    st,
+		log:      o.Logger.With("component", "heal"),
+		stall:    o.StallTimeout,
+		interval: o.ScanInterval,
+		grace:    o.TombstoneGrace,
+		suspects: make(chan suspect, 4096),
+	}
+	if o.Rate > 0 {
+		every := time.Duration(float64(time.Second) / o.Rate)
+		var mu sync.Mutex
+		next := time.Now()
+		h.limiter = func(ctx context.Context) {
+			mu.Lock()
+			now := time.Now()
+			if next.Before(now) {
+				next = now
+			}
+			wait := next.Sub(now)
+			next = next.Add(every)
+			mu.Unlock()
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+		}
+	}
+	return h, nil
+}
+
+// Close releases the state files.
+func (h *Healer) Close() { h.state.close() }
+
+// RecordUser remembers a user whose files the scan must walk.
+func (h *Healer) RecordUser(user string) {
+	if _, err := h.state.addUser(user); err != nil {
+		h.log.Error("cannot record user", "err", err)
+	}
+}
+
+// Missed records, durably, that node i is owed the latest state of path.
+func (h *Healer) Missed(user, path string, i int) {
+	if err := h.state.addHint(hint{User: user, Path: path, Node: h.nodes[i].Name}); err != nil {
+		h.log.Error("cannot record hint: the scan will find it", "err", err)
+	}
+}
+
+// Owed reports whether node i still has a hint for path: its copy may be
+// stale until the hint is replayed.
+func (h *Healer) Owed(user, path string, i int) bool {
+	return h.state.hasHint(hint{User: user, Path: path, Node: h.nodes[i].Name})
+}
+
+// Suspect queues a key for a prompt check (read repair). A full queue drops
+// it: the next scan finds whatever is wrong.
+func (h *Healer) Suspect(user, path string) {
+	select {
+	case h.suspects <- suspect{user, path}:
+	default:
+		h.counts.add("suspects_dropped")
+	}
+}
+
+// Run replays hints, works through suspects and scans until ctx ends.
+func (h *Healer) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); h.replayHints(ctx) }()
+	go func() { defer wg.Done(); h.readRepair(ctx) }()
+	go func() { defer wg.Done(); h.scanLoop(ctx) }()
+	wg.Wait()
+}
+
+func (h *Healer) nodeIndex(name string) int {
+	for i, n := range h.nodes {
+		if n.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// replayHints repairs the keys owed to nodes that are up again.
+func (h *Healer) replayHints(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		due := h.state.dueHints(func(node string) bool {
+			i := h.nodeIndex(node)
+			return i < 0 || h.health.Healthy(i) // a node no longer configured: settle it
+		})
+		for _, hn := range due {
+			if ctx.Err() != nil {
+				return
+			}
+			res := h.RepairKey(ctx, hn.User, hn.Path, false)
+			settled := res.Err == ""
+			for _, p := range res.Pending {
+				if p == hn.Node {
+					settled = false
+				}
+			}
+			if settled {
+				h.state.doneHint(hn)
+				h.counts.add("hints_replayed")
+				continue
+			}
+			h.state.retryHint(hn)
+		}
+	}
+}
+
+func (h *Healer) readRepair(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-h.suspects:
+			if h.limiter != nil {
+				h.limiter(ctx)
+			}
+			res := h.RepairKey(ctx, s.user, s.path, false)
+			if res.changed() {
+				h.counts.add("read_repairs")
+			}
+		}
+	}
+}
+
+func (h *Healer) scanLoop(ctx context.Context) {
+	if h.interval <= 0 {
+		<-ctx.Done()
+		return
+	}
+	first := time.NewTimer(min(h.interval, 30*time.Second))
+	defer first.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-first.C:
+	}
+	for {
+		if _, err := h.Scan(ctx, ScanOptions{}); err != nil && ctx.Err() == nil {
+			h.log.Warn("scan failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(h.interval):
+		}
+	}
+}
+
+// counters are the healer's totals for status and metrics.
+type counters struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (c *counters) add(k string) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]uint64{}
+	}
+	c.m[k]++
+	c.mu.Unlock()
+}
+
+func (c *counters) snapshot() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]uint64{}
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
+}
+
+// Status is what operators see of the healer.
+type Status struct {
+	HintsPending map[string]int    `json:"hints_pending"` // by node
+	Users        int               `json:"users"`
+	Totals       map[string]uint64 `json:"totals"`
+	LastScan     *Report           `json:"last_scan,omitempty"`
+	Scanning     *Progress         `json:"scanning,omitempty"`
+}
+
+// Status reports hints, totals and scans.
+func (h *Healer) Status() Status {
+	h.mu.Lock()
+	last, cur := h.lastScan, h.scanning
+	h.mu.Unlock()
+	var curCopy *Progress
+	if cur != nil {
+		p := cur.snapshot()
+		curCopy = &p
+	}
+	return Status{
+		HintsPending: h.state.hintCounts(),
+		Users:        len(h.state.userList()),
+		Totals:       h.counts.snapshot(),
+		LastScan:     last,
+		Scanning:     curCopy,
+	}
+}

@@ -1,0 +1,166 @@
+package heal
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	charm "github.com/charmbracelet/charm/proto"
+
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// errNotFound is a node's 404 for a path.
+var errNotFound = errors.New("not found")
+
+// nodeAPI speaks a Charm node's HTTP API on behalf of any user, with tokens
+// signed by the cluster's server key.
+type nodeAPI struct {
+	client  *http.Client
+	signer  *token.Signer
+	issuer  func() string
+	timeout time.Duration
+
+	mu     sync.Mutex
+	tokens map[string]cachedToken
+}
+
+type cachedToken struct {
+	jwt     string
+	expires time.Time
+}
+
+func (a *nodeAPI) token(user string) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t, ok := a.tokens[user]; ok && time.Until(t.expires) > time.Minute {
+		return t.jwt, nil
+	}
+	const ttl = 10 * time.Minute
+	jwt, err := a.signer.Sign(user, a.issuer(), ttl)
+	if err != nil {
+		return "", fmt.Errorf("sign token for %s: %w", user, err)
+	}
+	a.tokens[user] = cachedToken{jwt, time.Now().Add(ttl)}
+	return jwt, nil
+}
+
+func fsURL(base *url.URL, path string) string {
+	u := *base
+	u.Path = strings.TrimRight(u.Path, "/") + "/v1/fs/" + strings.TrimPrefix(path, "/")
+	return u.String()
+}
+
+func (a *nodeAPI) do(ctx context.Context, method, u, user string, body io.Reader, hdr http.Header) (*http.Response, error) {
+	jwt, err := a.token(user)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Authorization", "bearer "+jwt)
+	req.Header.Set("X-Request-Id", "cring-heal")
+	return a.client.Do(req)
+}
+
+// list returns a directory listing; errNotFound when the node has no such
+// directory (or the path is a file).
+func (a *nodeAPI) list(ctx context.Context, base *url.URL, user, dir string) (*charm.FileInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.do(ctx, http.MethodGet, fsURL(base, dir), user, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, errNotFound
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("list %s: %s", dir, resp.Status)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		return nil, errNotFound // a file, not a directory
+	}
+	var fi charm.FileInfo
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&fi); err != nil {
+		return nil, fmt.Errorf("decode listing of %s: %w", dir, err)
+	}
+	return &fi, nil
+}
+
+// open streams a file; the caller closes the body. The node request is
+// bounded by ctx only: the caller sets a progress timeout for large files.
+func (a *nodeAPI) open(ctx context.Context, base *url.URL, user, path string) (*http.Response, error) {
+	resp, err := a.do(ctx, http.MethodGet, fsURL(base, path), user, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		resp.Body.Close()
+		return nil, errNotFound
+	}
+	if resp.StatusCode != http.StatusOK || strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		resp.Body.Close()
+		return nil, fmt.Errorf("get %s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	return resp, nil
+}
+
+// put uploads r as path with mode, streamed as Charm's multipart form.
+func (a *nodeAPI) put(ctx context.Context, base *url.URL, user, path string, mode uint32, r io.Reader) error {
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		part, err := mw.CreateFormFile("data", path[strings.LastIndex(path, "/")+1:])
+		if err == nil {
+			_, err = io.Copy(part, r)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	u := fsURL(base, path) + "?mode=" + strconv.FormatUint(uint64(mode), 10)
+	resp, err := a.do(ctx, http.MethodPost, u, user, pr, http.Header{"Content-Type": {mw.FormDataContentType()}})
+	pr.CloseWithError(errors.New("request ended"))
+	if err != nil {
+		return fmt.Errorf("put %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("put %s: %s", path, resp.Status)
+	}
+	return nil
+}
+
+// remove deletes path (Charm answers 200 whether or not it existed).
+func (a *nodeAPI) remove(ctx context.Context, base *url.URL, user, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.do(ctx, http.MethodDelete, fsURL(base, path), user, nil, nil)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("delete %s: %s", path, resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,255 @@
+package heal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// ScanOptions tune one scan.
+type ScanOptions struct {
+	DryRun bool     // report, change nothing
+	Deep   bool     // hash every copy (finds silent corruption; reads everything)
+	Users  []string // only these users; default every known user
+	// Progress, if set, is called as users and keys are done.
+	Progress func(Progress)
+}
+
+// Progress of a scan.
+type Progress struct {
+	mu         sync.Mutex
+	Started    time.Time `json:"started"`
+	UsersDone  int       `json:"users_done"`
+	UsersTotal int       `json:"users_total"`
+	Keys       int       `json:"keys_checked"`
+}
+
+func (p *Progress) snapshot() Progress {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Progress{Started: p.Started, UsersDone: p.UsersDone, UsersTotal: p.UsersTotal, Keys: p.Keys}
+}
+
+// Report sums up a scan.
+type Report struct {
+	Started         time.Time `json:"started"`
+	Duration        string    `json:"duration"`
+	DryRun          bool      `json:"dry_run"`
+	Deep            bool      `json:"deep"`
+	Users           int       `json:"users"`
+	Keys            int       `json:"keys"`
+	Healthy         int       `json:"healthy"`
+	UnderReplicated int       `json:"under_replicated"` // a replica missing its copy
+	Misplaced       int       `json:"misplaced"`        // copies outside their replicas (rebalancing)
+	Differing       int       `json:"differing"`        // replicas disagree (stale, truncated, corrupt)
+	Resurrected     int       `json:"deleted_present"`  // deleted, yet copies remained
+	Repaired        int       `json:"repaired"`
+	Failed          int       `json:"failed"`
+	Unreachable     []string  `json:"unreachable_nodes,omitempty"`
+	TombstonesGC    int       `json:"tombstones_collected"`
+	Fixes           []Result  `json:"fixes,omitempty"`
+}
+
+// nodeFile is a file's metadata on one node.
+type nodeFile struct {
+	size  int64
+	mtime time.Time
+}
+
+// Scan walks every known user's files on every reachable node and repairs
+// (or, dry, reports) every key that is not on exactly its replicas with
+// identical copies.
+func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
+	users := o.Users
+	if len(users) == 0 {
+		users = h.state.userList()
+	}
+	rep := &Report{Started: time.Now(), DryRun: o.DryRun, Deep: o.Deep, Users: len(users)}
+	prog := &Progress{Started: rep.Started, UsersTotal: len(users)}
+	h.mu.Lock()
+	h.scanning = prog
+	h.mu.Unlock()
+	defer func() {
+		rep.Duration = time.Since(rep.Started).Round(time.Millisecond).String()
+		h.mu.Lock()
+		h.scanning = nil
+		if !o.DryRun {
+			h.lastScan = rep
+		}
+		h.mu.Unlock()
+	}()
+	for i, n := range h.nodes {
+		if !h.health.Healthy(i) {
+			rep.Unreachable = append(rep.Unreachable, n.Name)
+		}
+	}
+	for _, u := range users {
+		if err := h.scanUser(ctx, u, o, rep, prog); err != nil {
+			return rep, fmt.Errorf("scan %s: %w", u, err)
+		}
+		prog.mu.Lock()
+		prog.UsersDone++
+		prog.mu.Unlock()
+		if o.Progress != nil {
+			o.Progress(prog.snapshot())
+		}
+	}
+	h.log.Info("scan done", "users", rep.Users, "keys", rep.Keys, "healthy", rep.Healthy, "repaired", rep.Repaired,
+		"under_replicated", rep.UnderReplicated, "misplaced", rep.Misplaced, "differing", rep.Differing, "failed", rep.Failed)
+	return rep, nil
+}
+
+func (h *Healer) scanUser(ctx context.Context, user string, o ScanOptions, rep *Report, prog *Progress) error {
+	trees := map[int]map[string]nodeFile{}
+	tombs := map[string]time.Time{}
+	unknown := map[int]bool{}
+	for i, n := range h.nodes {
+		if !h.health.Healthy(i) {
+			unknown[i] = true
+			continue
+		}
+		files := map[string]nodeFile{}
+		if err := h.walk(ctx, i, user, "", files); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			h.log.Warn("scan: cannot list node", "node", n.Name, "user", user, "err", err)
+			unknown[i] = true
+			continue
+		}
+		trees[i] = files
+		if d, err := h.api.list(ctx, n.URL, user, tombstone.Dir); err == nil {
+			for _, f := range d.Files {
+				if f.ModTime.After(tombs[f.Name]) {
+					tombs[f.Name] = f.ModTime
+				}
+			}
+		}
+	}
+	paths := map[string]bool{}
+	for _, files := range trees {
+		for p := range files {
+			paths[p] = true
+		}
+	}
+	sorted := make([]string, 0, len(paths))
+	for p := range paths {
+		sorted = append(sorted, p)
+	}
+	sort.Strings(sorted)
+	for _, p := range sorted {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		v := &view{user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
+			replicas: h.ring.Preference(user + "/" + p)[:h.ring.Replicas()]}
+		for i, files := range trees {
+			if f, ok := files[p]; ok {
+				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime}
+			}
+		}
+		if !tombstone.Reserved(p) {
+			v.tomb = tombs[tombstone.Name(p)]
+		}
+		rep.Keys++
+		prog.mu.Lock()
+		prog.Keys++
+		prog.mu.Unlock()
+		h.check(ctx, v, o, rep)
+	}
+	h.collectTombstones(ctx, user, tombs, len(unknown) == 0, o.DryRun, rep)
+	return nil
+}
+
+// check classifies one key and repairs it when needed.
+func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report) {
+	if !o.Deep && h.healthy(v) {
+		rep.Healthy++
+		return
+	}
+	if h.limiter != nil && !o.DryRun {
+		h.limiter(ctx)
+	}
+	res := h.repair(ctx, v, o.DryRun, o.Deep)
+	switch res.Problem {
+	case "":
+		rep.Healthy++
+		return
+	case "missing replica":
+		rep.UnderReplicated++
+	case "copy outside its replicas":
+		rep.Misplaced++
+	case "replicas differ":
+		rep.Differing++
+	case "deleted, but copies remain":
+		rep.Resurrected++
+	}
+	if res.Err != "" {
+		rep.Failed++
+	} else if res.changed() && !o.DryRun {
+		rep.Repaired++
+	}
+	if len(rep.Fixes) < 1000 {
+		rep.Fixes = append(rep.Fixes, res)
+	}
+}
+
+// walk lists a user's tree on node i, files only, skipping cring's own
+// directory.
+func (h *Healer) walk(ctx context.Context, i int, user, dir string, out map[string]nodeFile) error {
+	d, err := h.api.list(ctx, h.nodes[i].URL, user, dir)
+	if errors.Is(err, errNotFound) {
+		return nil // user has nothing on this node
+	}
+	if err != nil {
+		return err
+	}
+	for _, f := range d.Files {
+		p := f.Name
+		if dir != "" {
+			p = dir + "/" + f.Name
+		}
+		// cring's own directory: only tombstones, which are keys too.
+		if tombstone.Reserved(p) && p != tombstone.Root && p != tombstone.Dir && !isUnder(p, tombstone.Dir) {
+			continue
+		}
+		if f.IsDir {
+			if err := h.walk(ctx, i, user, p, out); err != nil {
+				return err
+			}
+			continue
+		}
+		out[p] = nodeFile{size: f.Size, mtime: f.ModTime}
+	}
+	return nil
+}
+
+func isUnder(p, dir string) bool { return len(p) > len(dir) && p[:len(dir)+1] == dir+"/" }
+
+// collectTombstones deletes tombstones older than the grace period, once
+// every node could be asked (a node that was away longer than the grace
+// period may bring a deleted file back: documented).
+func (h *Healer) collectTombstones(ctx context.Context, user string, tombs map[string]time.Time, allUp, dry bool, rep *Report) {
+	if !allUp {
+		return
+	}
+	for name, t := range tombs {
+		if time.Since(t) < h.grace {
+			continue
+		}
+		rep.TombstonesGC++
+		if dry {
+			continue
+		}
+		for _, n := range h.nodes {
+			if err := h.api.remove(ctx, n.URL, user, tombstone.Dir+"/"+name); err != nil {
+				h.log.Warn("cannot collect tombstone", "node", n.Name, "err", err)
+			}
+		}
+	}
+}
