@@ -269,3 +269,18 @@ func (s *state) close() {
 	s.usersLog.Close()
 	s.hintsLog.Close()
 }
+
+// ReadUsers lists the users recorded under a healer's state dir, without
+// opening it for writing (a proxy may be running on it).
+func ReadUsers(dir string) ([]string, error) {
+	seen := map[string]bool{}
+	if err := readLines(filepath.Join(dir, "users"), func(b []byte) { seen[string(b)] = true }); err != nil {
+		return nil, fmt.Errorf("read users: %w", err)
+	}
+	out := make([]string, 0, len(seen))
+	for u := range seen {
+		out = append(out, u)
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/charmbracelet/bubbles/progress"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/health"
+	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+func newRepairCmd() *cobra.Command {
+	var (
+		hosts       []string
+		configPath  string
+		replicas    int
+		quorum      int
+		publicURL   string
+		serverKey   string
+		dataDir     string
+		users       []string
+		dry, deep   bool
+		jsonOut     bool
+		nodeTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "repair",
+		Short: "Scan the cluster once, report and fix every key not on exactly its N replicas",
+		Long: `One anti-entropy pass, the same a running proxy makes in the background:
+walk every user's files on every node, and bring each key back to its N
+replicas with the winning copy (newest acknowledged write; deletes stay
+deleted). Users come from --user, or from a proxy's --data-dir.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			cfg := &config.Config{}
+			if configPath != "" {
+				c, err := config.Load(configPath)
+				if err != nil {
+					return usageError{err}
+				}
+				cfg = c
+			}
+			for _, h := range hosts {
+				n, err := config.NodeFromHost(h, config.DefaultSSHBackendPort)
+				if err != nil {
+					return usageError{err}
+				}
+				cfg.Nodes = append(cfg.Nodes, n)
+			}
+			if cmd.Flags().Changed("replicas") || cfg.Replicas == 0 {
+				cfg.Replicas = replicas
+			}
+			if cmd.Flags().Changed("write-quorum") || cfg.WriteQuorum == 0 {
+				cfg.WriteQuorum = quorum
+			}
+			if publicURL != "" {
+				cfg.PublicURL = publicURL
+			}
+			if serverKey != "" {
+				cfg.ServerKey = serverKey
+			}
+			if cfg.ServerKey == "" {
+				return usageError{errors.New("--server-key is required: repairs act for users with tokens signed by the nodes' shared key")}
+			}
+			if cfg.PublicURL == "" {
+				return usageError{errors.New("--public-url is required: the issuer the nodes accept")}
+			}
+			tmp, err := os.MkdirTemp("", "cring-repair")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			cfg.DataDir = tmp
+			cfg.NodeTimeout = nodeTimeout
+			if err := cfg.Normalize(); err != nil {
+				return usageError{err}
+			}
+			if len(users) == 0 && dataDir != "" {
+				users, err = heal.ReadUsers(filepath.Join(dataDir, "heal"))
+				if err != nil {
+					return err
+				}
+			}
+			if len(users) == 0 {
+				return usageError{errors.New("no users to scan: give --user CHARMID (repeatable) or the proxy's --data-dir")}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runRepair(ctx, cmd.OutOrStdout(), cfg, users, heal.ScanOptions{DryRun: dry, Deep: deep}, jsonOut)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&hosts, "host", nil, "Charm node HTTP URL (repeat for every node)")
+	fl.StringVar(&configPath, "config", "", "cring.yaml (the proxy's)")
+	fl.IntVar(&replicas, "replicas", config.DefaultReplicas, "copies of every file (N)")
+	fl.IntVar(&quorum, "write-quorum", config.DefaultWriteQuorum, "write quorum (W)")
+	fl.StringVar(&publicURL, "public-url", "", "the issuer the nodes accept (their CHARM_SERVER_PUBLIC_URL)")
+	fl.StringVar(&serverKey, "server-key", "", "the nodes' shared charm_server_ed25519")
+	fl.StringVar(&dataDir, "data-dir", "", "a proxy's data dir, to scan the users it has seen")
+	fl.StringArrayVar(&users, "user", nil, "charm ID to scan (repeatable)")
+	fl.BoolVar(&dry, "dry-run", false, "report only, change nothing")
+	fl.BoolVar(&deep, "deep", false, "read and hash every copy (finds silent corruption)")
+	fl.BoolVar(&jsonOut, "json", false, "JSON report")
+	fl.DurationVar(&nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may stall")
+	return cmd
+}
+
+func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []string, o heal.ScanOptions, jsonOut bool) error {
+	signer, err := token.LoadSigner(cfg.ServerKey)
+	if err != nil {
+		return usageError{err}
+	}
+	var rnodes []ring.Node
+	var hnodes []heal.Node
+	var targets []health.Target
+	for _, n := range cfg.Nodes {
+		u, err := url.Parse(n.URL)
+		if err != nil {
+			return usageError{err}
+		}
+		rnodes = append(rnodes, ring.Node{Name: n.Name, Zone: n.Zone})
+		hnodes = append(hnodes, heal.Node{Name: n.Name, URL: u})
+		hu := n.Health
+		if hu == "" {
+			hu = n.URL + "/v1/public/jwks"
+		}
+		targets = append(targets, health.Target{Name: n.Name, URL: hu})
+	}
+	rg, err := ring.New(rnodes, cfg.Replicas)
+	if err != nil {
+		return usageError{err}
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hc := health.New(targets, health.Options{Interval: time.Second, Logger: quiet})
+	hc.CheckAll(ctx)
+	h, err := heal.New(heal.Options{
+		Nodes: hnodes, Ring: rg, WriteQuorum: cfg.WriteQuorum, Health: hc, Signer: signer,
+		Issuer: func() string { return strings.TrimRight(cfg.PublicURL, "/") }, DataDir: cfg.DataDir,
+		Logger: quiet, StallTimeout: cfg.NodeTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	tty := !jsonOut && isTerminal(out)
+	bar := progress.New(progress.WithDefaultGradient(), progress.WithWidth(40))
+	o.Users = users
+	o.Progress = func(p heal.Progress) {
+		if tty {
+			fmt.Fprintf(out, "\r%s %d/%d users · %d keys", bar.ViewAs(float64(p.UsersDone)/float64(max(p.UsersTotal, 1))), p.UsersDone, p.UsersTotal, p.Keys)
+		}
+	}
+	rep, err := h.Scan(ctx, o)
+	if tty {
+		fmt.Fprintln(out)
+	}
+	if err != nil {
+		return err
+	}
+	if jsonOut {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printReport(out, rep)
+	if rep.Failed > 0 {
+		return fmt.Errorf("%d keys could not be repaired", rep.Failed)
+	}
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+var (
+	titleStyle = lipgloss.NewStyle().Bold(true).Foreground(lipgloss.Color("212"))
+	dimStyle   = lipgloss.NewStyle().Foreground(lipgloss.Color("245"))
+	goodStyle  = lipgloss.NewStyle().Foreground(lipgloss.Color("42"))
+	badStyle   = lipgloss.NewStyle().Foreground(lipgloss.Color("203"))
+)
+
+func printReport(out io.Writer, r *heal.Report) {
+	verb := "repaired"
+	if r.DryRun {
+		verb = "would repair"
+	}
+	kind := "scan"
+	if r.Deep {
+		kind = "deep scan"
+	}
+	fmt.Fprintln(out, titleStyle.Render(fmt.Sprintf("💍 %s: %d users, %d keys in %s", kind, r.Users, r.Keys, r.Duration)))
+	row := func(label string, n int, bad bool) {
+		v := goodStyle.Render(fmt.Sprint(n))
+		if bad && n > 0 {
+			v = badStyle.Render(fmt.Sprint(n))
+		}
+		fmt.Fprintf(out, "  %-28s %s\n", label, v)
+	}
+	row("healthy", r.Healthy, false)
+	row("under-replicated", r.UnderReplicated, true)
+	row("copies outside replicas", r.Misplaced, true)
+	row("replicas differing", r.Differing, true)
+	row("deleted but present", r.Resurrected, true)
+	row(verb, r.Repaired+len(fixesIfDry(r)), false)
+	row("failed", r.Failed, true)
+	row("tombstones collected", r.TombstonesGC, false)
+	if len(r.Unreachable) > 0 {
+		fmt.Fprintln(out, badStyle.Render("  unreachable: "+strings.Join(r.Unreachable, ", ")+" (their keys are left for hints)"))
+	}
+	for _, f := range r.Fixes {
+		line := fmt.Sprintf("  %s/%s: %s", f.User, f.Path, f.Problem)
+		if len(f.Copied) > 0 {
+			line += " · copy to " + strings.Join(f.Copied, ",")
+		}
+		if len(f.Removed) > 0 {
+			line += " · remove from " + strings.Join(f.Removed, ",")
+		}
+		if f.Err != "" {
+			line += " · " + badStyle.Render(f.Err)
+		}
+		fmt.Fprintln(out, dimStyle.Render(line))
+	}
+}
+
+func fixesIfDry(r *heal.Report) []heal.Result {
+	if r.DryRun {
+		return r.Fixes
+	}
+	return nil
+}
+
+func newStatusCmd() *cobra.Command {
+	var admin string
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a running proxy's nodes, health, hints and scans",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/status", nil)
+			if err != nil {
+				return usageError{err}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("reach the proxy's admin API at %s: %w", admin, err)
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+			if err != nil {
+				return fmt.Errorf("read status: %w", err)
+			}
+			if jsonOut {
+				_, err := cmd.OutOrStdout().Write(body)
+				return err
+			}
+			var st statusDoc
+			if err := json.Unmarshal(body, &st); err != nil {
+				return fmt.Errorf("decode status: %w", err)
+			}
+			printStatus(cmd.OutOrStdout(), &st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "the proxy's admin address")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "raw JSON")
+	return cmd
+}
+
+type statusDoc struct {
+	Nodes       []health.Status `json:"nodes"`
+	Replicas    int             `json:"replicas"`
+	WriteQuorum int             `json:"write_quorum"`
+	SSHActive   int             `json:"ssh_active"`
+	Heal        *heal.Status    `json:"heal"`
+}
+
+func printStatus(out io.Writer, st *statusDoc) {
+	up := 0
+	for _, n := range st.Nodes {
+		if n.Healthy {
+			up++
+		}
+	}
+	fmt.Fprintln(out, titleStyle.Render(fmt.Sprintf("💍 %d/%d nodes up · every file on %d, acked at %d · %d SSH sessions", up, len(st.Nodes), st.Replicas, st.WriteQuorum, st.SSHActive)))
+	for _, n := range st.Nodes {
+		state := goodStyle.Render("● up  ")
+		if !n.Healthy {
+			state = badStyle.Render("○ down")
+		}
+		line := fmt.Sprintf("  %-12s %s  since %s", n.Name, state, n.Since.Local().Format(time.DateTime))
+		if n.LastError != "" {
+			line += dimStyle.Render("  " + n.LastError)
+		}
+		if st.Heal != nil && st.Heal.HintsPending[n.Name] > 0 {
+			line += badStyle.Render(fmt.Sprintf("  %d hints owed", st.Heal.HintsPending[n.Name]))
+		}
+		fmt.Fprintln(out, line)
+	}
+	if st.Heal == nil {
+		fmt.Fprintln(out, dimStyle.Render("  healing off (serve with --server-key and --data-dir)"))
+		return
+	}
+	h := st.Heal
+	var keys []string
+	for k := range h.Totals {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var totals []string
+	for _, k := range keys {
+		totals = append(totals, fmt.Sprintf("%s %d", strings.ReplaceAll(k, "_", " "), h.Totals[k]))
+	}
+	fmt.Fprintf(out, "  healing: %d users known · %s\n", h.Users, strings.Join(totals, " · "))
+	if p := h.Scanning; p != nil {
+		fmt.Fprintf(out, "  scanning: %d/%d users, %d keys, started %s\n", p.UsersDone, p.UsersTotal, p.Keys, p.Started.Local().Format(time.TimeOnly))
+	}
+	if r := h.LastScan; r != nil {
+		fmt.Fprintf(out, "  last scan %s (%s): %d keys, %d healthy, %d under-replicated, %d outside replicas, %d differing, %d repaired, %d failed\n",
+			r.Started.Local().Format(time.DateTime), r.Duration, r.Keys, r.Healthy, r.UnderReplicated, r.Misplaced, r.Differing, r.Repaired, r.Failed)
+	} else {
+		fmt.Fprintln(out, dimStyle.Render("  no scan finished yet"))
+	}
+}

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cring-dev/cring/internal/heal"
+)
+
+// TestRepairAndStatusCommands: `cring repair --dry-run` reports without
+// touching anything, `cring repair` fixes, `cring status` shows the proxy.
+func TestRepairAndStatusCommands(t *testing.T) {
+	bin := cringBinary(t)
+	tc := startCluster(t, healOpts())
+	u := tc.newUser(t)
+	data := randBytes(t, 10<<10)
+	u.put(t, "cli/f", data)
+	ep, _ := u.fs.EncryptPath("cli/f")
+	if err := os.Remove(tc.dc.Nodes[0].FilePath(u.id, ep)); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"repair", "--server-key", tc.dc.KeyPath, "--public-url", tc.cfg.PublicURL, "--user", u.id, "--json"}
+	for _, n := range tc.dc.Nodes {
+		args = append(args, "--host", n.HTTPURL())
+	}
+	run := func(extra ...string) heal.Report {
+		t.Helper()
+		out, err := exec.Command(bin, append(args, extra...)...).Output()
+		if err != nil {
+			t.Fatalf("cring repair %v: %v\n%s", extra, err, out)
+		}
+		var r heal.Report
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("decode report: %v\n%s", err, out)
+		}
+		return r
+	}
+	if r := run("--dry-run"); r.UnderReplicated != 1 || r.Repaired != 0 || len(r.Fixes) != 1 {
+		t.Fatalf("dry run report %+v", r)
+	}
+	if len(tc.onDisk(t, u, "cli/f")) != 2 {
+		t.Fatal("dry run changed the cluster")
+	}
+	if r := run(); r.UnderReplicated != 1 || r.Repaired != 1 {
+		t.Fatalf("repair report %+v", r)
+	}
+	identicalOn(t, tc, u, "cli/f", []string{"node1", "node2", "node3"}, time.Second)
+	if r := run("--deep"); r.Healthy != r.Keys {
+		t.Fatalf("after repair a deep scan still finds problems: %+v", r)
+	}
+
+	out, err := exec.Command(bin, "status", "--admin", tc.admin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cring status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"3/3 nodes up", "node1", "node3", "healing: 1 users known"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("cring status lacks %q:\n%s", want, out)
+		}
+	}
+	js, err := exec.Command(bin, "status", "--admin", tc.admin, "--json").Output()
+	if err != nil || !json.Valid(js) || !bytes.Contains(js, []byte(`"hints_pending"`)) {
+		t.Fatalf("cring status --json: %v\n%s", err, js)
+	}
+	// Bad input: one line, exit 2.
+	cmd := exec.Command(bin, "repair", "--host", tc.dc.Nodes[0].HTTPURL())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 || !strings.Contains(stderr.String(), "--server-key is required") {
+		t.Fatalf("repair without key: %v %q", err, stderr.String())
+	}
+}
