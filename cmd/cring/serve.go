@@ -65,6 +65,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			go f.watch(ctx, cmd, srv, log)
 			return srv.Serve(ctx)
 		},
 	}
@@ -199,4 +200,47 @@ func newLogger(format string, debug bool) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// watch reloads the node list on SIGHUP and when the --config file changes.
+func (f *serveFlags) watch(ctx context.Context, cmd *cobra.Command, srv *serve.Server, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	last := modTime(f.configPath)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			log.Info("SIGHUP: reloading configuration")
+		case <-tick.C:
+			m := modTime(f.configPath)
+			if m.Equal(last) {
+				continue
+			}
+			last = m
+			log.Info("config file changed: reloading", "path", f.configPath)
+		}
+		cfg, err := f.config(cmd)
+		if err == nil {
+			err = srv.Reload(cfg)
+		}
+		if err != nil {
+			log.Error("reload refused; keeping the running configuration", "err", err)
+		}
+	}
+}
+
+func modTime(path string) time.Time {
+	if path == "" {
+		return time.Time{}
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return st.ModTime()
 }

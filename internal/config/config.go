@@ -45,6 +45,9 @@ type Node struct {
 	SSH    string `yaml:"ssh"`    // host:port of its SSH server
 	Health string `yaml:"health"` // URL answering 200 when healthy; empty: check the HTTP API
 	Zone   string `yaml:"zone"`
+	// Drain moves the node's data to the others: it holds no replicas,
+	// still serves reads, and can be removed once a scan emptied it.
+	Drain bool `yaml:"drain"`
 }
 
 // Backup is the optional backup target (validated here, used by the backup package).

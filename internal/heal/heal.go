@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cring-dev/cring/internal/ring"
@@ -52,10 +53,7 @@ type Options struct {
 
 // Healer repairs the cluster.
 type Healer struct {
-	nodes    []Node
-	ring     *ring.Ring
-	w        int
-	health   Health
+	mem      atomic.Pointer[membership]
 	api      *nodeAPI
 	state    *state
 	log      *slog.Logger
@@ -73,6 +71,29 @@ type Healer struct {
 
 type suspect struct{ user, path string }
 
+// membership is the cluster as one configuration sees it; a reload swaps it
+// whole, and every repair works on one snapshot.
+type membership struct {
+	nodes  []Node
+	ring   *ring.Ring
+	w      int
+	health Health
+}
+
+func (m *membership) index(name string) int {
+	for i, n := range m.nodes {
+		if n.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Reconfigure switches to a new node list (hints are kept by node name).
+func (h *Healer) Reconfigure(nodes []Node, r *ring.Ring, writeQuorum int, health Health) {
+	h.mem.Store(&membership{nodes: nodes, ring: r, w: writeQuorum, health: health})
+}
+
 // New opens the healer's state under o.DataDir.
 func New(o Options) (*Healer, error) {
 	st, err := openState(o.DataDir)
@@ -89,10 +110,6 @@ func New(o Options) (*Healer, error) {
 		o.TombstoneGrace = 30 * 24 * time.Hour
 	}
 	h := &Healer{
-		nodes:  o.Nodes,
-		ring:   o.Ring,
-		w:      o.WriteQuorum,
-		health: o.Health,
 		api: &nodeAPI{
 			client:  &http.Client{Transport: o.Transport},
 			signer:  o.Signer,
@@ -107,6 +124,7 @@ func New(o Options) (*Healer, error) {
 		grace:    o.TombstoneGrace,
 		suspects: make(chan suspect, 4096),
 	}
+	h.Reconfigure(o.Nodes, o.Ring, o.WriteQuorum, o.Health)
 	if o.Rate > 0 {
 		every := time.Duration(float64(time.Second) / o.Rate)
 		var mu sync.Mutex
@@ -139,17 +157,17 @@ func (h *Healer) RecordUser(user string) {
 	}
 }
 
-// Missed records, durably, that node i is owed the latest state of path.
-func (h *Healer) Missed(user, path string, i int) {
-	if err := h.state.addHint(hint{User: user, Path: path, Node: h.nodes[i].Name}); err != nil {
+// Missed records, durably, that node is owed the latest state of path.
+func (h *Healer) Missed(user, path, node string) {
+	if err := h.state.addHint(hint{User: user, Path: path, Node: node}); err != nil {
 		h.log.Error("cannot record hint: the scan will find it", "err", err)
 	}
 }
 
-// Owed reports whether node i still has a hint for path: its copy may be
+// Owed reports whether node still has a hint for path: its copy may be
 // stale until the hint is replayed.
-func (h *Healer) Owed(user, path string, i int) bool {
-	return h.state.hasHint(hint{User: user, Path: path, Node: h.nodes[i].Name})
+func (h *Healer) Owed(user, path, node string) bool {
+	return h.state.hasHint(hint{User: user, Path: path, Node: node})
 }
 
 // Suspect queues a key for a prompt check (read repair). A full queue drops
@@ -172,15 +190,6 @@ func (h *Healer) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (h *Healer) nodeIndex(name string) int {
-	for i, n := range h.nodes {
-		if n.Name == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // replayHints repairs the keys owed to nodes that are up again.
 func (h *Healer) replayHints(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
@@ -191,9 +200,10 @@ func (h *Healer) replayHints(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		m := h.mem.Load()
 		due := h.state.dueHints(func(node string) bool {
-			i := h.nodeIndex(node)
-			return i < 0 || h.health.Healthy(i) // a node no longer configured: settle it
+			i := m.index(node)
+			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it
 		})
 		for _, hn := range due {
 			if ctx.Err() != nil {
@@ -298,7 +308,7 @@ func (h *Healer) Status() Status {
 	h.mu.Unlock()
 	var curCopy *Progress
 	if cur != nil {
-		p := cur.snapshot()
+		p := h.progress(cur, func(*Progress) {})
 		curCopy = &p
 	}
 	return Status{

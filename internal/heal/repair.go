@@ -45,6 +45,7 @@ func (r *Result) changed() bool { return len(r.Copied)+len(r.Removed) > 0 }
 
 // view is everything known about one key across the cluster.
 type view struct {
+	m          *membership
 	user, path string
 	replicas   []int
 	copies     map[int]replicaCopy
@@ -55,12 +56,13 @@ type view struct {
 // gather asks every healthy node for the key's metadata (via its parent
 // directory listing) and the tombstones for it.
 func (h *Healer) gather(ctx context.Context, user, p string) *view {
-	v := &view{user: user, path: p, copies: map[int]replicaCopy{}, unknown: map[int]bool{}}
-	v.replicas = h.ring.Preference(user + "/" + p)[:h.ring.Replicas()]
+	m := h.mem.Load()
+	v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: map[int]bool{}}
+	v.replicas = m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]
 	dir, name := path.Split(p)
 	dir = strings.TrimSuffix(dir, "/")
-	for i, n := range h.nodes {
-		if !h.health.Healthy(i) {
+	for i, n := range m.nodes {
+		if !m.health.Healthy(i) {
 			v.unknown[i] = true
 			continue
 		}
@@ -152,7 +154,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 	for _, i := range v.replicas {
 		isReplica[i] = true
 		if v.unknown[i] {
-			res.Pending = append(res.Pending, h.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
 		}
 	}
 	var live, dead []replicaCopy
@@ -180,7 +182,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		res.Err = err.Error()
 		return res
 	}
-	win := winner(live, h.w)
+	win := winner(live, v.m.w)
 
 	for _, i := range v.replicas {
 		if v.unknown[i] {
@@ -199,15 +201,15 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			res.Problem = "replicas differ"
 		}
 		if dry {
-			res.Copied = append(res.Copied, h.nodes[i].Name)
+			res.Copied = append(res.Copied, v.m.nodes[i].Name)
 			continue
 		}
 		if err := h.copy(ctx, v, win, i); err != nil {
 			res.Err = err.Error()
-			res.Pending = append(res.Pending, h.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
 			continue
 		}
-		res.Copied = append(res.Copied, h.nodes[i].Name)
+		res.Copied = append(res.Copied, v.m.nodes[i].Name)
 	}
 	if len(res.Pending) > 0 {
 		return res // keep every other copy until the replicas are confirmed
@@ -304,7 +306,7 @@ func (h *Healer) hashIfNeeded(ctx context.Context, v *view, live []replicaCopy, 
 	for k := range live {
 		sum, err := h.hash(ctx, v, live[k].node)
 		if err != nil {
-			return fmt.Errorf("hash %s on %s: %w", v.path, h.nodes[live[k].node].Name, err)
+			return fmt.Errorf("hash %s on %s: %w", v.path, v.m.nodes[live[k].node].Name, err)
 		}
 		live[k].sum = sum
 		c := v.copies[live[k].node]
@@ -317,7 +319,7 @@ func (h *Healer) hashIfNeeded(ctx context.Context, v *view, live []replicaCopy, 
 func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	resp, err := h.api.open(ctx, h.nodes[node].URL, v.user, v.path)
+	resp, err := h.api.open(ctx, v.m.nodes[node].URL, v.user, v.path)
 	if err != nil {
 		return "", err
 	}
@@ -336,33 +338,33 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	resp, err := h.api.open(ctx, h.nodes[from.node].URL, v.user, v.path)
+	resp, err := h.api.open(ctx, v.m.nodes[from.node].URL, v.user, v.path)
 	if err != nil {
-		return fmt.Errorf("read %s from %s: %w", v.path, h.nodes[from.node].Name, err)
+		return fmt.Errorf("read %s from %s: %w", v.path, v.m.nodes[from.node].Name, err)
 	}
 	defer resp.Body.Close()
 	mode, err := strconv.ParseUint(resp.Header.Get("X-File-Mode"), 10, 32)
 	if err != nil {
 		mode = 0o600
 	}
-	if err := h.api.put(ctx, h.nodes[dst].URL, v.user, v.path, uint32(mode), h.idle(resp.Body, cancel)); err != nil {
-		return fmt.Errorf("copy %s from %s to %s: %w", v.path, h.nodes[from.node].Name, h.nodes[dst].Name, err)
+	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, uint32(mode), h.idle(resp.Body, cancel)); err != nil {
+		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.nodes[from.node].Name, v.m.nodes[dst].Name, err)
 	}
-	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", h.nodes[from.node].Name, "to", h.nodes[dst].Name)
+	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", v.m.nodes[from.node].Name, "to", v.m.nodes[dst].Name)
 	h.counts.add("copied")
 	return nil
 }
 
 func (h *Healer) remove(ctx context.Context, v *view, node int, dry bool, res *Result) {
 	if !dry {
-		if err := h.api.remove(ctx, h.nodes[node].URL, v.user, v.path); err != nil {
+		if err := h.api.remove(ctx, v.m.nodes[node].URL, v.user, v.path); err != nil {
 			res.Err = err.Error()
 			return
 		}
-		h.log.Info("removed copy", "user", v.user, "path", v.path, "node", h.nodes[node].Name)
+		h.log.Info("removed copy", "user", v.user, "path", v.path, "node", v.m.nodes[node].Name)
 		h.counts.add("removed")
 	}
-	res.Removed = append(res.Removed, h.nodes[node].Name)
+	res.Removed = append(res.Removed, v.m.nodes[node].Name)
 }
 
 // idle cancels a transfer when the node sends nothing for the stall timeout.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -22,17 +21,18 @@ type ScanOptions struct {
 
 // Progress of a scan.
 type Progress struct {
-	mu         sync.Mutex
 	Started    time.Time `json:"started"`
 	UsersDone  int       `json:"users_done"`
 	UsersTotal int       `json:"users_total"`
 	Keys       int       `json:"keys_checked"`
 }
 
-func (p *Progress) snapshot() Progress {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return Progress{Started: p.Started, UsersDone: p.UsersDone, UsersTotal: p.UsersTotal, Keys: p.Keys}
+// progress updates the running scan's progress under the healer's lock.
+func (h *Healer) progress(p *Progress, f func(*Progress)) Progress {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f(p)
+	return *p
 }
 
 // Report sums up a scan.
@@ -83,20 +83,19 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 		}
 		h.mu.Unlock()
 	}()
-	for i, n := range h.nodes {
-		if !h.health.Healthy(i) {
+	m := h.mem.Load()
+	for i, n := range m.nodes {
+		if !m.health.Healthy(i) {
 			rep.Unreachable = append(rep.Unreachable, n.Name)
 		}
 	}
 	for _, u := range users {
-		if err := h.scanUser(ctx, u, o, rep, prog); err != nil {
+		if err := h.scanUser(ctx, m, u, o, rep, prog); err != nil {
 			return rep, fmt.Errorf("scan %s: %w", u, err)
 		}
-		prog.mu.Lock()
-		prog.UsersDone++
-		prog.mu.Unlock()
+		snap := h.progress(prog, func(p *Progress) { p.UsersDone++ })
 		if o.Progress != nil {
-			o.Progress(prog.snapshot())
+			o.Progress(snap)
 		}
 	}
 	h.log.Info("scan done", "users", rep.Users, "keys", rep.Keys, "healthy", rep.Healthy, "repaired", rep.Repaired,
@@ -104,17 +103,17 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 	return rep, nil
 }
 
-func (h *Healer) scanUser(ctx context.Context, user string, o ScanOptions, rep *Report, prog *Progress) error {
+func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
 	trees := map[int]map[string]nodeFile{}
 	tombs := map[string]time.Time{}
 	unknown := map[int]bool{}
-	for i, n := range h.nodes {
-		if !h.health.Healthy(i) {
+	for i, n := range m.nodes {
+		if !m.health.Healthy(i) {
 			unknown[i] = true
 			continue
 		}
 		files := map[string]nodeFile{}
-		if err := h.walk(ctx, i, user, "", files); err != nil {
+		if err := h.walk(ctx, m, i, user, "", files); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -146,8 +145,8 @@ func (h *Healer) scanUser(ctx context.Context, user string, o ScanOptions, rep *
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		v := &view{user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
-			replicas: h.ring.Preference(user + "/" + p)[:h.ring.Replicas()]}
+		v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
+			replicas: m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]}
 		for i, files := range trees {
 			if f, ok := files[p]; ok {
 				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime}
@@ -157,12 +156,10 @@ func (h *Healer) scanUser(ctx context.Context, user string, o ScanOptions, rep *
 			v.tomb = tombs[tombstone.Name(p)]
 		}
 		rep.Keys++
-		prog.mu.Lock()
-		prog.Keys++
-		prog.mu.Unlock()
+		h.progress(prog, func(p *Progress) { p.Keys++ })
 		h.check(ctx, v, o, rep)
 	}
-	h.collectTombstones(ctx, user, tombs, len(unknown) == 0, o.DryRun, rep)
+	h.collectTombstones(ctx, m, user, tombs, len(unknown) == 0, o.DryRun, rep)
 	return nil
 }
 
@@ -201,8 +198,8 @@ func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report)
 
 // walk lists a user's tree on node i, files only, skipping cring's own
 // directory.
-func (h *Healer) walk(ctx context.Context, i int, user, dir string, out map[string]nodeFile) error {
-	d, err := h.api.list(ctx, h.nodes[i].URL, user, dir)
+func (h *Healer) walk(ctx context.Context, m *membership, i int, user, dir string, out map[string]nodeFile) error {
+	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
 	if errors.Is(err, errNotFound) {
 		return nil // user has nothing on this node
 	}
@@ -219,7 +216,7 @@ func (h *Healer) walk(ctx context.Context, i int, user, dir string, out map[stri
 			continue
 		}
 		if f.IsDir {
-			if err := h.walk(ctx, i, user, p, out); err != nil {
+			if err := h.walk(ctx, m, i, user, p, out); err != nil {
 				return err
 			}
 			continue
@@ -234,7 +231,7 @@ func isUnder(p, dir string) bool { return len(p) > len(dir) && p[:len(dir)+1] ==
 // collectTombstones deletes tombstones older than the grace period, once
 // every node could be asked (a node that was away longer than the grace
 // period may bring a deleted file back: documented).
-func (h *Healer) collectTombstones(ctx context.Context, user string, tombs map[string]time.Time, allUp, dry bool, rep *Report) {
+func (h *Healer) collectTombstones(ctx context.Context, m *membership, user string, tombs map[string]time.Time, allUp, dry bool, rep *Report) {
 	if !allUp {
 		return
 	}
@@ -246,7 +243,7 @@ func (h *Healer) collectTombstones(ctx context.Context, user string, tombs map[s
 		if dry {
 			continue
 		}
-		for _, n := range h.nodes {
+		for _, n := range m.nodes {
 			if err := h.api.remove(ctx, n.URL, user, tombstone.Dir+"/"+name); err != nil {
 				h.log.Warn("cannot collect tombstone", "node", n.Name, "err", err)
 			}

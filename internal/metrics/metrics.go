@@ -119,6 +119,11 @@ func (m *Metrics) NodeHealth(node string, up bool) {
 	m.nodeUp.WithLabelValues(node).Set(v)
 }
 
+// ForgetNode drops a node no longer configured.
+func (m *Metrics) ForgetNode(node string) {
+	m.nodeUp.DeleteLabelValues(node)
+}
+
 // SSHConnect records a proxied SSH connection.
 func (m *Metrics) SSHConnect(failover bool) {
 	m.sshConnections.Inc()

@@ -20,21 +20,21 @@ import (
 // (hinted handoff and read repair).
 type Healer interface {
 	RecordUser(user string)
-	// Missed: node did not get the latest write or delete of path.
-	Missed(user, path string, node int)
+	// Missed: node (by name) did not get the latest write or delete of path.
+	Missed(user, path, node string)
 	// Suspect: replicas of path disagree; check it soon.
 	Suspect(user, path string)
 	// Owed: node has not yet been given the latest write or delete of path
 	// (its copy may be stale): reads skip it.
-	Owed(user, path string, node int) bool
+	Owed(user, path, node string) bool
 }
 
 type nopHealer struct{}
 
-func (nopHealer) RecordUser(string)             {}
-func (nopHealer) Missed(string, string, int)    {}
-func (nopHealer) Suspect(string, string)        {}
-func (nopHealer) Owed(string, string, int) bool { return false }
+func (nopHealer) RecordUser(string)                {}
+func (nopHealer) Missed(string, string, string)    {}
+func (nopHealer) Suspect(string, string)           {}
+func (nopHealer) Owed(string, string, string) bool { return false }
 
 // delete records a tombstone (acked at W like any write) and then deletes
 // the file everywhere, so no stale replica can bring it back.

@@ -36,7 +36,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	var notFound *outcome
 	for _, i := range pref {
 		asked[i] = true // asked or counted unreachable: merging skips it
-		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, i) {
+		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) {
 			unreachable++
 			continue
 		}

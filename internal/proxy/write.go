@@ -161,11 +161,11 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	for _, i := range pref[:p.ring.Replicas()] {
 		if !inTargets[i] {
-			p.healer.Missed(ref.user, ref.path, i)
+			p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
 		}
 	}
 	for _, o := range failed {
-		p.healer.Missed(ref.user, ref.path, o.node)
+		p.healer.Missed(ref.user, ref.path, p.nodes[o.node].Name)
 	}
 	if stored < p.w && stored > 0 {
 		p.healer.Suspect(ref.user, ref.path) // partial copies of a refused write

@@ -20,6 +20,9 @@ import (
 type Node struct {
 	Name string
 	Zone string // optional; "" means no zone
+	// Drain keeps the node out of every key's replicas: it comes last in
+	// every preference list, so its data moves to the other nodes.
+	Drain bool
 }
 
 // Ring places keys on nodes. It is immutable and safe for concurrent use.
@@ -29,6 +32,7 @@ type Ring struct {
 	zone   []int // zone id per node; ids are only compared for equality
 	nzones int
 	zoned  bool // some node has a non-empty Zone
+	active int  // nodes not draining
 }
 
 // New builds a ring. replicas is N; it is clamped to len(nodes). Errors: no nodes, empty name, duplicate name, replicas < 1.
@@ -41,7 +45,6 @@ func New(nodes []Node, replicas int) (*Ring, error) {
 	}
 	r := &Ring{
 		nodes: slices.Clone(nodes),
-		n:     min(replicas, len(nodes)),
 		zone:  make([]int, len(nodes)),
 	}
 	names := make(map[string]struct{}, len(nodes))
@@ -54,6 +57,11 @@ func New(nodes []Node, replicas int) (*Ring, error) {
 			return nil, fmt.Errorf("ring: duplicate node name %q", nd.Name)
 		}
 		names[nd.Name] = struct{}{}
+		if nd.Drain {
+			r.zone[i] = -1
+			continue
+		}
+		r.active++
 		id, ok := zones[nd.Zone]
 		if !ok {
 			id = len(zones)
@@ -64,11 +72,15 @@ func New(nodes []Node, replicas int) (*Ring, error) {
 			r.zoned = true
 		}
 	}
+	if r.active == 0 {
+		return nil, errors.New("ring: every node is draining")
+	}
+	r.n = min(replicas, r.active)
 	r.nzones = len(zones)
 	return r, nil
 }
 
-// Replicas returns N (after clamping).
+// Replicas returns N (after clamping to the nodes not draining).
 func (r *Ring) Replicas() int { return r.n }
 
 // Nodes returns a copy of the nodes in configured order.
@@ -94,6 +106,12 @@ func (r *Ring) Preference(key string) []int {
 		p[i] = i
 	}
 	slices.SortFunc(p, func(a, b int) int {
+		if da, db := r.nodes[a].Drain, r.nodes[b].Drain; da != db {
+			if da {
+				return 1
+			}
+			return -1
+		}
 		switch {
 		case scores[a] > scores[b]:
 			return -1
@@ -114,7 +132,7 @@ func (r *Ring) Preference(key string) []int {
 // the front keep their relative score order.
 func (r *Ring) spread(p []int) {
 	k := 0
-	for i := 0; i < len(p) && k < r.n && k < r.nzones; i++ {
+	for i := 0; i < r.active && k < r.n && k < r.nzones; i++ {
 		z := r.zone[p[i]]
 		used := false
 		for _, j := range p[:k] {

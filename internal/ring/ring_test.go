@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"fmt"
 	"hash/fnv"
 	"math"
 	"slices"
@@ -86,7 +87,7 @@ func TestDeterministicAcrossNodeOrder(t *testing.T) {
 		nodes []Node
 	}{
 		{"plain", plain("n1", "n2", "n3", "n4", "n5", "n6", "n7")},
-		{"zoned", []Node{{"n1", "a"}, {"n2", "a"}, {"n3", "b"}, {"n4", "b"}, {"n5", "c"}, {"n6", ""}, {"n7", "c"}}},
+		{"zoned", []Node{{Name: "n1", Zone: "a"}, {Name: "n2", Zone: "a"}, {Name: "n3", Zone: "b"}, {Name: "n4", Zone: "b"}, {Name: "n5", Zone: "c"}, {Name: "n6", Zone: ""}, {Name: "n7", Zone: "c"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rev := slices.Clone(tc.nodes)
@@ -116,7 +117,7 @@ func TestPermutationAndClamp(t *testing.T) {
 		{"clamp", plain("a", "b", "c"), 5, 3},
 		{"single", plain("a"), 1, 1},
 		{"n1", plain("a", "b", "c", "d"), 1, 1},
-		{"zoned", []Node{{"a", "x"}, {"b", "x"}, {"c", "y"}, {"d", ""}}, 3, 3},
+		{"zoned", []Node{{Name: "a", Zone: "x"}, {Name: "b", Zone: "x"}, {Name: "c", Zone: "y"}, {Name: "d", Zone: ""}}, 3, 3},
 		{"big", plain(bigNames(100)...), 3, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -230,8 +231,8 @@ func TestRemoveNode(t *testing.T) {
 	}{
 		{"plain", plain("a", "b", "c", "d", "e"), "c", 2},
 		{"plainN1", plain("a", "b", "c", "d", "e"), "a", 1},
-		{"zoned", []Node{{"a", "x"}, {"b", "x"}, {"c", "y"}, {"d", "y"}, {"e", "z"}, {"f", ""}}, "d", 3},
-		{"zonedLastOfZone", []Node{{"a", "x"}, {"b", "x"}, {"c", "y"}, {"d", "y"}, {"e", "z"}}, "e", 2},
+		{"zoned", []Node{{Name: "a", Zone: "x"}, {Name: "b", Zone: "x"}, {Name: "c", Zone: "y"}, {Name: "d", Zone: "y"}, {Name: "e", Zone: "z"}, {Name: "f", Zone: ""}}, "d", 3},
+		{"zonedLastOfZone", []Node{{Name: "a", Zone: "x"}, {Name: "b", Zone: "x"}, {Name: "c", Zone: "y"}, {Name: "d", Zone: "y"}, {Name: "e", Zone: "z"}}, "e", 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			full := mustNew(t, tc.nodes, tc.n)
@@ -255,7 +256,7 @@ func TestRemoveNode(t *testing.T) {
 
 func TestZones(t *testing.T) {
 	t.Run("three zones", func(t *testing.T) {
-		r := mustNew(t, []Node{{"a1", "a"}, {"a2", "a"}, {"b1", "b"}, {"b2", "b"}, {"c1", "c"}, {"c2", "c"}}, 3)
+		r := mustNew(t, []Node{{Name: "a1", Zone: "a"}, {Name: "a2", Zone: "a"}, {Name: "b1", Zone: "b"}, {Name: "b2", Zone: "b"}, {Name: "c1", Zone: "c"}, {Name: "c2", Zone: "c"}}, 3)
 		count := map[string]int{}
 		for i := range 20_000 {
 			zones := map[string]bool{}
@@ -270,7 +271,7 @@ func TestZones(t *testing.T) {
 		t.Logf("load: %v", count)
 	})
 	t.Run("lopsided", func(t *testing.T) {
-		r := mustNew(t, []Node{{"a1", "a"}, {"a2", "a"}, {"a3", "a"}, {"b1", "b"}}, 3)
+		r := mustNew(t, []Node{{Name: "a1", Zone: "a"}, {Name: "a2", Zone: "a"}, {Name: "a3", Zone: "a"}, {Name: "b1", Zone: "b"}}, 3)
 		for i := range 20_000 {
 			zones := map[string]int{}
 			for _, j := range r.Preference(key(i))[:3] {
@@ -282,7 +283,7 @@ func TestZones(t *testing.T) {
 		}
 	})
 	t.Run("empty zone counts as zone", func(t *testing.T) {
-		r := mustNew(t, []Node{{"a1", "a"}, {"a2", "a"}, {"a3", "a"}, {"n", ""}}, 2)
+		r := mustNew(t, []Node{{Name: "a1", Zone: "a"}, {Name: "a2", Zone: "a"}, {Name: "a3", Zone: "a"}, {Name: "n", Zone: ""}}, 2)
 		for i := range 20_000 {
 			p := r.Preference(key(i))
 			if !slices.Contains(p[:2], 3) {
@@ -291,7 +292,7 @@ func TestZones(t *testing.T) {
 		}
 	})
 	t.Run("handoffs in score order", func(t *testing.T) {
-		nodes := []Node{{"a1", "a"}, {"a2", "a"}, {"a3", "a"}, {"b1", "b"}, {"b2", "b"}}
+		nodes := []Node{{Name: "a1", Zone: "a"}, {Name: "a2", Zone: "a"}, {Name: "a3", Zone: "a"}, {Name: "b1", Zone: "b"}, {Name: "b2", Zone: "b"}}
 		r := mustNew(t, nodes, 2)
 		for i := range 2000 {
 			k := key(i)
@@ -337,7 +338,7 @@ func TestNewErrors(t *testing.T) {
 		{"no nodes", nil, 1},
 		{"empty slice", []Node{}, 1},
 		{"duplicate", plain("a", "b", "a"), 2},
-		{"duplicate other zone", []Node{{"a", "x"}, {"a", "y"}}, 1},
+		{"duplicate other zone", []Node{{Name: "a", Zone: "x"}, {Name: "a", Zone: "y"}}, 1},
 		{"empty name", plain("a", ""), 1},
 		{"replicas 0", plain("a"), 0},
 		{"replicas negative", plain("a"), -1},
@@ -356,7 +357,7 @@ func TestPreferenceAllocs(t *testing.T) {
 		nodes []Node
 	}{
 		{"plain", plain(bigNames(16)...)},
-		{"zoned", []Node{{"a", "x"}, {"b", "x"}, {"c", "y"}, {"d", "y"}, {"e", "z"}}},
+		{"zoned", []Node{{Name: "a", Zone: "x"}, {Name: "b", Zone: "x"}, {Name: "c", Zone: "y"}, {Name: "d", Zone: "y"}, {Name: "e", Zone: "z"}}},
 	} {
 		r := mustNew(t, tc.nodes, 3)
 		if a := testing.AllocsPerRun(100, func() { r.Preference("some-key") }); a != 1 {
@@ -374,5 +375,34 @@ func BenchmarkPreference(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		r.Preference(keys[i%len(keys)])
+	}
+}
+
+// TestDrain: a draining node is never a replica and comes last; the others
+// keep their placement relative to each other.
+func TestDrain(t *testing.T) {
+	nodes := []Node{{Name: "a", Zone: "z1"}, {Name: "b", Zone: "z2"}, {Name: "c", Zone: "z3"}, {Name: "d", Zone: "z1"}}
+	drained := append([]Node(nil), nodes...)
+	drained[1].Drain = true
+	r, err := New(drained, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Replicas() != 3 {
+		t.Fatalf("Replicas = %d", r.Replicas())
+	}
+	for k := range 2000 {
+		p := r.Preference(fmt.Sprintf("key-%d", k))
+		if p[len(p)-1] != 1 {
+			t.Fatalf("draining node not last: %v", p)
+		}
+	}
+	all := []Node{{Name: "a", Drain: true}, {Name: "b", Drain: true}}
+	if _, err := New(all, 1); err == nil {
+		t.Fatal("all draining accepted")
+	}
+	two := []Node{{Name: "a"}, {Name: "b", Drain: true}}
+	if r, _ := New(two, 3); r.Replicas() != 1 {
+		t.Fatalf("replicas with one active node = %d", r.Replicas())
 	}
 }

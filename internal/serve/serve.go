@@ -13,8 +13,10 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,12 +34,13 @@ import (
 
 // Server is a configured proxy, listening once Listen returns.
 type Server struct {
-	cfg       *config.Config
+	cfg       *config.Config // as started: addresses, keys, data dir
 	log       *slog.Logger
 	transport *http.Transport
-	health    *health.Checker
 	verifier  *auth.Verifier
-	proxy     *proxy.Proxy
+	gen       atomic.Pointer[generation]
+	runCtx    context.Context // set by Serve: generations' loops run under it
+	reloadMu  sync.Mutex
 	ssh       *sshproxy.Proxy
 	admin     *http.ServeMux
 	metrics   *metrics.Metrics
@@ -62,47 +65,14 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		ReadBufferSize:        64 << 10,
 	}
 
-	rnodes := make([]ring.Node, len(cfg.Nodes))
-	pnodes := make([]proxy.Node, len(cfg.Nodes))
-	targets := make([]health.Target, len(cfg.Nodes))
-	for i, n := range cfg.Nodes {
-		u, err := url.Parse(n.URL)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone}
-		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
-		hu := n.Health
-		if hu == "" {
-			hu = n.URL + "/v1/public/jwks"
-		}
-		targets[i] = health.Target{Name: n.Name, URL: hu}
-	}
-	rg, err := ring.New(rnodes, cfg.Replicas)
-	if err != nil {
-		return nil, fmt.Errorf("build ring: %w", err)
-	}
 	s.metrics = metrics.New()
-	s.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: log,
-		OnChange: func(i int, up bool) { s.metrics.NodeHealth(cfg.Nodes[i].Name, up) }})
-	for _, n := range cfg.Nodes {
-		s.metrics.NodeHealth(n.Name, true)
-	}
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
 	if cfg.ServerKey != "" {
 		signer, err := token.LoadSigner(cfg.ServerKey)
 		if err != nil {
 			return nil, fmt.Errorf("--server-key: %w", err)
 		}
-		hnodes := make([]heal.Node, len(pnodes))
-		for i, n := range pnodes {
-			hnodes[i] = heal.Node{Name: n.Name, URL: n.URL}
-		}
 		s.healer, err = heal.New(heal.Options{
-			Nodes:          hnodes,
-			Ring:           rg,
-			WriteQuorum:    cfg.WriteQuorum,
-			Health:         s.health,
 			Signer:         signer,
 			Issuer:         s.issuer,
 			Transport:      s.transport,
@@ -120,35 +90,21 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	} else {
 		log.Warn("healing is off: give --server-key (the nodes' shared charm_server_ed25519) and --data-dir to repair replicas")
 	}
-	var healer proxy.Healer
-	if s.healer != nil {
-		healer = s.healer
-	}
-	s.proxy, err = proxy.New(proxy.Options{
-		Nodes:          pnodes,
-		Ring:           rg,
-		WriteQuorum:    cfg.WriteQuorum,
-		Health:         s.health,
-		Verifier:       s.verifier,
-		Transport:      s.transport,
-		Logger:         log,
-		StallTimeout:   cfg.NodeTimeout,
-		SharedAccounts: cfg.Accounts == config.AccountsShared,
-		Observer:       s.metrics,
-		Healer:         healer,
-	})
+	g, err := s.newGeneration(cfg)
 	if err != nil {
 		return nil, err
 	}
+	s.install(g)
 	s.ssh = &sshproxy.Proxy{
 		Backends:    s.sshBackends,
 		IdleTimeout: cfg.SSHIdleTimeout,
 		MaxConns:    cfg.SSHMaxConns,
 		Logger:      log,
 		OnDialError: func(addr string, err error) {
-			for i, n := range cfg.Nodes {
+			g := s.gen.Load()
+			for i, n := range g.cfg.Nodes {
 				if n.SSH == addr {
-					s.health.MarkDown(i, fmt.Errorf("ssh dial %s: %w", addr, err))
+					g.health.MarkDown(i, fmt.Errorf("ssh dial %s: %w", addr, err))
 				}
 			}
 		},
@@ -160,8 +116,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		},
 		OnReject: func(string) { s.metrics.SSHRejected() },
 	}
-	s.metrics.GaugeFunc("cring_write_quorum", "Configured write quorum W.", func() float64 { return float64(cfg.WriteQuorum) })
-	s.metrics.GaugeFunc("cring_replicas", "Configured replica count N.", func() float64 { return float64(cfg.Replicas) })
+	s.metrics.GaugeFunc("cring_write_quorum", "Configured write quorum W.", func() float64 { return float64(s.gen.Load().cfg.WriteQuorum) })
+	s.metrics.GaugeFunc("cring_replicas", "Configured replica count N.", func() float64 { return float64(s.gen.Load().cfg.Replicas) })
 	s.metrics.GaugeFunc("cring_ssh_active_connections", "SSH connections being proxied now.", func() float64 { return float64(s.ssh.Active()) })
 	s.admin = http.NewServeMux()
 	s.admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -173,14 +129,136 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// generation is one node configuration: ring, health checks and the proxy
+// built on them. A reload builds a new one and swaps it in whole; requests
+// already running finish on the one they started with.
+type generation struct {
+	cfg    *config.Config
+	health *health.Checker
+	proxy  *proxy.Proxy
+	stop   context.CancelFunc // ends its health loop
+}
+
+func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
+	rnodes := make([]ring.Node, len(cfg.Nodes))
+	pnodes := make([]proxy.Node, len(cfg.Nodes))
+	hnodes := make([]heal.Node, len(cfg.Nodes))
+	targets := make([]health.Target, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		u, err := url.Parse(n.URL)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain}
+		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
+		hnodes[i] = heal.Node{Name: n.Name, URL: u}
+		hu := n.Health
+		if hu == "" {
+			hu = n.URL + "/v1/public/jwks"
+		}
+		targets[i] = health.Target{Name: n.Name, URL: hu}
+	}
+	rg, err := ring.New(rnodes, cfg.Replicas)
+	if err != nil {
+		return nil, fmt.Errorf("build ring: %w", err)
+	}
+	g := &generation{cfg: cfg}
+	g.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: s.log,
+		OnChange: func(i int, up bool) { s.metrics.NodeHealth(cfg.Nodes[i].Name, up) }})
+	var healer proxy.Healer
+	if s.healer != nil {
+		healer = s.healer
+		s.healer.Reconfigure(hnodes, rg, cfg.WriteQuorum, g.health)
+	}
+	g.proxy, err = proxy.New(proxy.Options{
+		Nodes:          pnodes,
+		Ring:           rg,
+		WriteQuorum:    cfg.WriteQuorum,
+		Health:         g.health,
+		Verifier:       s.verifier,
+		Transport:      s.transport,
+		Logger:         s.log,
+		StallTimeout:   cfg.NodeTimeout,
+		SharedAccounts: cfg.Accounts == config.AccountsShared,
+		Observer:       s.metrics,
+		Healer:         healer,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// install makes g current and starts its health loop when serving.
+func (s *Server) install(g *generation) {
+	for _, n := range g.cfg.Nodes {
+		s.metrics.NodeHealth(n.Name, true)
+	}
+	if s.runCtx != nil {
+		ctx, stop := context.WithCancel(s.runCtx)
+		g.stop = stop
+		go g.health.Run(ctx)
+	}
+	old := s.gen.Swap(g)
+	if old != nil && old != g {
+		if old.stop != nil {
+			old.stop()
+		}
+		for _, n := range old.cfg.Nodes {
+			if !slices.ContainsFunc(g.cfg.Nodes, func(m config.Node) bool { return m.Name == n.Name }) {
+				s.metrics.ForgetNode(n.Name)
+			}
+		}
+	}
+}
+
+// Reload switches to a new node list, replica count and quorum without a
+// restart. Addresses, keys and the data dir need a restart; a changed one is
+// reported and kept.
+func (s *Server) Reload(cfg *config.Config) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cur := s.gen.Load().cfg
+	var kept []string
+	for _, f := range []struct {
+		name     string
+		old, new string
+	}{
+		{"address", cur.Address, cfg.Address},
+		{"ssh-proxy-address", cur.SSHProxyAddress, cfg.SSHProxyAddress},
+		{"admin-address", cur.AdminAddress, cfg.AdminAddress},
+		{"public-url", cur.PublicURL, cfg.PublicURL},
+		{"server-key", cur.ServerKey, cfg.ServerKey},
+		{"data-dir", cur.DataDir, cfg.DataDir},
+	} {
+		if f.old != f.new {
+			kept = append(kept, f.name)
+		}
+	}
+	next := *cfg
+	next.Address, next.SSHProxyAddress, next.AdminAddress = cur.Address, cur.SSHProxyAddress, cur.AdminAddress
+	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
+	g, err := s.newGeneration(&next)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	s.install(g)
+	if len(kept) > 0 {
+		s.log.Warn("reload: these settings need a restart and were kept", "settings", strings.Join(kept, ", "))
+	}
+	s.log.Info("reloaded", "nodes", len(next.Nodes), "replicas", next.Replicas, "write_quorum", next.WriteQuorum)
+	return nil
+}
+
 // HandleAdmin adds a route to the admin server (before Serve).
 func (s *Server) HandleAdmin(pattern string, h http.HandlerFunc) { s.admin.HandleFunc(pattern, h) }
 
 // sshBackends is the SSH primary order as addresses.
 func (s *Server) sshBackends() []string {
 	var out []string
-	for _, i := range s.primaryOrder() {
-		out = append(out, s.cfg.Nodes[i].SSH)
+	g := s.gen.Load()
+	for _, i := range g.primaryOrder() {
+		out = append(out, g.cfg.Nodes[i].SSH)
 	}
 	return out
 }
@@ -188,8 +266,9 @@ func (s *Server) sshBackends() []string {
 // fetchKeys asks healthy nodes, in order, for the key set and issuer.
 func (s *Server) fetchKeys(ctx context.Context) (*jose.JSONWebKeySet, string, error) {
 	var errs []error
-	for _, i := range s.primaryOrder() {
-		n := s.cfg.Nodes[i]
+	g := s.gen.Load()
+	for _, i := range g.primaryOrder() {
+		n := g.cfg.Nodes[i]
 		set := &jose.JSONWebKeySet{}
 		if err := s.getJSON(ctx, n.URL+"/v1/public/jwks", set); err != nil {
 			errs = append(errs, err)
@@ -209,10 +288,10 @@ func (s *Server) fetchKeys(ctx context.Context) (*jose.JSONWebKeySet, string, er
 
 // primaryOrder is healthy nodes in configured order, then the rest: SSH's
 // sticky primary is its first entry, and a failed dial moves to the next.
-func (s *Server) primaryOrder() []int {
+func (g *generation) primaryOrder() []int {
 	var up, down []int
-	for i := range s.cfg.Nodes {
-		if s.health.Healthy(i) {
+	for i := range g.cfg.Nodes {
+		if g.health.Healthy(i) {
 			up = append(up, i)
 		} else {
 			down = append(down, i)
@@ -270,7 +349,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hs := &http.Server{
-		Handler:           s.proxy,
+		// Each request goes to the generation current when it arrives.
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.gen.Load().proxy.ServeHTTP(w, r) }),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -295,8 +375,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { defer wg.Done(); s.healer.Run(ctx) }()
 		defer s.healer.Close()
 	}
-	wg.Add(4)
-	go func() { defer wg.Done(); s.health.Run(ctx) }()
+	s.reloadMu.Lock()
+	s.runCtx = ctx
+	s.install(s.gen.Load()) // starts its health loop
+	s.reloadMu.Unlock()
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		if err := hs.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -316,7 +399,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}()
 	s.log.Info("cring serving", "http", s.httpLn.Addr().String(), "ssh", s.sshLn.Addr().String(),
-		"admin", s.adminLn.Addr().String(), "nodes", len(s.cfg.Nodes), "replicas", s.cfg.Replicas, "write_quorum", s.cfg.WriteQuorum)
+		"admin", s.adminLn.Addr().String(), "nodes", len(s.cfg.Nodes), "replicas", s.cfg.Replicas, "write_quorum", s.cfg.WriteQuorum,
+		"healing", s.healer != nil)
 
 	var err error
 	select {
@@ -334,8 +418,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	up := s.health.HealthyCount()
-	ready := up >= s.cfg.WriteQuorum
+	g := s.gen.Load()
+	up := g.health.HealthyCount()
+	ready := up >= g.cfg.WriteQuorum
 	status := http.StatusOK
 	if !ready {
 		status = http.StatusServiceUnavailable
@@ -343,16 +428,17 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, map[string]any{
 		"ready":    ready,
 		"healthy":  up,
-		"required": s.cfg.WriteQuorum,
-		"nodes":    s.health.Snapshot(),
+		"required": g.cfg.WriteQuorum,
+		"nodes":    g.health.Snapshot(),
 	})
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	g := s.gen.Load()
 	st := map[string]any{
-		"nodes":          s.health.Snapshot(),
-		"replicas":       s.cfg.Replicas,
-		"write_quorum":   s.cfg.WriteQuorum,
+		"nodes":          g.health.Snapshot(),
+		"replicas":       g.cfg.Replicas,
+		"write_quorum":   g.cfg.WriteQuorum,
 		"ssh_active":     s.ssh.Active(),
 		"peak_rss_bytes": peakRSS(),
 	}
