@@ -48,18 +48,17 @@ func TestPlacement(t *testing.T) {
 				name := fmt.Sprintf("docs/file-%d.txt", i)
 				data := randBytes(t, 1000+i*731)
 				u.put(t, name, data)
-				copies := tc.onDisk(t, u, name)
+				// Acked at W; the last replica may land a moment later.
+				var copies map[string][]byte
+				waitFor(t, 5*time.Second, func() bool {
+					copies = tc.onDisk(t, u, name)
+					return len(copies) >= tt.replicas && allEqual(copies)
+				})
 				if len(copies) != tt.replicas {
 					t.Fatalf("%s on %d nodes, want %d", name, len(copies), tt.replicas)
 				}
-				var first []byte
-				for n, b := range copies {
+				for n := range copies {
 					perNode[n]++
-					if first == nil {
-						first = b
-					} else if !bytes.Equal(first, b) {
-						t.Fatalf("%s differs between replicas", name)
-					}
 				}
 				if got := u.get(t, name); !bytes.Equal(got, data) {
 					t.Fatalf("%s read back differs", name)
@@ -477,4 +476,17 @@ func TestSeqMonotonic(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("seq with 1 of 3 nodes = %d, want 503", resp.StatusCode)
 	}
+}
+
+// allEqual reports whether every copy has the same bytes.
+func allEqual(copies map[string][]byte) bool {
+	var first []byte
+	for _, b := range copies {
+		if first == nil {
+			first = b
+		} else if !bytes.Equal(first, b) {
+			return false
+		}
+	}
+	return true
 }

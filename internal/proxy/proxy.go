@@ -65,6 +65,10 @@ type Options struct {
 	Observer Observer
 	// Healer hears about missed replicas and disagreeing reads; nil: none.
 	Healer Healer
+	// PostQuorumTimeout bounds how long the replicas still writing after a
+	// write was answered at quorum may take; then they are cancelled and
+	// hinted. Default 10s.
+	PostQuorumTimeout time.Duration
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
@@ -72,20 +76,22 @@ type Options struct {
 
 // Proxy serves the Charm HTTP API over a cluster.
 type Proxy struct {
-	nodes     []Node
-	ring      *ring.Ring
-	w         int
-	health    Health
-	verifier  Verifier
-	transport http.RoundTripper
-	log       *slog.Logger
-	stall     time.Duration
-	shared    bool
-	obs       Observer
-	healer    Healer
-	tombs     recentTombstones
-	bufs      sync.Pool
-	seqLocks  keyedMutex
+	nodes      []Node
+	ring       *ring.Ring
+	w          int
+	health     Health
+	verifier   Verifier
+	transport  http.RoundTripper
+	log        *slog.Logger
+	stall      time.Duration
+	shared     bool
+	obs        Observer
+	healer     Healer
+	tombs      recentTombstones
+	inflight   keyedWait
+	postQuorum time.Duration
+	bufs       sync.Pool
+	seqLocks   keyedMutex
 }
 
 // New checks opts and returns a Proxy.
@@ -118,17 +124,21 @@ func New(o Options) (*Proxy, error) {
 		o.StallTimeout = 30 * time.Second
 	}
 	p := &Proxy{
-		nodes:     o.Nodes,
-		ring:      o.Ring,
-		w:         o.WriteQuorum,
-		health:    o.Health,
-		verifier:  o.Verifier,
-		transport: o.Transport,
-		log:       o.Logger,
-		stall:     o.StallTimeout,
-		shared:    o.SharedAccounts,
-		obs:       o.Observer,
-		healer:    o.Healer,
+		nodes:      o.Nodes,
+		ring:       o.Ring,
+		w:          o.WriteQuorum,
+		health:     o.Health,
+		verifier:   o.Verifier,
+		transport:  o.Transport,
+		log:        o.Logger,
+		stall:      o.StallTimeout,
+		shared:     o.SharedAccounts,
+		obs:        o.Observer,
+		healer:     o.Healer,
+		postQuorum: o.PostQuorumTimeout,
+	}
+	if p.postQuorum <= 0 {
+		p.postQuorum = 10 * time.Second
 	}
 	p.bufs.New = func() any { b := make([]byte, bufSize); return &b }
 	return p, nil
@@ -435,5 +445,49 @@ func (k *keyedMutex) lock(key string) func() {
 			delete(k.locks, key)
 		}
 		k.mu.Unlock()
+	}
+}
+
+// keyedWait tracks keys with replica writes still running in the background.
+// Entries go away when their last write ends, so it never grows with the
+// keys ever written.
+type keyedWait struct {
+	mu   sync.Mutex
+	keys map[string]*waitEntry
+}
+
+type waitEntry struct {
+	n    int
+	done chan struct{}
+}
+
+func (k *keyedWait) add(key string) (done func()) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys == nil {
+		k.keys = map[string]*waitEntry{}
+	}
+	e, ok := k.keys[key]
+	if !ok {
+		e = &waitEntry{done: make(chan struct{})}
+		k.keys[key] = e
+	}
+	e.n++
+	return func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if e.n--; e.n == 0 {
+			close(e.done)
+			delete(k.keys, key)
+		}
+	}
+}
+
+func (k *keyedWait) wait(key string) {
+	k.mu.Lock()
+	e, ok := k.keys[key]
+	k.mu.Unlock()
+	if ok {
+		<-e.done
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -73,8 +74,12 @@ func (rp *replica) feed() {
 func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
 	key := ref.key()
+	// A write still finishing in the background on a slow replica must
+	// land before the next write or delete of the same key is sent.
+	p.inflight.wait(key)
 	pref := p.ring.Preference(key)
 	targets := p.targets(pref)
+	p.missedReplicas(ref, pref, targets)
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 
 	// Deletes also go to every other healthy node, so a copy left on a
@@ -93,11 +98,14 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		}
 	}
 
+	// Node requests outlive the handler (the last replica may finish after
+	// the answer) but not a client that leaves before it.
+	nodeCtx, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
+	stopFollow := context.AfterFunc(ctx, func() { cancelAll(errClientGone) })
 	results := make(chan outcome, len(targets)+len(extra))
 	reps := make([]*replica, len(targets))
 	for k, i := range targets {
-		nctx, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
+		nctx, cancel := context.WithCancelCause(nodeCtx)
 		var body io.Reader
 		if hasBody {
 			pr, pw := io.Pipe()
@@ -106,12 +114,17 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			body = pr
 			go rp.feed()
 		}
-		go func() { results <- p.roundTrip(nctx, i, r, body, reps[k], cancel) }()
+		go func() {
+			defer cancel(nil)
+			results <- p.roundTrip(nctx, i, r, body, reps[k], cancel)
+		}()
 	}
 	for _, i := range extra {
-		nctx, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
-		go func() { results <- p.roundTrip(nctx, i, r, nil, nil, cancel) }()
+		nctx, cancel := context.WithCancelCause(nodeCtx)
+		go func() {
+			defer cancel(nil)
+			results <- p.roundTrip(nctx, i, r, nil, nil, cancel)
+		}()
 	}
 
 	var bodyErr error
@@ -124,61 +137,78 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			}
 		}
 	}
-
-	byNode := map[int]outcome{}
-	for range len(targets) + len(extra) {
-		o := <-results
-		byNode[o.node] = o
+	if bodyErr != nil {
+		cancelAll(bodyErr)
 	}
+
+	isTarget := map[int]int{}
+	for k, i := range targets {
+		isTarget[i] = k
+	}
+	stored := func(o outcome) bool {
+		k, ok := isTarget[o.node]
+		return ok && o.ok() && (reps[k] == nil || reps[k].sentAll)
+	}
+	// Collect until W replicas stored it (answer now) or every replica
+	// answered (answer the failure).
+	var got []outcome
+	var first outcome
+	n, replicasDone := 0, 0
+	for replicasDone < len(targets) && (n < p.w || bodyErr != nil) {
+		o := <-results
+		got = append(got, o)
+		if _, ok := isTarget[o.node]; !ok {
+			continue
+		}
+		replicasDone++
+		if stored(o) {
+			if n == 0 {
+				first = o
+			}
+			n++
+		}
+	}
+	stopFollow()
+	pending := len(targets) + len(extra) - len(got)
+	if pending > 0 {
+		// The rest finish in the background, bounded; what doesn't make it
+		// is owed a hint. The key stays marked in flight until then.
+		done := p.inflight.add(key)
+		go func() {
+			defer done()
+			t := time.AfterFunc(p.postQuorum, func() { cancelAll(errors.New("post-quorum timeout")) })
+			defer t.Stop()
+			var late []outcome
+			for range pending {
+				late = append(late, <-results)
+			}
+			cancelAll(nil)
+			p.settle(r, ref, pref, targets, reps, late, stored)
+		}()
+	} else {
+		cancelAll(nil)
+	}
+	p.settle(r, ref, pref, targets, reps, got, stored)
+
 	if bodyErr != nil {
 		p.log.Warn("write aborted: client body failed", "key", key, "err", bodyErr, "request_id", r.Header.Get("X-Request-Id"))
 		writeError(w, http.StatusBadRequest, "read request body: "+bodyErr.Error())
 		return
 	}
-
-	var first *outcome
-	stored := 0
-	var failed []outcome
-	for k, i := range targets {
-		o := byNode[i]
-		if o.ok() && (reps[k] == nil || reps[k].sentAll) {
-			stored++
-			if first == nil {
-				first = &o
-			}
-			continue
-		}
-		if o.ok() {
-			o = outcome{node: i, err: errors.New("answered before receiving the whole body")}
-		}
-		failed = append(failed, o)
-	}
-	// Hinted handoff: every replica that did not get this write or delete
-	// (failed, or skipped as down and replaced by a handoff) is owed it.
-	inTargets := map[int]bool{}
-	for _, i := range targets {
-		inTargets[i] = true
-	}
-	for _, i := range pref[:p.ring.Replicas()] {
-		if !inTargets[i] {
-			p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
-		}
-	}
-	for _, o := range failed {
-		p.healer.Missed(ref.user, ref.path, p.nodes[o.node].Name)
-	}
-	if stored < p.w && stored > 0 {
-		p.healer.Suspect(ref.user, ref.path) // partial copies of a refused write
-	}
-	for _, o := range failed {
-		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
-		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", key, "outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
-	}
-	if stored >= p.w {
-		relay(w, *first)
+	if n >= p.w {
+		relay(w, first)
 		return
 	}
-	if o, same := sameClientError(failed); stored == 0 && same {
+	var failed []outcome
+	for _, o := range got {
+		if _, ok := isTarget[o.node]; ok {
+			failed = append(failed, o)
+		}
+	}
+	if n > 0 {
+		p.healer.Suspect(ref.user, ref.path) // partial copies of a refused write
+	}
+	if o, same := sameClientError(failed); n == 0 && same {
 		// Every replica refused the request itself (say 404 missing user,
 		// 413 too large): answer as a single Charm server would.
 		relay(w, o)
@@ -190,7 +220,42 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		verb = "deleted"
 	}
 	writeError(w, http.StatusServiceUnavailable,
-		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, stored, len(targets), p.w))
+		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.w))
+}
+
+// settle does the bookkeeping for a batch of replica outcomes: hints for
+// every replica that did not store the write (including replicas skipped as
+// down, counted with the first batch), metrics and logs.
+func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps []*replica, os []outcome, stored func(outcome) bool) {
+	if len(os) == 0 {
+		return
+	}
+	for _, o := range os {
+		if o.node < 0 {
+			continue
+		}
+		k := slices.Index(targets, o.node)
+		if k < 0 || stored(o) {
+			continue // extra delete targets are best effort
+		}
+		if o.ok() {
+			o = outcome{node: o.node, err: errors.New("answered before receiving the whole body")}
+		}
+		p.healer.Missed(ref.user, ref.path, p.nodes[o.node].Name)
+		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
+		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
+			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
+	}
+}
+
+// missedReplicas hints the replicas a write skipped as down (a handoff took
+// their place).
+func (p *Proxy) missedReplicas(ref fileRef, pref, targets []int) {
+	for _, i := range pref[:p.ring.Replicas()] {
+		if !slices.Contains(targets, i) {
+			p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
+		}
+	}
 }
 
 // sameClientError reports whether every outcome is the same 4xx answer.

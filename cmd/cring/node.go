@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/charmbracelet/charm/server"
+	"github.com/cring-dev/cring/internal/node"
+	"github.com/spf13/cobra"
+)
+
+type nodeFlags struct {
+	httpPort, sshPort, statsPort, healthPort int
+	dataDir                                  string
+	accounts                                 string
+	logFormat                                string
+	debug                                    bool
+	shutdownTimeout                          time.Duration
+}
+
+func newNodeCmd() *cobra.Command {
+	var f nodeFlags
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a Charm server whose accounts can live in a shared PostgreSQL",
+		Long: `Run a Charm server: a drop-in for ` + "`charm serve`" + ` (v0.12.6) with the same
+CHARM_SERVER_* environment, ports (SSH 35353, HTTP 35354, health 35356), data
+directory layout and server key ($CHARM_SERVER_DATA_DIR/.ssh/charm_server_ed25519,
+created when missing).
+
+With --accounts postgres://user:pass@host:5432/charm (or CRING_ACCOUNTS) every
+node keeps users, keys, encrypt keys, names and sequences in that one database,
+so any node can serve any user and SSH can fail over without splitting
+identities: front the nodes with ` + "`cring serve --accounts shared`" + `. The schema is
+created and migrated on start. PostgreSQL is then where accounts become highly
+available: replicate it with its own tools (streaming replication, a managed
+service). Without --accounts a node keeps charm's own sqlite in <data>/db.
+
+Move existing accounts in with ` + "`cring accounts import`" + `.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			if f.logFormat != "text" && f.logFormat != "json" {
+				return usageError{fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)}
+			}
+			if f.accounts != "" && !node.IsPostgres(f.accounts) {
+				return usageError{fmt.Errorf("--accounts %q: want a postgres:// URL, or nothing for the stock sqlite", node.Redact(f.accounts))}
+			}
+			cfg := server.DefaultConfig() // CHARM_SERVER_*, like charm serve
+			for _, o := range []struct {
+				v   int
+				dst *int
+			}{{f.httpPort, &cfg.HTTPPort}, {f.sshPort, &cfg.SSHPort}, {f.statsPort, &cfg.StatsPort}, {f.healthPort, &cfg.HealthPort}} {
+				if o.v != 0 {
+					*o.dst = o.v
+				}
+			}
+			if f.dataDir != "" {
+				cfg.DataDir = f.dataDir
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			err := node.Run(ctx, node.Options{
+				Config: cfg, Accounts: f.accounts, Logger: newLogger(f.logFormat, f.debug), ShutdownTimeout: f.shutdownTimeout,
+			})
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.httpPort, "http-port", 0, "HTTP port to listen on (default $CHARM_SERVER_HTTP_PORT or 35354)")
+	fl.IntVar(&f.sshPort, "ssh-port", 0, "SSH port to listen on (default $CHARM_SERVER_SSH_PORT or 35353)")
+	fl.IntVar(&f.statsPort, "stats-port", 0, "stats port to listen on (default $CHARM_SERVER_STATS_PORT or 35355)")
+	fl.IntVar(&f.healthPort, "health-port", 0, "health port to listen on (default $CHARM_SERVER_HEALTH_PORT or 35356)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the server key, files and sqlite (default $CHARM_SERVER_DATA_DIR or ./data)")
+	fl.StringVar(&f.accounts, "accounts", "", "postgres://user:pass@host:5432/db to keep accounts in PostgreSQL shared by every node (default: charm's sqlite in the data dir)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "cring's log format: text or json")
+	fl.BoolVar(&f.debug, "debug", false, "debug logging")
+	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are cut")
+	return cmd
+}

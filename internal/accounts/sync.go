@@ -1,0 +1,294 @@
+package accounts
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// ErrConflicts is returned when a merge would have to guess: nothing changed.
+var ErrConflicts = errors.New("conflicting accounts")
+
+// Changes counts what one store gained.
+type Changes struct {
+	Store        string `json:"store"`
+	Users        int    `json:"users"`         // users added
+	UsersUpdated int    `json:"users_updated"` // unset name, email or bio filled
+	Keys         int    `json:"keys"`
+	EncryptKeys  int    `json:"encrypt_keys"`
+	Seqs         int    `json:"seqs"` // sequences added or raised
+	News         int    `json:"news,omitempty"`
+}
+
+// Total is the number of changes.
+func (c Changes) Total() int {
+	return c.Users + c.UsersUpdated + c.Keys + c.EncryptKeys + c.Seqs + c.News
+}
+
+// SyncReport is what Sync found and did.
+type SyncReport struct {
+	Users       int        `json:"users"` // in the union
+	Keys        int        `json:"keys"`
+	EncryptKeys int        `json:"encrypt_keys"`
+	Seqs        int        `json:"seqs"`
+	Files       []Changes  `json:"files"`
+	Conflicts   []Conflict `json:"conflicts,omitempty"`
+	DryRun      bool       `json:"dry_run,omitempty"`
+}
+
+// Sync merges stock charm sqlite account databases in place: afterwards
+// every file holds the union of users, keys, encrypt keys, names and
+// sequences (at their maximum). Rows already there are never altered, except
+// unset user fields filled and sequences raised. On conflicts (see Merge) it
+// returns them with ErrConflicts and changes nothing.
+//
+// Every file is write-locked (BEGIN IMMEDIATE) from the first read to the
+// last commit, so nodes still running can't slip a conflicting change in.
+func Sync(ctx context.Context, paths []string, dryRun bool) (*SyncReport, error) {
+	if len(paths) < 2 {
+		return nil, errors.New("sync needs two or more databases")
+	}
+	seen := map[string]string{}
+	for _, p := range paths {
+		abs, err := filepath.Abs(p)
+		if err == nil {
+			if r, err := filepath.EvalSymlinks(abs); err == nil {
+				abs = r
+			}
+		}
+		if prev, ok := seen[abs]; ok {
+			return nil, fmt.Errorf("%s and %s are the same file", prev, p)
+		}
+		seen[abs] = p
+	}
+
+	type store struct {
+		path string
+		db   *sql.DB
+		conn *sql.Conn
+		open bool // a transaction is open
+	}
+	var stores []*store
+	defer func() {
+		for _, s := range stores {
+			if s.open {
+				_, _ = s.conn.ExecContext(context.Background(), "ROLLBACK")
+			}
+			s.conn.Close()
+			s.db.Close()
+		}
+	}()
+	var sources []Source
+	for _, p := range paths {
+		sdb, err := openExisting(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", p, err)
+		}
+		conn, err := sdb.Conn(ctx)
+		if err != nil {
+			sdb.Close()
+			return nil, fmt.Errorf("open %s: %w", p, err)
+		}
+		s := &store{path: p, db: sdb, conn: conn}
+		stores = append(stores, s)
+		if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+			return nil, fmt.Errorf("lock %s: %w", p, err)
+		}
+		s.open = true
+		snap, err := readSnapshot(ctx, conn)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		sources = append(sources, Source{Name: p, Snap: snap})
+	}
+
+	union, conflicts := Merge(sources)
+	if conflicts != nil {
+		return &SyncReport{Conflicts: conflicts, DryRun: dryRun}, ErrConflicts
+	}
+	rep := &SyncReport{DryRun: dryRun}
+	rep.Users, rep.Keys, rep.EncryptKeys, rep.Seqs = union.Counts()
+	for _, s := range stores {
+		ch, err := applySQLite(ctx, s.conn, union)
+		if err != nil {
+			return nil, fmt.Errorf("update %s: %w", s.path, err)
+		}
+		ch.Store = s.path
+		rep.Files = append(rep.Files, ch)
+	}
+	if dryRun {
+		return rep, nil // the deferred rollback undoes everything
+	}
+	for _, s := range stores {
+		if _, err := s.conn.ExecContext(ctx, "COMMIT"); err != nil {
+			return rep, fmt.Errorf("commit %s: %w (files before it are merged; run sync again)", s.path, err)
+		}
+		s.open = false
+	}
+	return rep, nil
+}
+
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// sqliteValue is a time as the driver stores it for charm (UTC, no
+// monotonic reading, which it could not read back).
+func sqliteValue(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UTC()
+}
+
+// applySQLite adds to one charm sqlite database what union has and it lacks.
+func applySQLite(ctx context.Context, q execQuerier, union *Snapshot) (Changes, error) {
+	var ch Changes
+	type row struct {
+		id               int64
+		name, email, bio string
+	}
+	users := map[string]*row{}
+	err := each(ctx, q, `SELECT id, charm_id, name, email, bio FROM charm_user`, func(r *sql.Rows) error {
+		var charmID string
+		var name, email, bio sql.NullString
+		x := &row{}
+		if err := r.Scan(&x.id, &charmID, &name, &email, &bio); err != nil {
+			return err
+		}
+		x.name, x.email, x.bio = name.String, email.String, bio.String
+		users[charmID] = x
+		return nil
+	})
+	if err != nil {
+		return ch, err
+	}
+	keys := map[string]int64{}
+	if err := each(ctx, q, `SELECT id, public_key FROM public_key`, func(r *sql.Rows) error {
+		var id int64
+		var k string
+		if err := r.Scan(&id, &k); err != nil {
+			return err
+		}
+		keys[k] = id
+		return nil
+	}); err != nil {
+		return ch, err
+	}
+	type ekID struct {
+		key int64
+		gid string
+	}
+	eks := map[ekID]bool{}
+	if err := each(ctx, q, `SELECT public_key_id, global_id FROM encrypt_key`, func(r *sql.Rows) error {
+		var id ekID
+		if err := r.Scan(&id.key, &id.gid); err != nil {
+			return err
+		}
+		eks[id] = true
+		return nil
+	}); err != nil {
+		return ch, err
+	}
+	type seqID struct {
+		user int64
+		name string
+	}
+	seqs := map[seqID]uint64{}
+	if err := each(ctx, q, `SELECT user_id, name, seq FROM named_seq`, func(r *sql.Rows) error {
+		var id seqID
+		var v int64
+		if err := r.Scan(&id.user, &id.name, &v); err != nil {
+			return err
+		}
+		seqs[id] = uint64(v)
+		return nil
+	}); err != nil {
+		return ch, err
+	}
+
+	for _, u := range union.Users {
+		x := users[u.CharmID]
+		if x == nil {
+			res, err := q.ExecContext(ctx, `INSERT INTO charm_user (charm_id, name, email, bio, created_at) VALUES (?, ?, ?, ?, coalesce(?, current_timestamp))`,
+				u.CharmID, nullIfEmpty(u.Name), nullIfEmpty(u.Email), nullIfEmpty(u.Bio), sqliteValue(u.CreatedAt))
+			if err != nil {
+				return ch, fmt.Errorf("add user %s: %w", u.CharmID, err)
+			}
+			id, err := res.LastInsertId()
+			if err != nil {
+				return ch, err
+			}
+			x = &row{id: id, name: u.Name, email: u.Email, bio: u.Bio}
+			users[u.CharmID] = x
+			ch.Users++
+		} else {
+			updated := false
+			for _, f := range []struct {
+				col       string
+				have, add string
+			}{{"name", x.name, u.Name}, {"email", x.email, u.Email}, {"bio", x.bio, u.Bio}} {
+				if f.have != "" || f.add == "" {
+					continue
+				}
+				if _, err := q.ExecContext(ctx, `UPDATE charm_user SET `+f.col+` = ? WHERE id = ?`, f.add, x.id); err != nil {
+					return ch, fmt.Errorf("set %s of %s: %w", f.col, u.CharmID, err)
+				}
+				updated = true
+			}
+			if updated {
+				ch.UsersUpdated++
+			}
+		}
+		for _, k := range u.Keys {
+			kid, ok := keys[k.Key]
+			if !ok {
+				res, err := q.ExecContext(ctx, `INSERT INTO public_key (user_id, public_key, created_at) VALUES (?, ?, coalesce(?, current_timestamp))`,
+					x.id, k.Key, sqliteValue(k.CreatedAt))
+				if err != nil {
+					return ch, fmt.Errorf("add key of %s: %w", u.CharmID, err)
+				}
+				if kid, err = res.LastInsertId(); err != nil {
+					return ch, err
+				}
+				keys[k.Key] = kid
+				ch.Keys++
+			}
+			for _, e := range k.EncryptKeys {
+				if eks[ekID{kid, e.GlobalID}] {
+					continue
+				}
+				if _, err := q.ExecContext(ctx, `INSERT INTO encrypt_key (public_key_id, global_id, encrypted_key, created_at) VALUES (?, ?, ?, coalesce(?, current_timestamp))`,
+					kid, e.GlobalID, e.EncryptedKey, sqliteValue(e.CreatedAt)); err != nil {
+					return ch, fmt.Errorf("add encrypt key %s of %s: %w", e.GlobalID, u.CharmID, err)
+				}
+				eks[ekID{kid, e.GlobalID}] = true
+				ch.EncryptKeys++
+			}
+		}
+		for name, v := range u.Seqs {
+			have, ok := seqs[seqID{x.id, name}]
+			switch {
+			case !ok:
+				if _, err := q.ExecContext(ctx, `INSERT INTO named_seq (user_id, name, seq) VALUES (?, ?, ?)`, x.id, name, int64(v)); err != nil {
+					return ch, fmt.Errorf("add seq %s of %s: %w", name, u.CharmID, err)
+				}
+			case have < v:
+				if _, err := q.ExecContext(ctx, `UPDATE named_seq SET seq = ? WHERE user_id = ? AND name = ?`, int64(v), x.id, name); err != nil {
+					return ch, fmt.Errorf("raise seq %s of %s: %w", name, u.CharmID, err)
+				}
+			default:
+				continue
+			}
+			seqs[seqID{x.id, name}] = v
+			ch.Seqs++
+		}
+	}
+	return ch, nil
+}
