@@ -74,6 +74,10 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 		HealthInterval:  200 * time.Millisecond,
 		NodeTimeout:     10 * time.Second,
 		Accounts:        config.AccountsShared,
+		// Healing on, so a node that was away catches up.
+		ServerKey:    pc.keyPath,
+		DataDir:      filepath.Join(dir, "proxy"),
+		ScanInterval: time.Hour,
 	}
 	for i := range nodes {
 		np, err := devcluster.FreePorts("127.0.0.1", 3)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -65,6 +67,33 @@ func TestSharedAccountsNewUserFirstNodeDown(t *testing.T) {
 	}
 	if eks, err := encryptKeysOf(pg, u); err != nil || len(eks) != 1 {
 		t.Fatalf("encrypt keys in PostgreSQL: %v %v", eks, err)
+	}
+
+	// Node 1 back (hinted handoff brings it the file), nodes 2 and 3 gone:
+	// the same user, same charm ID, still reads and lists it.
+	pc.start(0)
+	pc.waitReady(3)
+	ep, err := u.fs.EncryptPath("notes/first.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onNode1 := filepath.Join(pc.nodes[0].dataDir, "files", u.id, ep)
+	waitFor(t, 10*time.Second, func() bool {
+		b, err := os.ReadFile(onNode1)
+		return err == nil && len(b) > 0
+	})
+	pc.stop(1, syscall.SIGTERM)
+	pc.stop(2, syscall.SIGTERM)
+	pc.waitReady(1)
+	again := sameKeyClient(t, u, proxySSH, proxyHTTP)
+	if id, err := again.ID(); err != nil || id != u.id {
+		t.Fatalf("with only node1 up: charm ID %q %v, want %s", id, err, u.id)
+	}
+	if got := u.get(t, "notes/first.txt"); !bytes.Equal(got, data) {
+		t.Fatal("with only node1 up: read back different bytes")
+	}
+	if names := u.ls(t, "notes"); !slices.Equal(names, []string{"first.txt"}) {
+		t.Fatalf("with only node1 up: ls notes = %v", names)
 	}
 }
 

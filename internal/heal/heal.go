@@ -170,6 +170,9 @@ func (h *Healer) Owed(user, path, node string) bool {
 	return h.state.hasHint(hint{User: user, Path: path, Node: node})
 }
 
+// Complete reports whether node is owed none of user's writes or deletes.
+func (h *Healer) Complete(user, node string) bool { return !h.state.owesUser(user, node) }
+
 // Suspect queues a key for a prompt check (read repair). A full queue drops
 // it: the next scan finds whatever is wrong.
 func (h *Healer) Suspect(user, path string) {

@@ -23,6 +23,7 @@ type state struct {
 	usersLog *os.File
 	hints    map[hint]hintState
 	hintsLog *os.File
+	perUser  map[string]int    // user+"\x00"+node → pending hints
 	verified map[string]uint64 // key → fingerprint of replicas last confirmed identical
 }
 
@@ -49,7 +50,7 @@ func openState(dir string) (*state, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("heal state dir: %w", err)
 	}
-	s := &state{dir: dir, users: map[string]bool{}, hints: map[hint]hintState{}, verified: map[string]uint64{}}
+	s := &state{dir: dir, users: map[string]bool{}, hints: map[hint]hintState{}, perUser: map[string]int{}, verified: map[string]uint64{}}
 	if err := s.loadUsers(); err != nil {
 		return nil, err
 	}
@@ -94,6 +95,7 @@ func (s *state) loadHints() error {
 	}
 	var lines [][]byte
 	for h, st := range s.hints {
+		s.perUser[h.User+"\x00"+h.Node]++
 		b, _ := json.Marshal(hintRecord{hint: h, At: st.since})
 		lines = append(lines, b)
 	}
@@ -185,6 +187,7 @@ func (s *state) addHint(h hint) error {
 	}
 	now := time.Now()
 	s.hints[h] = hintState{since: now}
+	s.perUser[h.User+"\x00"+h.Node]++
 	b, _ := json.Marshal(hintRecord{hint: h, At: now})
 	if _, err := s.hintsLog.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("record hint: %w", err)
@@ -193,6 +196,12 @@ func (s *state) addHint(h hint) error {
 		return fmt.Errorf("record hint: %w", err)
 	}
 	return nil
+}
+
+func (s *state) owesUser(user, node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perUser[user+"\x00"+node] > 0
 }
 
 func (s *state) hasHint(h hint) bool {
@@ -209,6 +218,11 @@ func (s *state) doneHint(h hint) {
 		return
 	}
 	delete(s.hints, h)
+	if k := h.User + "\x00" + h.Node; s.perUser[k] <= 1 {
+		delete(s.perUser, k)
+	} else {
+		s.perUser[k]--
+	}
 	b, _ := json.Marshal(hintRecord{hint: h, Done: true, At: time.Now()})
 	_, _ = s.hintsLog.Write(append(b, '\n')) // losing it only replays a hint
 }

@@ -27,6 +27,9 @@ type Healer interface {
 	// Owed: node has not yet been given the latest write or delete of path
 	// (its copy may be stale): reads skip it.
 	Owed(user, path, node string) bool
+	// Complete: node is owed nothing of user's (no pending hints), and the
+	// healer is on to know it.
+	Complete(user, node string) bool
 }
 
 type nopHealer struct{}
@@ -35,6 +38,7 @@ func (nopHealer) RecordUser(string)                {}
 func (nopHealer) Missed(string, string, string)    {}
 func (nopHealer) Suspect(string, string)           {}
 func (nopHealer) Owed(string, string, string) bool { return false }
+func (nopHealer) Complete(string, string) bool     { return false }
 
 // delete records a tombstone (acked at W like any write) and then deletes
 // the file everywhere, so no stale replica can bring it back.

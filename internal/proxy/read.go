@@ -33,6 +33,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	pref := p.ring.Preference(key)
 	asked := make([]bool, len(p.nodes))
 	unreachable := 0
+	var answered []int
 	var notFound *outcome
 	for _, i := range pref {
 		asked[i] = true // asked or counted unreachable: merging skips it
@@ -91,12 +92,13 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			if notFound == nil {
 				notFound = &o
 			}
+			answered = append(answered, i)
 			continue
 		}
 		p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "status", o.status)
 		unreachable++
 	}
-	if notFound != nil && unreachable < p.w {
+	if notFound != nil && (unreachable < p.w || p.complete(ref.user, answered)) {
 		relay(w, *notFound)
 		return
 	}
@@ -130,7 +132,9 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 	t.Stop()
 	resp.Body.Close()
 	var lists []*charm.FileInfo
+	answered := []int{first}
 	if err != nil {
+		answered = nil
 		// A broken listing costs that node, like any other failure.
 		p.nodeFailed(ctx, first, err)
 		p.log.Warn("listing failed", "node", p.nodes[first].Name, "err", err)
@@ -179,14 +183,16 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 			switch {
 			case ok:
 				lists = append(lists, d)
+				answered = append(answered, i)
 			case o.status == http.StatusNotFound:
+				answered = append(answered, i)
 			default:
 				unreachable++
 			}
 		}()
 	}
 	wg.Wait()
-	if unreachable >= p.w || len(lists) == 0 {
+	if (unreachable >= p.w && !p.complete(ref.user, answered)) || len(lists) == 0 {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", unreachable, len(p.nodes), p.w-1))
@@ -231,4 +237,21 @@ func mergeDirs(lists []*charm.FileInfo) *charm.FileInfo {
 	}
 	sort.Slice(out.Files, func(a, b int) bool { return out.Files[a].Name < out.Files[b].Name })
 	return &out
+}
+
+// complete reports whether the nodes that answered can be trusted to hold
+// every file of the user although W or more nodes could not be asked: every
+// node is a replica of every key (N = node count), and one of them is owed
+// nothing by this proxy's hints (it has every write acknowledged since it
+// was last away).
+func (p *Proxy) complete(user string, answered []int) bool {
+	if p.ring.Replicas() != len(p.nodes) {
+		return false
+	}
+	for _, i := range answered {
+		if p.healer.Complete(user, p.nodes[i].Name) {
+			return true
+		}
+	}
+	return false
 }
