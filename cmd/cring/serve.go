@@ -38,6 +38,7 @@ type serveFlags struct {
 	scanInterval   time.Duration
 	repairRate     float64
 	tombstoneGrace time.Duration
+	postQuorum     time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -91,6 +92,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.scanInterval, "scan-interval", config.DefaultScanInterval, "time between background anti-entropy scans")
 	fl.Float64Var(&f.repairRate, "repair-rate", config.DefaultRepairRate, "repairs per second the healer may do")
 	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long deletes are remembered; a node away longer may bring deleted files back")
+	fl.DurationVar(&f.postQuorum, "post-quorum-timeout", config.DefaultPostQuorum, "after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted")
 	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
 }
@@ -161,6 +163,9 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("repair-rate") || cfg.RepairRate == 0 {
 		cfg.RepairRate = f.repairRate
+	}
+	if pick("post-quorum-timeout") || cfg.PostQuorumTimeout == 0 {
+		cfg.PostQuorumTimeout = f.postQuorum
 	}
 	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
 		cfg.TombstoneGrace = f.tombstoneGrace

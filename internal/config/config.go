@@ -30,6 +30,7 @@ const (
 	DefaultScanInterval    = time.Hour
 	DefaultRepairRate      = 50
 	DefaultTombstoneGrace  = 30 * 24 * time.Hour
+	DefaultPostQuorum      = 10 * time.Second
 )
 
 // Account store modes.
@@ -82,7 +83,10 @@ type Config struct {
 	ScanInterval   time.Duration `yaml:"scan-interval"`
 	RepairRate     float64       `yaml:"repair-rate"` // repairs per second
 	TombstoneGrace time.Duration `yaml:"tombstone-grace"`
-	Debug          bool          `yaml:"debug"`
+	// PostQuorumTimeout bounds the replicas still writing after a write was
+	// answered at quorum.
+	PostQuorumTimeout time.Duration `yaml:"post-quorum-timeout"`
+	Debug             bool          `yaml:"debug"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
@@ -228,6 +232,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.RepairRate == 0 {
 		c.RepairRate = DefaultRepairRate
+	}
+	if c.PostQuorumTimeout <= 0 {
+		c.PostQuorumTimeout = DefaultPostQuorum
 	}
 	if c.TombstoneGrace == 0 {
 		c.TombstoneGrace = DefaultTombstoneGrace

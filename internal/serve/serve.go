@@ -171,17 +171,18 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		s.healer.Reconfigure(hnodes, rg, cfg.WriteQuorum, g.health)
 	}
 	g.proxy, err = proxy.New(proxy.Options{
-		Nodes:          pnodes,
-		Ring:           rg,
-		WriteQuorum:    cfg.WriteQuorum,
-		Health:         g.health,
-		Verifier:       s.verifier,
-		Transport:      s.transport,
-		Logger:         s.log,
-		StallTimeout:   cfg.NodeTimeout,
-		SharedAccounts: cfg.Accounts == config.AccountsShared,
-		Observer:       s.metrics,
-		Healer:         healer,
+		Nodes:             pnodes,
+		Ring:              rg,
+		WriteQuorum:       cfg.WriteQuorum,
+		Health:            g.health,
+		Verifier:          s.verifier,
+		Transport:         s.transport,
+		Logger:            s.log,
+		StallTimeout:      cfg.NodeTimeout,
+		PostQuorumTimeout: cfg.PostQuorumTimeout,
+		SharedAccounts:    cfg.Accounts == config.AccountsShared,
+		Observer:          s.metrics,
+		Healer:            healer,
 	})
 	if err != nil {
 		return nil, err
