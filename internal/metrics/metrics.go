@@ -29,6 +29,7 @@ type Metrics struct {
 	sshConnections  prometheus.Counter
 	sshFailovers    prometheus.Counter
 	sshRejected     prometheus.Counter
+	hedged          prometheus.Counter
 }
 
 // New registers every instrument on a fresh registry (plus Go and process
@@ -72,7 +73,10 @@ func New() *Metrics {
 	m.sshRejected = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "cring_ssh_rejected_total", Help: "SSH connections closed because no node could be dialed or the cap was reached.",
 	})
-	m.reg.MustRegister(m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
+	m.hedged = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cring_hedged_reads_total", Help: "Reads that also asked the next replica because the first was slower than its p95.",
+	})
+	m.reg.MustRegister(m.hedged, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
 		m.quorumFailures, m.received, m.sent, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -106,6 +110,9 @@ func (m *Metrics) NodeRequest(node string, status int, err error, d time.Duratio
 
 // ReplicaFailure records a replica that did not store a write.
 func (m *Metrics) ReplicaFailure(node, op string) { m.replicaFailures.WithLabelValues(node, op).Inc() }
+
+// Hedged records a hedged read.
+func (m *Metrics) Hedged() { m.hedged.Inc() }
 
 // QuorumFailure records a request refused for lack of nodes.
 func (m *Metrics) QuorumFailure(op string) { m.quorumFailures.WithLabelValues(op).Inc() }

@@ -17,6 +17,7 @@ type Observer interface {
 	NodeRequest(node string, status int, err error, d time.Duration)
 	ReplicaFailure(node, op string)
 	QuorumFailure(op string)
+	Hedged()
 }
 
 type nopObserver struct{}
@@ -25,6 +26,7 @@ func (nopObserver) Request(string, string, int, time.Duration, int64, int64) {}
 func (nopObserver) NodeRequest(string, int, error, time.Duration)            {}
 func (nopObserver) ReplicaFailure(string, string)                            {}
 func (nopObserver) QuorumFailure(string)                                     {}
+func (nopObserver) Hedged()                                                  {}
 
 // trace collects, for the request log line, which nodes a request tried and
 // how each answered. Node requests carry it in their context.

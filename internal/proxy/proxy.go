@@ -89,6 +89,7 @@ type Proxy struct {
 	healer     Healer
 	tombs      recentTombstones
 	inflight   keyedWait
+	lat        *latencies
 	postQuorum time.Duration
 	bufs       sync.Pool
 	seqLocks   keyedMutex
@@ -137,6 +138,7 @@ func New(o Options) (*Proxy, error) {
 		healer:     o.Healer,
 		postQuorum: o.PostQuorumTimeout,
 	}
+	p.lat = newLatencies(len(p.nodes))
 	if p.postQuorum <= 0 {
 		p.postQuorum = 10 * time.Second
 	}

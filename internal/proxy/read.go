@@ -35,28 +35,33 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	unreachable := 0
 	var answered []int
 	var notFound *outcome
+	var cands []int
 	for _, i := range pref {
-		asked[i] = true // asked or counted unreachable: merging skips it
 		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) {
+			asked[i] = true // counted unreachable: merging skips it
 			unreachable++
 			continue
 		}
-		nctx, cancel := context.WithCancelCause(ctx)
-		req, err := p.newNodeRequest(nctx, i, r, http.MethodGet, nil)
-		if err != nil {
-			cancel(nil)
-			unreachable++
-			continue
+		cands = append(cands, i)
+	}
+	att := p.newAttempts(ctx, r, cands)
+	defer att.close()
+	for {
+		a, more := att.answer()
+		if !more {
+			break
 		}
-		resp, err := p.transport.RoundTrip(req)
-		if err != nil {
+		i, resp, cancel := a.node, a.resp, a.cancel
+		asked[i] = true
+		if a.err != nil {
 			cancel(nil)
-			p.nodeFailed(ctx, i, err)
-			p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "err", err)
+			p.nodeFailed(ctx, i, a.err)
+			p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "err", a.err)
 			unreachable++
 			continue
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+			att.close() // a hedged twin still running loses
 			if isJSON(resp.Header) {
 				p.mergeListing(w, r, ref, i, resp, cancel, asked, unreachable)
 				cancel(nil)

@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingObserver counts hedged reads.
+type countingObserver struct {
+	nopObserver
+	hedged atomic.Int64
+}
+
+func (o *countingObserver) Hedged() { o.hedged.Add(1) }
+
+// TestHedgedRead: once the first replica has a history of fast answers, a
+// read it is slow to answer (200 ms here) is also asked of the next replica,
+// whose answer wins; the slow request is cancelled.
+func TestHedgedRead(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	obs := &countingObserver{}
+	c.p.obs = obs
+	const p = "hedge/f"
+	pref := c.pref(p)
+	modtime := time.Now().UTC().Truncate(time.Second)
+	for k, i := range pref {
+		c.fakes[i].put(p, entry{data: []byte(fmt.Sprintf("copy %d", k)), mode: "420", modtime: modtime})
+	}
+	// A history of fast answers from every node.
+	for range 3 * minHedgeSamples {
+		if r := c.call(http.MethodGet, "/v1/fs/"+p, nil, ""); r.status != 200 || string(r.body) != "copy 0" {
+			t.Fatalf("warm-up read: %d %q", r.status, r.body)
+		}
+	}
+	if obs.hedged.Load() != 0 {
+		t.Fatalf("%d hedges while every node was fast", obs.hedged.Load())
+	}
+	// The first replica turns slow.
+	var cancelled atomic.Int64
+	c.fakes[pref[0]].setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-time.After(200 * time.Millisecond):
+			return false // then answer normally
+		case <-r.Context().Done():
+			cancelled.Add(1)
+			return true
+		}
+	})
+	for range 5 {
+		r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+		if r.status != 200 || string(r.body) != "copy 1" {
+			t.Fatalf("hedged read: %d %q, want the second replica's copy", r.status, r.body)
+		}
+	}
+	if got := obs.hedged.Load(); got != 5 {
+		t.Fatalf("%d hedged reads, want 5", got)
+	}
+	waitFor(t, 2*time.Second, "slow requests cancelled", func() bool { return cancelled.Load() == 5 })
+}
