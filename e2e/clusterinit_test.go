@@ -123,10 +123,12 @@ func TestClusterInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range dc.Nodes {
-		b, err := os.ReadFile(n.FilePath(id, "hello.bin"))
-		if err != nil || !bytes.Equal(b, want) {
-			t.Errorf("%s: stored copy: %v (%d bytes)", n.Name, err, len(b))
-		}
+		// Acked at quorum: the last replica may land a moment later.
+		var b []byte
+		waitFor(t, 5*time.Second, func() bool {
+			b, err = os.ReadFile(n.FilePath(id, "hello.bin"))
+			return err == nil && bytes.Equal(b, want)
+		})
 		// charm serve reused the generated key rather than making its own.
 		nk, err := os.ReadFile(filepath.Join(n.DataDir, ".ssh", "charm_server_ed25519"))
 		if err != nil || !bytes.Equal(nk, key) {

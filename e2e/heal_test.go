@@ -124,6 +124,9 @@ func TestScanRepairsDamage(t *testing.T) {
 	u.put(t, "a/truncated", data)
 	u.put(t, "a/rotten", data)
 	all := []string{"node1", "node2", "node3"}
+	// Acked at quorum: let the last replica land before damaging one.
+	identicalOn(t, tc, u, "a/truncated", all, 5*time.Second)
+	identicalOn(t, tc, u, "a/rotten", all, 5*time.Second)
 	ep := func(name string) string {
 		p, err := u.fs.EncryptPath(name)
 		if err != nil {
