@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ type testCluster struct {
 	sshAddr  string
 	admin    string
 	counters []*atomic.Int64 // non-public requests that reached each node (counted clusters only)
+	srvStop  func()          // stops the first proxy
 }
 
 type clusterOpts struct {
@@ -48,6 +50,10 @@ type clusterOpts struct {
 	heal bool
 	// proxyNodes: how many of the nodes the proxy fronts (default all).
 	proxyNodes int
+	// backup: the proxy's backup target (URL, bucket, mode); dataDir keeps
+	// its durable state across a proxy restart (default: a temp dir).
+	backup  config.Backup
+	dataDir string
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -72,7 +78,7 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 		o.proxyNodes = o.nodes
 	}
 	p := tc.startProxy(o, o.proxyNodes, httpAddr)
-	tc.cfg, tc.srv = p.cfg, p.srv
+	tc.cfg, tc.srv, tc.srvStop = p.cfg, p.srv, p.stop
 	tc.httpAddr, tc.sshAddr, tc.admin = p.httpAddr, p.sshAddr, p.admin
 	return tc
 }
@@ -82,6 +88,7 @@ type proxyInst struct {
 	cfg                      *config.Config
 	srv                      *serve.Server
 	httpAddr, sshAddr, admin string
+	stop                     func() // graceful shutdown (also run at cleanup)
 }
 
 // startProxy runs a proxy over the cluster's first n nodes, on httpAddr
@@ -106,9 +113,13 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		HealthInterval:  200 * time.Millisecond,
 		NodeTimeout:     10 * time.Second,
 	}
+	cfg.DataDir = o.dataDir
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.Backup = o.backup
 	if o.heal {
 		cfg.ServerKey = tc.dc.KeyPath
-		cfg.DataDir = t.TempDir()
 		cfg.ScanInterval = time.Hour // tests run scans themselves
 		cfg.RepairRate = 1000
 	}
@@ -135,8 +146,9 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(sctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	p := &proxyInst{cfg: cfg, srv: srv}
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
+	p := &proxyInst{cfg: cfg, srv: srv, stop: stop}
 	p.httpAddr, p.sshAddr, p.admin = srv.Addrs()
 	return p
 }

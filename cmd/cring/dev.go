@@ -123,6 +123,7 @@ func runDev(cmd *cobra.Command, f devFlags) error {
 		ServerKey:       dc.KeyPath,
 		DataDir:         filepath.Join(f.dir, "proxy"),
 		ScanInterval:    10 * time.Minute,
+		Backup:          config.Backup{URL: "file://" + absPath(filepath.Join(f.dir, "backup"))},
 	}
 	for _, n := range dc.Nodes {
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
@@ -311,4 +312,12 @@ func newDevNodeCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "admin address of the running cring dev")
 	return cmd
+}
+
+// absPath makes a path absolute for a file:// URL (as is when that fails).
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

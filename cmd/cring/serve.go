@@ -39,6 +39,8 @@ type serveFlags struct {
 	repairRate     float64
 	tombstoneGrace time.Duration
 	postQuorum     time.Duration
+	backupMode     string
+	backupPath     bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -78,6 +80,8 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.StringVar(&f.backupURL, "backup-url", "", "backup target: S3 endpoint URL or file:///dir")
 	fl.StringVar(&f.backupBucket, "backup-bucket", "", "S3 backup bucket")
 	fl.StringVar(&f.backupZone, "backup-zone", config.DefaultBackupZone, "S3 backup region")
+	fl.StringVar(&f.backupMode, "backup-mode", "async", "async: writes are acked once queued durably under --data-dir; sync: once the backup stored them")
+	fl.BoolVar(&f.backupPath, "backup-path-style", false, "path-style S3 bucket lookup (automatic for IPs and localhost)")
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
 	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N), clamped to the node count")
 	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)")
@@ -169,6 +173,12 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
 		cfg.TombstoneGrace = f.tombstoneGrace
+	}
+	if pick("backup-mode") || cfg.Backup.Mode == "" {
+		cfg.Backup.Mode = f.backupMode
+	}
+	if pick("backup-path-style") {
+		cfg.Backup.PathStyle = f.backupPath
 	}
 	if pick("debug") {
 		cfg.Debug = f.debug

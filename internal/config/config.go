@@ -53,9 +53,11 @@ type Node struct {
 
 // Backup is the optional backup target (validated here, used by the backup package).
 type Backup struct {
-	URL    string `yaml:"url"`
-	Bucket string `yaml:"bucket"`
-	Zone   string `yaml:"zone"`
+	URL       string `yaml:"url"`
+	Bucket    string `yaml:"bucket"`
+	Zone      string `yaml:"zone"`
+	Mode      string `yaml:"mode"` // async (default): durable local queue; sync: acked once stored
+	PathStyle bool   `yaml:"path-style"`
 }
 
 // Config is the proxy's whole configuration.
@@ -256,6 +258,16 @@ func (c *Config) Normalize() error {
 		if c.Backup.Bucket == "" && !strings.HasPrefix(c.Backup.URL, "file://") {
 			return errors.New("backup-bucket is required when backup-url is an S3 endpoint")
 		}
+	}
+	switch c.Backup.Mode {
+	case "":
+		c.Backup.Mode = "async"
+	case "async", "sync":
+	default:
+		return fmt.Errorf("backup-mode must be sync or async, got %q", c.Backup.Mode)
+	}
+	if c.Backup.URL != "" && c.DataDir == "" {
+		return errors.New("backups need --data-dir for their durable queue")
 	}
 	if c.Backup.Zone == "" {
 		c.Backup.Zone = DefaultBackupZone

@@ -55,7 +55,9 @@ func TestNormalize(t *testing.T) {
 		{name: "bad address", cfg: Config{Nodes: nodes("http://a:1"), Address: "35354"}, wantErr: "address"},
 		{name: "bad accounts", cfg: Config{Nodes: nodes("http://a:1"), Accounts: "ldap"}, wantErr: "accounts must be"},
 		{name: "s3 backup needs bucket", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "http://minio:9000"}}, wantErr: "backup-bucket is required"},
-		{name: "file backup", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "file:///var/backups"}}},
+		{name: "file backup", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/var/lib/cring", Backup: Backup{URL: "file:///var/backups"}}},
+		{name: "backup needs data dir", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "file:///var/backups"}}, wantErr: "need --data-dir"},
+		{name: "bad backup mode", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/d", Backup: Backup{URL: "file:///b", Mode: "eventually"}}, wantErr: "backup-mode must be sync or async"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tt.cfg

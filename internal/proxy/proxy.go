@@ -65,6 +65,9 @@ type Options struct {
 	Observer Observer
 	// Healer hears about missed replicas and disagreeing reads; nil: none.
 	Healer Healer
+	// Backup, if set, gets every acknowledged write and delete and serves
+	// reads no node can.
+	Backup Backup
 	// PostQuorumTimeout bounds how long the replicas still writing after a
 	// write was answered at quorum may take; then they are cancelled and
 	// hinted. Default 10s.
@@ -90,6 +93,7 @@ type Proxy struct {
 	tombs      recentTombstones
 	inflight   keyedWait
 	lat        *latencies
+	backup     Backup
 	postQuorum time.Duration
 	bufs       sync.Pool
 	seqLocks   keyedMutex
@@ -137,6 +141,7 @@ func New(o Options) (*Proxy, error) {
 		obs:        o.Observer,
 		healer:     o.Healer,
 		postQuorum: o.PostQuorumTimeout,
+		backup:     o.Backup,
 	}
 	p.lat = newLatencies(len(p.nodes))
 	if p.postQuorum <= 0 {

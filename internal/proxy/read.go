@@ -107,6 +107,10 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		relay(w, *notFound)
 		return
 	}
+	if notFound == nil && len(answered) == 0 && p.backup != nil {
+		p.fromBackup(w, r, ref) // read-only fallback: no node could answer
+		return
+	}
 	p.obs.QuorumFailure("read")
 	if notFound != nil {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(

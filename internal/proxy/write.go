@@ -98,6 +98,19 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		}
 	}
 
+	// With backups, the upload's file also goes to a spool file as it
+	// streams; without one there is no ack, so check before any node works.
+	var tee *backupTee
+	src := io.Reader(r.Body)
+	if hasBody {
+		var err error
+		if tee, src, err = p.startBackupTee(r, ref); err != nil {
+			p.log.Error("cannot spool the backup of an upload", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "cannot back up the upload: "+err.Error())
+			return
+		}
+	}
+
 	// Node requests outlive the handler (the last replica may finish after
 	// the answer) but not a client that leaves before it.
 	nodeCtx, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -129,7 +142,14 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 
 	var bodyErr error
 	if hasBody {
-		bodyErr = p.pump(ctx, r.Body, reps)
+		bodyErr = p.pump(ctx, src, reps)
+		if tee != nil {
+			if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
+				p.log.Warn("upload is not a Charm form: not backed up", "key", key, "err", err)
+				p.backup.Discard(tee.spool)
+				tee = nil
+			}
+		}
 	} else {
 		for _, rp := range reps {
 			if rp != nil {
@@ -191,12 +211,31 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.settle(r, ref, pref, targets, reps, got, stored)
 
 	if bodyErr != nil {
+		if tee != nil {
+			p.backup.Discard(tee.spool)
+		}
 		p.log.Warn("write aborted: client body failed", "key", key, "err", bodyErr, "request_id", r.Header.Get("X-Request-Id"))
 		writeError(w, http.StatusBadRequest, "read request body: "+bodyErr.Error())
 		return
 	}
 	if n >= p.w {
+		// The backup takes it too before the ack: stored (sync) or
+		// durably queued (async). Either failing means no ack.
+		if err := p.backupAck(ctx, r, ref, tee); err != nil {
+			p.obs.QuorumFailure("backup")
+			p.log.Error("backup failed: write not acknowledged", "key", key, "err", err)
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("stored on %d of %d replicas, but the backup failed: %v", n, len(targets), err))
+			return
+		}
 		relay(w, first)
+		return
+	}
+	if tee != nil {
+		p.backup.Discard(tee.spool)
+	}
+	if n == 0 && p.backup != nil && len(p.healthyNodes()) == 0 {
+		p.obs.QuorumFailure(r.Method)
+		writeError(w, http.StatusServiceUnavailable, "the cluster is read-only: no node is reachable (reads are served from the backup)")
 		return
 	}
 	var failed []outcome

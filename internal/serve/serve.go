@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/auth"
+	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
@@ -45,6 +46,8 @@ type Server struct {
 	admin     *http.ServeMux
 	metrics   *metrics.Metrics
 	healer    *heal.Healer
+	backupQ   *backup.Queue
+	sink      *backup.Sink
 
 	httpLn, sshLn, adminLn net.Listener
 }
@@ -89,6 +92,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		s.registerHealMetrics()
 	} else {
 		log.Warn("healing is off: give --server-key (the nodes' shared charm_server_ed25519) and --data-dir to repair replicas")
+	}
+	if cfg.Backup.URL != "" {
+		if err := s.openBackup(cfg); err != nil {
+			return nil, err
+		}
 	}
 	g, err := s.newGeneration(cfg)
 	if err != nil {
@@ -183,6 +191,7 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		SharedAccounts:    cfg.Accounts == config.AccountsShared,
 		Observer:          s.metrics,
 		Healer:            healer,
+		Backup:            s.backupSink(),
 	})
 	if err != nil {
 		return nil, err
@@ -275,14 +284,21 @@ func (s *Server) fetchKeys(ctx context.Context) (*jose.JSONWebKeySet, string, er
 			errs = append(errs, err)
 			continue
 		}
+		// Charm's OpenID configuration has no issuer; its jwks_uri is the
+		// issuer (the node's public URL) plus /v1/public/jwks.
 		var oidc struct {
-			Issuer string `json:"issuer"`
+			Issuer  string `json:"issuer"`
+			JWKSURI string `json:"jwks_uri"`
 		}
 		if err := s.getJSON(ctx, n.URL+"/.well-known/openid-configuration", &oidc); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		return set, oidc.Issuer, nil
+		iss := oidc.Issuer
+		if iss == "" {
+			iss = strings.TrimSuffix(oidc.JWKSURI, "/v1/public/jwks")
+		}
+		return set, iss, nil
 	}
 	return nil, "", errors.Join(errs...)
 }
@@ -376,6 +392,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { defer wg.Done(); s.healer.Run(ctx) }()
 		defer s.healer.Close()
 	}
+	if s.backupQ != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.backupQ.Run(ctx) }()
+		defer s.backupQ.Close()
+	}
 	s.reloadMu.Lock()
 	s.runCtx = ctx
 	s.install(s.gen.Load()) // starts its health loop
@@ -446,6 +467,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s.healer != nil {
 		st["heal"] = s.healer.Status()
 	}
+	if s.backupQ != nil {
+		st["backup"] = s.backupQ.Stats()
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 
@@ -455,6 +479,46 @@ func (s *Server) issuer() string {
 		return strings.TrimRight(s.cfg.PublicURL, "/")
 	}
 	return s.verifier.DiscoveredIssuer()
+}
+
+// openBackup connects the backup target (failing now, with a clear line, on
+// a bad endpoint or credentials) and opens its durable queue.
+func (s *Server) openBackup(cfg *config.Config) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	t, err := backup.Open(ctx, backup.Config{URL: cfg.Backup.URL, Bucket: cfg.Backup.Bucket, Region: cfg.Backup.Zone, PathStyle: cfg.Backup.PathStyle})
+	switch {
+	case err != nil && errors.Is(err, backup.ErrUnreachable) && t != nil && cfg.Backup.Mode == "async":
+		// The queue is durable: writes wait on disk until it is back.
+		s.log.Warn("backup target unreachable at start; queueing until it returns", "err", err)
+	case err != nil:
+		return err
+	}
+	q, err := backup.OpenQueue(filepath.Join(cfg.DataDir, "backup"), t, s.log)
+	if err != nil {
+		return fmt.Errorf("backup queue: %w", err)
+	}
+	s.backupQ = q
+	s.sink = &backup.Sink{Queue: q, Target: t, Sync: cfg.Backup.Mode == "sync"}
+	s.metrics.GaugeFunc("cring_backup_queue_depth", "Backup operations queued, not yet stored.", func() float64 { return float64(q.Stats().Depth) })
+	s.metrics.GaugeFunc("cring_backup_queue_lag_seconds", "Age of the oldest queued backup operation.", func() float64 {
+		if o := q.Stats().Oldest; !o.IsZero() {
+			return time.Since(o).Seconds()
+		}
+		return 0
+	})
+	s.metrics.CounterFunc("cring_backup_failures_total", "Failed attempts to store or delete a backup object.", func() float64 { return float64(q.Stats().Failures) })
+	s.metrics.GaugeFunc("cring_backup_parked", "Backup operations set aside for an operator (body lost).", func() float64 { return float64(q.Stats().Parked) })
+	s.log.Info("backups on", "target", t.String(), "mode", cfg.Backup.Mode)
+	return nil
+}
+
+// backupSink is the proxy's backup, nil (no interface value) when off.
+func (s *Server) backupSink() proxy.Backup {
+	if s.sink == nil {
+		return nil
+	}
+	return s.sink
 }
 
 // Healer is the running healer, nil when healing is off.
