@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -66,6 +67,26 @@ func TestRepairAndStatusCommands(t *testing.T) {
 	js, err := exec.Command(bin, "status", "--admin", tc.admin, "--json").Output()
 	if err != nil || !json.Valid(js) || !bytes.Contains(js, []byte(`"hints_pending"`)) {
 		t.Fatalf("cring status --json: %v\n%s", err, js)
+	}
+	// Stats come from the proxy's last scan.
+	if _, err := tc.srv.Healer().Scan(context.Background(), heal.ScanOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(bin, "stats", "--admin", tc.admin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cring stats: %v\n%s", err, out)
+	}
+	for _, want := range []string{"NODE", "node1", "node3", "+0.0%", u.id} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("cring stats lacks %q:\n%s", want, out)
+		}
+	}
+	js, err = exec.Command(bin, "stats", "--admin", tc.admin, "--json").Output()
+	var stats struct {
+		LastScan heal.Report `json:"last_scan"`
+	}
+	if err != nil || json.Unmarshal(js, &stats) != nil || stats.LastScan.Nodes["node2"] == nil || stats.LastScan.Nodes["node2"].Files != 1 {
+		t.Fatalf("cring stats --json: %v\n%s", err, js)
 	}
 	// Bad input: one line, exit 2.
 	cmd := exec.Command(bin, "repair", "--host", tc.dc.Nodes[0].HTTPURL())

@@ -265,30 +265,15 @@ func newStatusCmd() *cobra.Command {
 			if _, err := applyEnv(cmd.Flags()); err != nil {
 				return usageError{err}
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/status", nil)
+			st, body, err := fetchStatus(cmd.Context(), admin)
 			if err != nil {
-				return usageError{err}
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return fmt.Errorf("reach the proxy's admin API at %s: %w", admin, err)
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-			if err != nil {
-				return fmt.Errorf("read status: %w", err)
+				return err
 			}
 			if jsonOut {
 				_, err := cmd.OutOrStdout().Write(body)
 				return err
 			}
-			var st statusDoc
-			if err := json.Unmarshal(body, &st); err != nil {
-				return fmt.Errorf("decode status: %w", err)
-			}
-			printStatus(cmd.OutOrStdout(), &st)
+			printStatus(cmd.OutOrStdout(), st)
 			return nil
 		},
 	}
@@ -298,11 +283,12 @@ func newStatusCmd() *cobra.Command {
 }
 
 type statusDoc struct {
-	Nodes       []health.Status `json:"nodes"`
-	Replicas    int             `json:"replicas"`
-	WriteQuorum int             `json:"write_quorum"`
-	SSHActive   int             `json:"ssh_active"`
-	Heal        *heal.Status    `json:"heal"`
+	NodeErrors  map[string]uint64 `json:"node_errors"`
+	Nodes       []health.Status   `json:"nodes"`
+	Replicas    int               `json:"replicas"`
+	WriteQuorum int               `json:"write_quorum"`
+	SSHActive   int               `json:"ssh_active"`
+	Heal        *heal.Status      `json:"heal"`
 }
 
 func printStatus(out io.Writer, st *statusDoc) {
@@ -351,4 +337,118 @@ func printStatus(out io.Writer, st *statusDoc) {
 	} else {
 		fmt.Fprintln(out, dimStyle.Render("  no scan finished yet"))
 	}
+}
+
+func newStatsCmd() *cobra.Command {
+	var admin string
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Blob distribution, per-user usage, errors and placement balance of a running proxy",
+		Long: `Figures from the proxy's last anti-entropy scan (every --scan-interval, or run
+cring repair): files and bytes each node holds and how far it is from its
+fair share, the largest users, and failed requests per node since start.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			st, body, err := fetchStatus(cmd.Context(), admin)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if jsonOut {
+				var raw map[string]json.RawMessage
+				_ = json.Unmarshal(body, &raw)
+				var heal struct {
+					LastScan json.RawMessage `json:"last_scan"`
+				}
+				_ = json.Unmarshal(raw["heal"], &heal)
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"node_errors": st.NodeErrors, "last_scan": heal.LastScan})
+			}
+			printStats(out, st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "the proxy's admin address")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "JSON")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, admin string) (*statusDoc, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/status", nil)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reach the proxy's admin API at %s: %w", admin, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read status: %w", err)
+	}
+	var st statusDoc
+	if err := json.Unmarshal(body, &st); err != nil {
+		return nil, nil, fmt.Errorf("decode status: %w", err)
+	}
+	return &st, body, nil
+}
+
+func printStats(out io.Writer, st *statusDoc) {
+	var r *heal.Report
+	if st.Heal != nil {
+		r = st.Heal.LastScan
+	}
+	if r == nil {
+		fmt.Fprintln(out, dimStyle.Render("no scan yet: distribution comes from the healer's scans (serve with --server-key; cring repair runs one now)"))
+	} else {
+		fmt.Fprintln(out, titleStyle.Render(fmt.Sprintf("💍 %d keys of %d users, scanned %s", r.Keys, r.Users, r.Started.Local().Format(time.DateTime))))
+		fmt.Fprintf(out, "  %-12s %10s %12s %10s %10s %8s\n", "NODE", "FILES", "BYTES", "FAIR", "BALANCE", "ERRORS")
+		var names []string
+		for n := range r.Nodes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			u := r.Nodes[n]
+			bal := fmt.Sprintf("%+.1f%%", u.Deviation*100)
+			if u.Deviation > 0.2 || u.Deviation < -0.2 {
+				bal = badStyle.Render(bal)
+			}
+			fmt.Fprintf(out, "  %-12s %10d %12s %10.0f %10s %8d\n", n, u.Files, humanBytes(u.Bytes), u.FairShare, bal, st.NodeErrors[n])
+		}
+		if len(r.UserUsage) > 0 {
+			fmt.Fprintf(out, "\n  %-40s %10s %12s\n", "USER", "FILES", "BYTES")
+			for _, u := range r.UserUsage[:min(len(r.UserUsage), 10)] {
+				fmt.Fprintf(out, "  %-40s %10d %12s\n", u.User, u.Files, humanBytes(u.Bytes))
+			}
+		}
+	}
+	for _, n := range st.Nodes {
+		if r == nil || r.Nodes[n.Name] == nil {
+			if e := st.NodeErrors[n.Name]; e > 0 {
+				fmt.Fprintf(out, "  %s: %d failed requests since start\n", n.Name, e)
+			}
+		}
+	}
+}
+
+func humanBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }

@@ -22,8 +22,9 @@ import (
 
 // Node is one Charm server's HTTP API.
 type Node struct {
-	Name string
-	URL  *url.URL
+	Name  string
+	URL   *url.URL
+	Drain bool // holds no replicas (its share is not counted as fair)
 }
 
 // Health is the healer's view of which nodes are up.

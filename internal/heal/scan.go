@@ -53,6 +53,59 @@ type Report struct {
 	Unreachable     []string  `json:"unreachable_nodes,omitempty"`
 	TombstonesGC    int       `json:"tombstones_collected"`
 	Fixes           []Result  `json:"fixes,omitempty"`
+	// Usage: what each node holds (blob distribution) and each user stores.
+	Nodes     map[string]*NodeUsage `json:"nodes,omitempty"`
+	UserUsage []UserUsage           `json:"users_by_size,omitempty"` // largest first, at most 100
+}
+
+// NodeUsage is one node's share of the cluster's copies.
+type NodeUsage struct {
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
+	// FairShare is the files it would hold if copies were spread evenly
+	// over the nodes that hold replicas; Deviation is (files-fair)/fair.
+	FairShare float64 `json:"fair_share"`
+	Deviation float64 `json:"deviation"`
+}
+
+// UserUsage is one user's files (counted once, whatever the copies).
+type UserUsage struct {
+	User  string `json:"user"`
+	Files int    `json:"files"`
+	Bytes int64  `json:"bytes"`
+}
+
+// usage finishes the report's distribution figures.
+func (r *Report) usage(m *membership) {
+	total, holders := 0, 0
+	for _, n := range m.nodes {
+		if !n.Drain {
+			holders++
+		}
+		if u := r.Nodes[n.Name]; u != nil {
+			total += u.Files
+		}
+	}
+	if holders == 0 {
+		return
+	}
+	fair := float64(total) / float64(holders)
+	for _, n := range m.nodes {
+		u := r.Nodes[n.Name]
+		if u == nil {
+			continue
+		}
+		if !n.Drain {
+			u.FairShare = fair
+		}
+		if u.FairShare > 0 {
+			u.Deviation = (float64(u.Files) - u.FairShare) / u.FairShare
+		}
+	}
+	sort.Slice(r.UserUsage, func(a, b int) bool { return r.UserUsage[a].Bytes > r.UserUsage[b].Bytes })
+	if len(r.UserUsage) > 100 {
+		r.UserUsage = r.UserUsage[:100]
+	}
 }
 
 // nodeFile is a file's metadata on one node.
@@ -69,7 +122,7 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 	if len(users) == 0 {
 		users = h.state.userList()
 	}
-	rep := &Report{Started: time.Now(), DryRun: o.DryRun, Deep: o.Deep, Users: len(users)}
+	rep := &Report{Started: time.Now(), DryRun: o.DryRun, Deep: o.Deep, Users: len(users), Nodes: map[string]*NodeUsage{}}
 	prog := &Progress{Started: rep.Started, UsersTotal: len(users)}
 	h.mu.Lock()
 	h.scanning = prog
@@ -98,6 +151,7 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 			o.Progress(snap)
 		}
 	}
+	rep.usage(m)
 	h.log.Info("scan done", "users", rep.Users, "keys", rep.Keys, "healthy", rep.Healthy, "repaired", rep.Repaired,
 		"under_replicated", rep.UnderReplicated, "misplaced", rep.Misplaced, "differing", rep.Differing, "failed", rep.Failed)
 	return rep, nil
@@ -131,10 +185,28 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 		}
 	}
 	paths := map[string]bool{}
-	for _, files := range trees {
-		for p := range files {
+	uu := UserUsage{User: user}
+	for i, files := range trees {
+		nu := rep.Nodes[m.nodes[i].Name]
+		if nu == nil {
+			nu = &NodeUsage{}
+			rep.Nodes[m.nodes[i].Name] = nu
+		}
+		for p, f := range files {
+			if tombstone.Reserved(p) {
+				continue
+			}
+			nu.Files++
+			nu.Bytes += f.size
+			if !paths[p] {
+				uu.Files++
+				uu.Bytes += f.size
+			}
 			paths[p] = true
 		}
+	}
+	if uu.Files > 0 {
+		rep.UserUsage = append(rep.UserUsage, uu)
 	}
 	sorted := make([]string, 0, len(paths))
 	for p := range paths {

@@ -6,6 +6,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,9 @@ type Metrics struct {
 	sshFailovers    prometheus.Counter
 	sshRejected     prometheus.Counter
 	hedged          prometheus.Counter
+
+	errMu   sync.Mutex
+	nodeErr map[string]uint64 // failed node requests (transport errors, 5xx), for /status
 }
 
 // New registers every instrument on a fresh registry (plus Go and process
@@ -106,6 +110,25 @@ func (m *Metrics) NodeRequest(node string, status int, err error, d time.Duratio
 		m.nodeDuration.WithLabelValues(node).Observe(d.Seconds())
 	}
 	m.nodeRequests.WithLabelValues(node, outcome).Inc()
+	if err != nil || status >= 500 {
+		m.errMu.Lock()
+		if m.nodeErr == nil {
+			m.nodeErr = map[string]uint64{}
+		}
+		m.nodeErr[node]++
+		m.errMu.Unlock()
+	}
+}
+
+// NodeErrors counts failed requests per node since start.
+func (m *Metrics) NodeErrors() map[string]uint64 {
+	m.errMu.Lock()
+	defer m.errMu.Unlock()
+	out := make(map[string]uint64, len(m.nodeErr))
+	for k, v := range m.nodeErr {
+		out[k] = v
+	}
+	return out
 }
 
 // ReplicaFailure records a replica that did not store a write.

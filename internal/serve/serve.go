@@ -159,7 +159,7 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		}
 		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain}
 		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
-		hnodes[i] = heal.Node{Name: n.Name, URL: u}
+		hnodes[i] = heal.Node{Name: n.Name, URL: u, Drain: n.Drain}
 		hu := n.Health
 		if hu == "" {
 			hu = n.URL + "/v1/public/jwks"
@@ -463,6 +463,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"write_quorum":   g.cfg.WriteQuorum,
 		"ssh_active":     s.ssh.Active(),
 		"peak_rss_bytes": peakRSS(),
+		"node_errors":    s.metrics.NodeErrors(),
 	}
 	if s.healer != nil {
 		st["heal"] = s.healer.Status()
