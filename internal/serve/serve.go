@@ -540,6 +540,12 @@ func (s *Server) registerHealMetrics() {
 			return float64(h.Status().Totals[k])
 		})
 	}
+	s.metrics.GaugeFunc("cring_heal_scan_progress_ratio", "Share of users the running scan (rebalancing included) has done; 1 when idle.", func() float64 {
+		if p := h.Status().Scanning; p != nil && p.UsersTotal > 0 {
+			return float64(p.UsersDone) / float64(p.UsersTotal)
+		}
+		return 1
+	})
 	s.metrics.GaugeFunc("cring_heal_last_scan_under_replicated", "Keys missing a replica at the last scan.", func() float64 {
 		if r := h.Status().LastScan; r != nil {
 			return float64(r.UnderReplicated)

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// TestReloadAddsNode: a running `cring serve --config` picks up a 4th node
+// when the file changes and drops it again on SIGHUP after the file is
+// reverted, without a restart; a write after the change lands by the new ring.
+func TestReloadAddsNode(t *testing.T) {
+	bin := cringBinary(t)
+	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	publicURL := "http://" + httpAddr
+	dc, err := devcluster.New(t.TempDir(), devcluster.Options{Nodes: 4, PublicURL: publicURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dc.Close() })
+	if err := dc.StartAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	yaml := func(n int) []byte {
+		var b strings.Builder
+		fmt.Fprintf(&b, "public-url: %s\nreplicas: 3\nnodes:\n", publicURL)
+		for _, nd := range dc.Nodes[:n] {
+			fmt.Fprintf(&b, "  - {name: %s, url: %q, ssh: %q, health: %q}\n", nd.Name, nd.HTTPURL(), nd.SSHAddr(), nd.HealthURL())
+		}
+		return []byte(b.String())
+	}
+	cfgPath := filepath.Join(t.TempDir(), "cring.yaml")
+	if err := os.WriteFile(cfgPath, yaml(3), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--address", httpAddr,
+		"--ssh-proxy-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--admin-address", admin,
+		"--data-dir", t.TempDir(), "--health-interval", "200ms")
+	cmd.Stderr = testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	nodes := func() int {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Healthy int `json:"healthy"`
+			Nodes   []any
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		if st.Healthy != len(st.Nodes) {
+			return -1
+		}
+		return len(st.Nodes)
+	}
+	waitFor(t, 10*time.Second, func() bool { return nodes() == 3 })
+
+	kp, _ := keygen.New(filepath.Join(t.TempDir(), "c"), keygen.WithKeyType(keygen.Ed25519))
+	id, err := dc.SeedUser(kp.RawAuthorizedKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := token.LoadSigner(dc.KeyPath)
+	jwt, _ := signer.Sign(id, publicURL, time.Hour)
+
+	// The file changes: the proxy reloads within a couple of seconds.
+	time.Sleep(1100 * time.Millisecond) // a distinct mtime
+	if err := os.WriteFile(cfgPath, yaml(4), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return nodes() == 4 })
+	// New writes follow the 4-node ring: some land on node4.
+	landed := 0
+	for i := range 12 {
+		name := fmt.Sprintf("after-%d", i)
+		upload(t, httpAddr, jwt, name, 512)
+		waitFor(t, 5*time.Second, func() bool {
+			n := 0
+			for _, nd := range dc.Nodes {
+				if _, err := os.Stat(nd.FilePath(id, name)); err == nil {
+					n++
+				}
+			}
+			return n == 3
+		})
+		if _, err := os.Stat(dc.Nodes[3].FilePath(id, name)); err == nil {
+			landed++
+		}
+	}
+	if landed == 0 {
+		t.Fatal("no write reached node4 after the reload")
+	}
+	// Reverted file + SIGHUP: back to 3 nodes.
+	if err := os.WriteFile(cfgPath, yaml(3), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, func() bool { return nodes() == 3 })
+}
