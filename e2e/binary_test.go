@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/charmbracelet/keygen"
-	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -94,22 +93,9 @@ func TestServeRejectsBadConfig(t *testing.T) {
 // raises its peak RSS (read by the process itself, /status) by < 64 MiB.
 func TestProxyMemoryFlat(t *testing.T) {
 	bin := cringBinary(t)
-	ports, err := devcluster.FreePorts("127.0.0.1", 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	publicURL := "http://" + httpAddr
-	dc, err := devcluster.New(t.TempDir(), devcluster.Options{Nodes: 3, PublicURL: publicURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dc.Close() })
-	if err := dc.StartAll(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"serve", "--address", httpAddr, "--ssh-proxy-address", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+	dc, httpAddr, sshAddr, admin := localNodes(t, 3)
+	publicURL := dc.PublicURL
+	args := []string{"serve", "--address", httpAddr, "--ssh-proxy-address", sshAddr,
 		"--admin-address", admin, "--public-url", publicURL}
 	for _, n := range dc.Nodes {
 		args = append(args, "--host", n.HTTPURL())

@@ -132,6 +132,12 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		}
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
 	}
+	return serveInProcess(t, cfg)
+}
+
+// serveInProcess normalizes cfg and runs a proxy on it until the test ends.
+func serveInProcess(t testing.TB, cfg *config.Config) *proxyInst {
+	t.Helper()
 	if err := cfg.Normalize(); err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +157,26 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 	p := &proxyInst{cfg: cfg, srv: srv, stop: stop}
 	p.httpAddr, p.sshAddr, p.admin = srv.Addrs()
 	return p
+}
+
+// localNodes starts n in-process Charm nodes whose public URL is a free
+// local address (for a proxy the test starts itself), stopped at cleanup.
+func localNodes(t testing.TB, n int) (dc *devcluster.Cluster, httpAddr, sshAddr, admin string) {
+	t.Helper()
+	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	dc, err = devcluster.New(t.TempDir(), devcluster.Options{Nodes: n, PublicURL: "http://" + httpAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dc.Close() })
+	if err := dc.StartAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return dc, httpAddr, fmt.Sprintf("127.0.0.1:%d", ports[1]), fmt.Sprintf("127.0.0.1:%d", ports[2])
 }
 
 // countingFront is instrumentation, not a fake: it forwards to the real node

@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,7 +17,6 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/pgtest"
-	"github.com/cring-dev/cring/internal/serve"
 )
 
 // pgCluster is `cring node` processes (the built binary) sharing one real
@@ -113,23 +110,9 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 			pc.stop(i, syscall.SIGKILL)
 		}
 	})
-	if err := cfg.Normalize(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := serve.New(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	p := serveInProcess(t, cfg)
 	pc.cfg = cfg
-	pc.httpAddr, pc.sshAddr, pc.admin = srv.Addrs()
+	pc.httpAddr, pc.sshAddr, pc.admin = p.httpAddr, p.sshAddr, p.admin
 	pc.waitReady(nodes)
 	return pc
 }

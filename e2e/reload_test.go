@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/charmbracelet/keygen"
-	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -23,21 +21,8 @@ import (
 // reverted, without a restart; a write after the change lands by the new ring.
 func TestReloadAddsNode(t *testing.T) {
 	bin := cringBinary(t)
-	ports, err := devcluster.FreePorts("127.0.0.1", 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	publicURL := "http://" + httpAddr
-	dc, err := devcluster.New(t.TempDir(), devcluster.Options{Nodes: 4, PublicURL: publicURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dc.Close() })
-	if err := dc.StartAll(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	dc, httpAddr, sshAddr, admin := localNodes(t, 4)
+	publicURL := dc.PublicURL
 	yaml := func(n int) []byte {
 		var b strings.Builder
 		fmt.Fprintf(&b, "public-url: %s\nreplicas: 3\nnodes:\n", publicURL)
@@ -51,7 +36,7 @@ func TestReloadAddsNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--address", httpAddr,
-		"--ssh-proxy-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--admin-address", admin,
+		"--ssh-proxy-address", sshAddr, "--admin-address", admin,
 		"--data-dir", t.TempDir(), "--health-interval", "200ms")
 	cmd.Stderr = testWriter{t}
 	if err := cmd.Start(); err != nil {
