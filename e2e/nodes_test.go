@@ -17,6 +17,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/pgtest"
+	"github.com/cring-dev/cring/internal/serve"
 )
 
 // pgCluster is `cring node` processes (the built binary) sharing one real
@@ -32,6 +33,7 @@ type pgCluster struct {
 	httpAddr  string
 	sshAddr   string
 	admin     string
+	srv       *serve.Server
 }
 
 // pgNode is one `cring node` process and what it needs to restart.
@@ -39,6 +41,7 @@ type pgNode struct {
 	name              string
 	dataDir           string
 	http, ssh, health int
+	meta              int // cring node's metadata endpoint
 	cmd               *exec.Cmd
 	done              chan struct{}
 	accountsFromEnv   bool // CRING_ACCOUNTS instead of --accounts
@@ -77,14 +80,14 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 		ScanInterval: time.Hour,
 	}
 	for i := range nodes {
-		np, err := devcluster.FreePorts("127.0.0.1", 3)
+		np, err := devcluster.FreePorts("127.0.0.1", 4)
 		if err != nil {
 			t.Fatal(err)
 		}
 		n := &pgNode{
 			name:    fmt.Sprintf("node%d", i+1),
 			dataDir: filepath.Join(dir, fmt.Sprintf("node%d", i+1)),
-			http:    np[0], ssh: np[1], health: np[2],
+			http:    np[0], ssh: np[1], health: np[2], meta: np[3],
 			accountsFromEnv: i%2 == 1,
 		}
 		// Like a real deployment: the shared key copied into each data dir.
@@ -102,7 +105,8 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 			}
 		}
 		pc.nodes = append(pc.nodes, n)
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL()})
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL(),
+			Meta: fmt.Sprintf("http://127.0.0.1:%d", n.meta)})
 		pc.start(i)
 	}
 	t.Cleanup(func() {
@@ -111,7 +115,7 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 		}
 	})
 	p := serveInProcess(t, cfg)
-	pc.cfg = cfg
+	pc.cfg, pc.srv = cfg, p.srv
 	pc.httpAddr, pc.sshAddr, pc.admin = p.httpAddr, p.sshAddr, p.admin
 	pc.waitReady(nodes)
 	return pc
@@ -121,7 +125,7 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 func (pc *pgCluster) start(i int) {
 	t, n := pc.t, pc.nodes[i]
 	t.Helper()
-	args := []string{"node", "--shutdown-timeout", "2s"}
+	args := []string{"node", "--shutdown-timeout", "2s", "--meta-port", fmt.Sprint(n.meta)}
 	env := append(os.Environ(),
 		"CHARM_SERVER_BIND_ADDRESS=127.0.0.1",
 		"CHARM_SERVER_HOST=127.0.0.1",

@@ -21,6 +21,7 @@ type nodeFlags struct {
 	logFormat                                string
 	debug                                    bool
 	shutdownTimeout                          time.Duration
+	metaPort                                 int
 }
 
 func newNodeCmd() *cobra.Command {
@@ -69,6 +70,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 			defer stop()
 			err := node.Run(ctx, node.Options{
 				Config: cfg, Accounts: f.accounts, Logger: newLogger(f.logFormat, f.debug), ShutdownTimeout: f.shutdownTimeout,
+				MetaPort: f.metaPort,
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -85,6 +87,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 	fl.StringVar(&f.accounts, "accounts", "", "postgres://user:pass@host:5432/db to keep accounts in PostgreSQL shared by every node (default: charm's sqlite in the data dir)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "cring's log format: text or json")
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
+	fl.IntVar(&f.metaPort, "meta-port", 35357, "port of the authenticated metadata endpoint the healer uses for exact size, mtime and SHA-256 (0: off)")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are cut")
 	return cmd
 }

@@ -45,7 +45,10 @@ type Node struct {
 	URL    string `yaml:"url"`    // HTTP base URL, e.g. http://charm1:35354
 	SSH    string `yaml:"ssh"`    // host:port of its SSH server
 	Health string `yaml:"health"` // URL answering 200 when healthy; empty: check the HTTP API
-	Zone   string `yaml:"zone"`
+	// Meta is a cring node's metadata endpoint (http://host:35357): exact
+	// size, mtime and SHA-256 for the healer. Empty for stock nodes.
+	Meta string `yaml:"meta"`
+	Zone string `yaml:"zone"`
 	// Drain moves the node's data to the others: it holds no replicas,
 	// still serves reads, and can be removed once a scan emptied it.
 	Drain bool `yaml:"drain"`
@@ -164,6 +167,11 @@ func (c *Config) Normalize() error {
 		if n.Health != "" {
 			if _, err := parseNodeURL(n.Health); err != nil {
 				return fmt.Errorf("node %s: health url %q: %w", n.Name, n.Health, err)
+			}
+		}
+		if n.Meta != "" {
+			if _, err := parseNodeURL(n.Meta); err != nil {
+				return fmt.Errorf("node %s: meta url %q: %w", n.Name, n.Meta, err)
 			}
 		}
 		if names[n.Name] {

@@ -25,6 +25,9 @@ type Node struct {
 	Name  string
 	URL   *url.URL
 	Drain bool // holds no replicas (its share is not counted as fair)
+	// Meta is a cring node's metadata endpoint; nil for stock nodes, whose
+	// copies are hashed by reading them.
+	Meta *url.URL
 }
 
 // Health is the healer's view of which nodes are up.

@@ -164,3 +164,34 @@ func (a *nodeAPI) remove(ctx context.Context, base *url.URL, user, path string) 
 	}
 	return nil
 }
+
+// fileMeta is what a cring node's metadata endpoint answers.
+type fileMeta struct {
+	Size   int64     `json:"size"`
+	MTime  time.Time `json:"mtime"`
+	SHA256 string    `json:"sha256"`
+}
+
+// meta asks a cring node for a file's exact metadata (hashed on the node).
+func (a *nodeAPI) meta(ctx context.Context, base *url.URL, user, path string) (*fileMeta, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	u := *base
+	u.Path = strings.TrimRight(u.Path, "/") + "/v1/cring/meta/" + strings.TrimPrefix(path, "/")
+	resp, err := a.do(ctx, http.MethodGet, u.String(), user, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, errNotFound
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("meta %s: %s", path, resp.Status)
+	}
+	var m fileMeta
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&m); err != nil {
+		return nil, fmt.Errorf("decode meta of %s: %w", path, err)
+	}
+	return &m, nil
+}

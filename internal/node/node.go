@@ -25,6 +25,7 @@ import (
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
+	"github.com/cring-dev/cring/internal/token"
 )
 
 // KeyPath is where charm keeps the server key pair under its data dir.
@@ -68,6 +69,8 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful shutdown (30 s, like charm serve,
 	// when 0): charm clients leave SSH connections open, which it waits for.
 	ShutdownTimeout time.Duration
+	// MetaPort, when > 0, serves MetaHandler there (on the bind address).
+	MetaPort int
 }
 
 // Run serves until ctx ends, then shuts down gracefully and closes the
@@ -100,6 +103,29 @@ func Run(ctx context.Context, o Options) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Start() }()
+	if o.MetaPort > 0 {
+		signer, err := token.NewSigner(kp.RawPrivateKey())
+		if err != nil {
+			_ = srv.Close()
+			return err
+		}
+		issuer := cfg.PublicURL
+		if issuer == "" {
+			issuer = fmt.Sprintf("http://%s:%d", cfg.Host, cfg.HTTPPort) // charm's own default
+		}
+		ms := &http.Server{
+			Addr:              net.JoinHostPort(cfg.BindAddr, strconv.Itoa(o.MetaPort)),
+			Handler:           MetaHandler(filepath.Join(cfg.DataDir, "files"), signer, strings.TrimRight(issuer, "/")),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		ln, err := net.Listen("tcp", ms.Addr)
+		if err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("meta port %s: %w", ms.Addr, err)
+		}
+		go func() { _ = ms.Serve(ln) }()
+		defer ms.Close()
+	}
 
 	mode := "sqlite " + filepath.Join(cfg.DataDir, "db", sqlite.DbName)
 	if IsPostgres(o.Accounts) {

@@ -160,6 +160,11 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain}
 		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
 		hnodes[i] = heal.Node{Name: n.Name, URL: u, Drain: n.Drain}
+		if n.Meta != "" {
+			if hnodes[i].Meta, err = url.Parse(n.Meta); err != nil {
+				return nil, fmt.Errorf("node %s meta: %w", n.Name, err)
+			}
+		}
 		hu := n.Health
 		if hu == "" {
 			hu = n.URL + "/v1/public/jwks"

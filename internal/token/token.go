@@ -12,6 +12,7 @@ import (
 
 	jwt "github.com/golang-jwt/jwt/v4"
 	gossh "golang.org/x/crypto/ssh"
+	jose "gopkg.in/square/go-jose.v2"
 )
 
 // Signer signs tokens with one ed25519 key.
@@ -61,4 +62,10 @@ func (s *Signer) SignClaims(c jwt.RegisteredClaims) (string, error) {
 	t := jwt.NewWithClaims(&jwt.SigningMethodEd25519{}, c)
 	t.Header["kid"] = s.kid
 	return t.SignedString(s.key)
+}
+
+// JWK is the public half as the nodes publish it (same key id), for
+// verifying tokens this key signed.
+func (s *Signer) JWK() jose.JSONWebKey {
+	return jose.JSONWebKey{Key: s.key.Public(), KeyID: s.kid, Algorithm: "EdDSA"}
 }
