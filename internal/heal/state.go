@@ -265,8 +265,15 @@ func (s *state) hintCounts() map[string]int {
 	return out
 }
 
+// maxVerified bounds the memory of confirmed keys; past it the set starts
+// over (those keys are just compared again by the next scan).
+const maxVerified = 1 << 20
+
 func (s *state) setVerified(key string, fp uint64) {
 	s.mu.Lock()
+	if len(s.verified) >= maxVerified {
+		clear(s.verified)
+	}
 	s.verified[key] = fp
 	s.mu.Unlock()
 }
