@@ -327,7 +327,11 @@ func printStatus(out io.Writer, st *statusDoc) {
 	for _, k := range keys {
 		totals = append(totals, fmt.Sprintf("%s %d", strings.ReplaceAll(k, "_", " "), h.Totals[k]))
 	}
-	fmt.Fprintf(out, "  healing: %d users known · %s\n", h.Users, strings.Join(totals, " · "))
+	line := fmt.Sprintf("  healing: %d users known", h.Users)
+	if len(totals) > 0 {
+		line += " · " + strings.Join(totals, " · ")
+	}
+	fmt.Fprintln(out, line)
 	if p := h.Scanning; p != nil {
 		fmt.Fprintf(out, "  scanning: %d/%d users, %d keys, started %s\n", p.UsersDone, p.UsersTotal, p.Keys, p.Started.Local().Format(time.TimeOnly))
 	}
