@@ -32,6 +32,7 @@ type Verifier struct {
 	now     func() time.Time
 
 	mu          sync.Mutex
+	verified    map[string]verifiedToken // token → claims, so a client's repeated token costs one signature check
 	keys        map[string]ed25519.PublicKey
 	discovered  string
 	lastFetch   time.Time
@@ -43,13 +44,23 @@ type Verifier struct {
 // issuer the nodes announce in their OpenID configuration is required.
 func NewVerifier(source KeySource, issuer string) *Verifier {
 	return &Verifier{
-		source:  source,
-		issuer:  strings.TrimRight(issuer, "/"),
-		refresh: time.Second, // an unknown key id refetches at most once a second
-		now:     time.Now,
-		keys:    map[string]ed25519.PublicKey{},
+		source:   source,
+		issuer:   strings.TrimRight(issuer, "/"),
+		refresh:  time.Second, // an unknown key id refetches at most once a second
+		now:      time.Now,
+		keys:     map[string]ed25519.PublicKey{},
+		verified: map[string]verifiedToken{},
 	}
 }
+
+type verifiedToken struct {
+	subject string
+	expires time.Time
+}
+
+// maxVerified bounds the cache of good tokens (clients keep one token for an
+// hour, so a few thousand cover every active client).
+const maxVerified = 4096
 
 // Error is a verification failure; its text is safe to show the client.
 type Error struct{ Reason string }
@@ -63,10 +74,18 @@ func (v *Verifier) Verify(ctx context.Context, header string) (string, error) {
 	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
 		return "", &Error{"missing bearer token"}
 	}
+	tok = strings.TrimSpace(tok)
+	now := v.now()
+	v.mu.Lock()
+	c, hit := v.verified[tok]
+	v.mu.Unlock()
+	if hit && now.Before(c.expires) {
+		return c.subject, nil
+	}
 	claims := &jwt.RegisteredClaims{}
 	var keyErr error
 	parser := jwt.NewParser(jwt.WithValidMethods([]string{"EdDSA"}), jwt.WithoutClaimsValidation())
-	_, err := parser.ParseWithClaims(strings.TrimSpace(tok), claims, func(t *jwt.Token) (interface{}, error) {
+	_, err := parser.ParseWithClaims(tok, claims, func(t *jwt.Token) (interface{}, error) {
 		kid, _ := t.Header["kid"].(string)
 		k, err := v.key(ctx, kid)
 		if err != nil {
@@ -84,7 +103,6 @@ func (v *Verifier) Verify(ctx context.Context, header string) (string, error) {
 	if err != nil {
 		return "", &Error{"invalid token: " + err.Error()}
 	}
-	now := v.now()
 	if claims.ExpiresAt == nil || !claims.VerifyExpiresAt(now, true) {
 		return "", &Error{"token expired"}
 	}
@@ -103,6 +121,21 @@ func (v *Verifier) Verify(ctx context.Context, header string) (string, error) {
 	}
 	if claims.Subject == "" {
 		return "", &Error{"token has no subject"}
+	}
+	if claims.NotBefore == nil || !claims.NotBefore.After(now) {
+		v.mu.Lock()
+		if len(v.verified) >= maxVerified {
+			for k, c := range v.verified { // drop expired ones, else start over
+				if !now.Before(c.expires) {
+					delete(v.verified, k)
+				}
+			}
+			if len(v.verified) >= maxVerified {
+				clear(v.verified)
+			}
+		}
+		v.verified[tok] = verifiedToken{subject: claims.Subject, expires: claims.ExpiresAt.Time}
+		v.mu.Unlock()
 	}
 	return claims.Subject, nil
 }
@@ -201,6 +234,7 @@ func (v *Verifier) fetch(ctx context.Context, force bool) error {
 		return fmt.Errorf("fetch key set: %w", err)
 	}
 	v.keys = keys
+	clear(v.verified) // a key may be gone: check tokens again
 	if iss != "" {
 		v.discovered = strings.TrimRight(iss, "/")
 	}
