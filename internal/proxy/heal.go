@@ -43,6 +43,7 @@ func (nopHealer) Complete(string, string) bool     { return false }
 // delete records a tombstone (acked at W like any write) and then deletes
 // the file everywhere, so no stale replica can bring it back.
 func (p *Proxy) delete(w http.ResponseWriter, r *http.Request, ref fileRef) {
+	p.noTombs.forget(ref.user)
 	now := time.Now()
 	status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, now))
 	if status < 200 || status > 299 {
@@ -51,6 +52,7 @@ func (p *Proxy) delete(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		return
 	}
 	p.tombs.add(ref.key())
+	p.noTombs.forget(ref.user) // again: a listing may have cached "none" meanwhile
 	p.write(w, r, ref)
 }
 
@@ -124,11 +126,18 @@ func (c *captured) Write(b []byte) (int, error) {
 
 // tombstoneTimes lists a user's tombstones on the given nodes: name → the
 // newest modification time any node has for it.
-func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, nodes []int) map[string]time.Time {
+func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) map[string]time.Time {
+	out := map[string]time.Time{}
+	if p.noTombs.fresh(user) {
+		return out
+	}
 	req := r.Clone(ctx)
 	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
-	out := map[string]time.Time{}
+	none := true
 	for _, o := range p.sendAll(ctx, nodes, req, http.MethodGet, nil) {
+		if o.status != http.StatusNotFound {
+			none = false
+		}
 		if !o.ok() || !isJSON(o.header) {
 			continue
 		}
@@ -142,7 +151,43 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, nodes []int
 			}
 		}
 	}
+	if none && len(nodes) == len(p.nodes) {
+		p.noTombs.set(user) // every node says: no tombstones at all
+	}
 	return out
+}
+
+// userSet remembers, briefly, users known to have no tombstones, so their
+// listings skip asking. A delete through this proxy forgets the user at
+// once; one through another proxy is seen within noTombsTTL, and matters
+// only if a replica also missed that delete.
+type userSet struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+const noTombsTTL = 5 * time.Second
+
+func (u *userSet) fresh(user string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	t, ok := u.m[user]
+	return ok && time.Since(t) < noTombsTTL
+}
+
+func (u *userSet) set(user string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.m == nil || len(u.m) > 10000 {
+		u.m = map[string]time.Time{}
+	}
+	u.m[user] = time.Now()
+}
+
+func (u *userSet) forget(user string) {
+	u.mu.Lock()
+	delete(u.m, user)
+	u.mu.Unlock()
 }
 
 // dropDeleted removes listing entries that a tombstone at least as new

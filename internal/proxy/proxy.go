@@ -91,6 +91,8 @@ type Proxy struct {
 	obs        Observer
 	healer     Healer
 	tombs      recentTombstones
+	noTombs    userSet
+	dirs       keySet
 	inflight   keyedWait
 	lat        *latencies
 	backup     Backup
@@ -497,4 +499,33 @@ func (k *keyedWait) wait(key string) {
 	if ok {
 		<-e.done
 	}
+}
+
+// keySet remembers keys seen to be directories (bounded; cleared when full),
+// so their next listing asks every node at once.
+type keySet struct {
+	mu sync.Mutex
+	m  map[string]struct{}
+}
+
+func (k *keySet) has(key string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, ok := k.m[key]
+	return ok
+}
+
+func (k *keySet) add(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil || len(k.m) >= 1<<16 {
+		k.m = map[string]struct{}{}
+	}
+	k.m[key] = struct{}{}
+}
+
+func (k *keySet) forget(key string) {
+	k.mu.Lock()
+	delete(k.m, key)
+	k.mu.Unlock()
 }

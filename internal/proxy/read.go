@@ -35,6 +35,9 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	unreachable := 0
 	var answered []int
 	var notFound *outcome
+	if p.dirs.has(key) && p.listAll(w, r, ref) {
+		return
+	}
 	var cands []int
 	for _, i := range pref {
 		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) {
@@ -130,51 +133,85 @@ func isJSON(h http.Header) bool {
 // directory contribute nothing.
 func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
 	ctx := r.Context()
-	mode := resp.Header.Get("X-File-Mode")
-	type listing struct {
-		node int
-		dir  *charm.FileInfo
-		err  error
-	}
+	l := &listings{mode: resp.Header.Get("X-File-Mode"), unreachable: unreachable}
 	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
 	dir, err := decodeListing(resp.Body)
 	t.Stop()
 	resp.Body.Close()
-	var lists []*charm.FileInfo
-	answered := []int{first}
 	if err != nil {
-		answered = nil
 		// A broken listing costs that node, like any other failure.
 		p.nodeFailed(ctx, first, err)
 		p.log.Warn("listing failed", "node", p.nodes[first].Name, "err", err)
-		unreachable++
+		l.unreachable++
 	} else {
-		lists = append(lists, dir)
+		l.lists = append(l.lists, dir)
+		l.answered = append(l.answered, first)
 	}
+	var others []int
+	for i := range p.nodes {
+		switch {
+		case asked[i]:
+		case !p.health.Healthy(i):
+			l.unreachable++
+		default:
+			others = append(others, i)
+		}
+	}
+	p.gatherListings(r, ref, others, l)
+	p.dirs.add(ref.key())
+	p.answerListing(w, ref, l)
+}
 
-	var mu sync.Mutex
+// listAll answers a GET of a path known to be a directory by asking every
+// healthy node at once (one round trip instead of two). False when it turns
+// out not to be one: the caller reads it the usual way.
+func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) bool {
+	l := &listings{}
+	var nodes []int
+	for i := range p.nodes {
+		if p.health.Healthy(i) {
+			nodes = append(nodes, i)
+		} else {
+			l.unreachable++
+		}
+	}
+	p.gatherListings(r, ref, nodes, l)
+	if l.sawFile || len(l.lists) == 0 {
+		p.dirs.forget(ref.key())
+		return false
+	}
+	p.answerListing(w, ref, l)
+	return true
+}
+
+// listings collects directory listings from several nodes.
+type listings struct {
+	mu          sync.Mutex
+	lists       []*charm.FileInfo
+	answered    []int // nodes that listed it or said 404
+	unreachable int
+	sawFile     bool // a node has a file at that path
+	mode        string
+	tombs       map[string]time.Time
+}
+
+// gatherListings asks nodes for the directory, and the user's tombstones
+// alongside, concurrently.
+func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *listings) {
+	ctx := r.Context()
 	var wg sync.WaitGroup
-	// Tombstones, asked of the same nodes at the same time, hide entries a
-	// stale replica still holds.
-	var tombs map[string]time.Time
+	// Tombstones hide entries a stale replica still holds.
 	if !tombstone.Reserved(ref.path) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := p.tombstoneTimes(ctx, r, p.healthyNodes())
-			mu.Lock()
-			tombs = t
-			mu.Unlock()
+			t := p.tombstoneTimes(ctx, r, ref.user, p.healthyNodes())
+			l.mu.Lock()
+			l.tombs = t
+			l.mu.Unlock()
 		}()
 	}
-	for i := range p.nodes {
-		if asked[i] {
-			continue
-		}
-		if !p.health.Healthy(i) {
-			unreachable++
-			continue
-		}
+	for _, i := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -187,31 +224,40 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 					ok = false
 				}
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			l.mu.Lock()
+			defer l.mu.Unlock()
 			switch {
 			case ok:
-				lists = append(lists, d)
-				answered = append(answered, i)
+				l.lists = append(l.lists, d)
+				l.answered = append(l.answered, i)
+				if l.mode == "" {
+					l.mode = o.header.Get("X-File-Mode")
+				}
+			case o.ok():
+				l.sawFile = true
 			case o.status == http.StatusNotFound:
-				answered = append(answered, i)
+				l.answered = append(l.answered, i)
 			default:
-				unreachable++
+				l.unreachable++
 			}
 		}()
 	}
 	wg.Wait()
-	if (unreachable >= p.w && !p.complete(ref.user, answered)) || len(lists) == 0 {
+}
+
+// answerListing writes the merged listing, or 503 when it may be incomplete.
+func (p *Proxy) answerListing(w http.ResponseWriter, ref fileRef, l *listings) {
+	if (l.unreachable >= p.w && !p.complete(ref.user, l.answered)) || len(l.lists) == 0 {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", unreachable, len(p.nodes), p.w-1))
+			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", l.unreachable, len(p.nodes), p.w-1))
 		return
 	}
-	merged := mergeDirs(lists)
-	dropDeleted(merged, ref.path, tombs)
+	merged := mergeDirs(l.lists)
+	dropDeleted(merged, ref.path, l.tombs)
 	w.Header().Set("Content-Type", "application/json")
-	if mode != "" {
-		w.Header().Set("X-File-Mode", mode)
+	if l.mode != "" {
+		w.Header().Set("X-File-Mode", l.mode)
 	}
 	_ = json.NewEncoder(w).Encode(merged)
 }
