@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cring-dev/cring/internal/bench"
+)
+
+type benchFlags struct {
+	nodes     int
+	duration  time.Duration
+	workloads []string
+	dir       string
+	bigUpload string
+	json      bool
+}
+
+func newBenchCmd() *cobra.Command {
+	var f benchFlags
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the proxy against the physical limit of replication on this machine",
+		Long: `Start a local cluster of real Charm servers (in this process) and the proxy
+(this binary's "serve", as its own process), then measure each workload side by
+side: one node direct, the client itself sending every write to all N replicas
+(the limit of N-way replication on this machine), and through the proxy.
+
+Workloads: ` + strings.Join(bench.Workloads(), ", ") + `.
+Prints ops/s, MB/s, p50, p99, the proxy's peak RSS and the ratios proxy/limit
+against the targets; --json prints the same as JSON. See docs/performance.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := applyEnv(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
+			o, err := f.options()
+			if err != nil {
+				return usageError{err}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runBench(ctx, o, f.json)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.nodes, "nodes", 3, "number of Charm nodes")
+	fl.DurationVar(&f.duration, "duration", 5*time.Second, "measured time per workload and mode")
+	fl.StringSliceVar(&f.workloads, "workloads", nil, "comma-separated subset to run (default all: "+strings.Join(bench.Workloads(), ",")+")")
+	fl.StringVar(&f.dir, "dir", "", "where the cluster's data (removed afterwards) and the proxy's log (kept) go (default: a temporary directory, removed afterwards)")
+	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
+	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
+	return cmd
+}
+
+func (f *benchFlags) options() (bench.Options, error) {
+	if f.nodes < 1 {
+		return bench.Options{}, fmt.Errorf("--nodes must be at least 1, got %d", f.nodes)
+	}
+	if f.duration <= 0 {
+		return bench.Options{}, fmt.Errorf("--duration must be positive, got %s", f.duration)
+	}
+	big, err := bench.ParseSize(f.bigUpload)
+	if err != nil {
+		return bench.Options{}, fmt.Errorf("--big-upload: %w", err)
+	}
+	if big <= 0 {
+		return bench.Options{}, fmt.Errorf("--big-upload must be positive (leave rss out of --workloads to skip it)")
+	}
+	var workloads []string
+	for _, w := range f.workloads {
+		if w = strings.TrimSpace(w); w == "" {
+			continue
+		}
+		if !slices.Contains(bench.Workloads(), w) {
+			return bench.Options{}, fmt.Errorf("--workloads: unknown workload %q (known: %s)", w, strings.Join(bench.Workloads(), ", "))
+		}
+		workloads = append(workloads, w)
+	}
+	return bench.Options{
+		Nodes:     f.nodes,
+		Duration:  f.duration,
+		Workloads: workloads,
+		Dir:       f.dir,
+		BigUpload: big,
+		Progress:  os.Stderr,
+	}, nil
+}
+
+func runBench(ctx context.Context, o bench.Options, asJSON bool) error {
+	rep, err := bench.Run(ctx, o)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted: %w", err)
+		}
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintln(os.Stderr)
+	return rep.WriteTable(os.Stdout)
+}

@@ -1,0 +1,356 @@
+// Package bench measures cring against the physical limit of replication on
+// the machine it runs on: a local cluster of real Charm servers (in-process),
+// the proxy as a separate `cring serve` process (so its memory is its own),
+// and the same work done three ways side by side in one run:
+//
+//   - direct: the client talks to one node, no replication at all;
+//   - limit:  the client itself sends every write to all N replicas at once
+//     (what N-way replication costs on this machine with no proxy);
+//   - proxy:  the client talks to cring, which replicates.
+//
+// Ratios proxy/limit (writes) and proxy/direct (reads, listings) are what the
+// performance targets are stated in.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Workload names, in the order they run.
+const (
+	WorkloadRSS         = "rss"          // one big upload: proxy peak RSS growth
+	WorkloadUploadSmall = "upload-small" // 4 KiB uploads, 8 concurrent
+	WorkloadUploadLarge = "upload-large" // 64 MiB uploads, 2 concurrent
+	WorkloadReadSmall   = "read-small"   // 4 KiB reads, 8 concurrent
+	WorkloadList        = "list"         // directory listings
+	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
+)
+
+// Workloads lists every workload name, in run order.
+func Workloads() []string {
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadReadSmall, WorkloadList, WorkloadMixed}
+}
+
+// Modes: who the client talks to.
+const (
+	ModeDirect = "direct" // one node, no replication
+	ModeLimit  = "limit"  // the client sends every write to all N replicas itself
+	ModeProxy  = "proxy"  // through cring
+)
+
+// Options shape a run. Zero values take the defaults in brackets.
+type Options struct {
+	Nodes     int           // Charm nodes [3]
+	Duration  time.Duration // measured time per workload and mode [5s]
+	Rounds    int           // modes take turns this many times within Duration [5, fewer when Duration < 5s]
+	Warmup    time.Duration // unmeasured time before each measurement [Duration/5, at most 1s]
+	Workloads []string      // subset of Workloads() to run [all]
+	Dir       string        // cluster data (removed afterwards) and the proxy's log [a temporary directory, removed afterwards]
+	// Binary is the cring executable run as `<Binary> serve …` [os.Executable()].
+	Binary string
+	// Progress gets one line per step [discarded].
+	Progress io.Writer
+
+	BigUpload   int64 // the RSS workload's upload size [512 MiB]
+	SmallSize   int64 // small file size [4 KiB]
+	LargeSize   int64 // large file size [64 MiB]
+	SmallConc   int   // small uploads, reads and mixed concurrency [8]
+	LargeConc   int   // large uploads concurrency [2]
+	ListConc    int   // listings concurrency [1: latency, unloaded]
+	ListEntries int   // files in the listed directory [200]
+	ReadFiles   int   // distinct files the reads pick from [256]
+	ReadPercent int   // reads in the mixed workload [70]
+}
+
+func (o *Options) defaults() error {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def64 := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.Nodes, 3)
+	def(&o.SmallConc, 8)
+	def(&o.LargeConc, 2)
+	def(&o.ListConc, 1)
+	def(&o.ListEntries, 200)
+	def(&o.ReadFiles, 256)
+	def(&o.ReadPercent, 70)
+	def64(&o.BigUpload, 512<<20)
+	def64(&o.SmallSize, 4<<10)
+	def64(&o.LargeSize, 64<<20)
+	if o.Duration <= 0 {
+		o.Duration = 5 * time.Second
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = int(max(1, min(5, o.Duration/time.Second)))
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = min(o.Duration/5, time.Second)
+	}
+	if o.ReadPercent > 100 {
+		return fmt.Errorf("read percent %d is over 100", o.ReadPercent)
+	}
+	if len(o.Workloads) == 0 {
+		o.Workloads = Workloads()
+	}
+	for _, w := range o.Workloads {
+		if !slices.Contains(Workloads(), w) {
+			return fmt.Errorf("unknown workload %q (known: %s)", w, strings.Join(Workloads(), ", "))
+		}
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the cring binary: %w", err)
+		}
+		o.Binary = exe
+	}
+	return nil
+}
+
+// Report is one run's results.
+type Report struct {
+	Machine     Machine     `json:"machine"`
+	Nodes       int         `json:"nodes"`
+	Replicas    int         `json:"replicas"`
+	WriteQuorum int         `json:"write_quorum"`
+	Duration    string      `json:"duration_per_run"`
+	Workloads   []*Workload `json:"workloads"`
+	BigUpload   *BigUpload  `json:"big_upload,omitempty"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPU       string `json:"cpu,omitempty"`
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	GoVersion string `json:"go"`
+}
+
+// Workload is one workload measured in every mode that applies to it.
+type Workload struct {
+	Name        string    `json:"name"`
+	Title       string    `json:"title"`
+	Concurrency int       `json:"concurrency"`
+	Size        int64     `json:"size_bytes,omitempty"`
+	Runs        []*Result `json:"runs"`
+	Ratio       *Ratio    `json:"ratio,omitempty"`
+	// LimitRatio is the proxy over the limit mode when the baseline is
+	// another one (listings: the targets compare with one node direct,
+	// the limit shows what a complete listing costs on this machine).
+	LimitRatio *Ratio   `json:"limit_ratio,omitempty"`
+	Baseline   string   `json:"baseline"` // the mode the proxy is compared with
+	Target     string   `json:"target,omitempty"`
+	Met        *bool    `json:"met,omitempty"` // nil: no target
+	Misses     []string `json:"misses,omitempty"`
+}
+
+// Result is one mode's measurement.
+type Result struct {
+	Mode      string  `json:"mode"`
+	Ops       int     `json:"ops"`
+	Errors    int     `json:"errors"`
+	FirstErr  string  `json:"first_error,omitempty"`
+	Seconds   float64 `json:"seconds"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	MBPerSec  float64 `json:"mb_per_sec"` // payload bytes (10^6) per second
+	P50Ms     float64 `json:"p50_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	MaxMs     float64 `json:"max_ms"`
+	// PeakRSS is the proxy's peak RSS during this run (proxy mode; the
+	// high-water mark is reset before the run where the OS allows).
+	PeakRSS int64 `json:"proxy_peak_rss_bytes,omitempty"`
+	// CPU time per operation (Linux): the bench process (the client and the
+	// in-process nodes) and the proxy process, in microseconds; CPUBusy is
+	// both over the run's wall time and every CPU (1 = saturated).
+	BenchCPUPerOpUs float64 `json:"bench_cpu_per_op_us,omitempty"`
+	ProxyCPUPerOpUs float64 `json:"proxy_cpu_per_op_us,omitempty"`
+	CPUBusy         float64 `json:"cpu_busy,omitempty"`
+}
+
+// Ratio is the proxy's run over the baseline's.
+type Ratio struct {
+	Throughput float64 `json:"throughput"` // ops/s proxy / baseline: higher is better
+	P50        float64 `json:"p50"`        // lower is better
+	P99        float64 `json:"p99"`
+}
+
+// BigUpload is the proxy's memory for one big upload.
+type BigUpload struct {
+	Size       int64   `json:"size_bytes"`
+	Before     int64   `json:"peak_rss_before_bytes"`
+	After      int64   `json:"peak_rss_after_bytes"`
+	Growth     int64   `json:"peak_rss_growth_bytes"`
+	GrowthMiB  float64 `json:"peak_rss_growth_mib"`
+	Seconds    float64 `json:"seconds"`
+	MBPerSec   float64 `json:"mb_per_sec"`
+	Target     string  `json:"target"`
+	Met        bool    `json:"met"`
+	ResetPeaks bool    `json:"reset_peaks"` // the high-water mark was reset before it
+}
+
+// Run starts the cluster and the proxy, runs the workloads and stops
+// everything. A cancelled ctx stops it early with ctx's error.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	e, err := start(ctx, &o)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+
+	rep := &Report{
+		Machine:     machine(),
+		Nodes:       o.Nodes,
+		Replicas:    e.replicas,
+		WriteQuorum: e.writeQuorum,
+		Duration:    o.Duration.String(),
+	}
+	for _, name := range o.Workloads {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		if name == WorkloadRSS {
+			bu, err := e.bigUpload(ctx)
+			if err != nil {
+				return rep, fmt.Errorf("%s: %w", name, err)
+			}
+			rep.BigUpload = bu
+			continue
+		}
+		w, err := e.workload(ctx, name)
+		if err != nil {
+			return rep, fmt.Errorf("%s: %w", name, err)
+		}
+		judge(w)
+		rep.Workloads = append(rep.Workloads, w)
+	}
+	return rep, nil
+}
+
+// judge computes the proxy/baseline ratios and checks the issue's targets.
+func judge(w *Workload) {
+	runs := map[string]*Result{}
+	for _, r := range w.Runs {
+		runs[r.Mode] = r
+	}
+	ratio := func(base *Result) *Ratio {
+		px := runs[ModeProxy]
+		if base == nil || px == nil || base.OpsPerSec == 0 || base.P50Ms == 0 || base.P99Ms == 0 {
+			return nil
+		}
+		return &Ratio{Throughput: px.OpsPerSec / base.OpsPerSec, P50: px.P50Ms / base.P50Ms, P99: px.P99Ms / base.P99Ms}
+	}
+	if w.Baseline != ModeLimit {
+		w.LimitRatio = ratio(runs[ModeLimit])
+	}
+	if w.Ratio = ratio(runs[w.Baseline]); w.Ratio == nil {
+		return
+	}
+	var misses []string
+	check := func(ok bool, msg string, args ...any) {
+		if !ok {
+			misses = append(misses, fmt.Sprintf(msg, args...))
+		}
+	}
+	switch w.Name {
+	case WorkloadUploadSmall, WorkloadUploadLarge:
+		w.Target = "throughput ≥ 0.9x, p99 ≤ 1.2x"
+		check(w.Ratio.Throughput >= 0.9, "throughput %.2fx < 0.9x", w.Ratio.Throughput)
+		check(w.Ratio.P99 <= 1.2, "p99 %.2fx > 1.2x", w.Ratio.P99)
+	case WorkloadReadSmall:
+		w.Target = "throughput ≥ 0.9x"
+		check(w.Ratio.Throughput >= 0.9, "throughput %.2fx < 0.9x", w.Ratio.Throughput)
+	case WorkloadList:
+		w.Target = "p50 and p99 ≤ 1.5x"
+		check(w.Ratio.P50 <= 1.5, "p50 %.2fx > 1.5x", w.Ratio.P50)
+		check(w.Ratio.P99 <= 1.5, "p99 %.2fx > 1.5x", w.Ratio.P99)
+	default:
+		return // no target: reported only
+	}
+	for _, r := range w.Runs {
+		check(r.Errors == 0, "%d errors in %s", r.Errors, r.Mode)
+	}
+	met := len(misses) == 0
+	w.Met = &met
+	w.Misses = misses
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS, Arch: runtime.GOARCH, GoVersion: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// ParseSize reads a byte size: a number with an optional unit (B, K, KB,
+// KiB, M, MB, MiB, G, GB, GiB; all powers of 1024).
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9') {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit like 512MiB", s)
+	}
+	var n int64
+	if _, err := fmt.Sscan(t[:i], &n); err != nil {
+		return 0, fmt.Errorf("size %q: %w", s, err)
+	}
+	var mult int64
+	switch strings.ToLower(strings.TrimSpace(t[i:])) {
+	case "", "b":
+		mult = 1
+	case "k", "kb", "kib":
+		mult = 1 << 10
+	case "m", "mb", "mib":
+		mult = 1 << 20
+	case "g", "gb", "gib":
+		mult = 1 << 30
+	default:
+		return 0, fmt.Errorf("size %q: unknown unit %q (B, KiB, MiB, GiB)", s, t[i:])
+	}
+	if n > (1<<62)/mult {
+		return 0, errors.New("size " + s + " is too large")
+	}
+	return n * mult, nil
+}
+
+// FormatSize prints a byte size the way ParseSize reads it.
+func FormatSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}

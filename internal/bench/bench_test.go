@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"mime"
+	"mime/multipart"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRunSmoke runs every workload for a moment with small sizes: the whole
+// machinery (cluster, proxy process, modes, report) works, in a few seconds.
+func TestRunSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and a proxy process")
+	}
+	bin := filepath.Join(t.TempDir(), "cring")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/cring").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var progress bytes.Buffer
+	start := time.Now()
+	rep, err := Run(context.Background(), Options{
+		Nodes:       3,
+		Duration:    300 * time.Millisecond,
+		Warmup:      50 * time.Millisecond,
+		Dir:         t.TempDir(),
+		Binary:      bin,
+		Progress:    &progress,
+		BigUpload:   8 << 20,
+		SmallSize:   1 << 10,
+		LargeSize:   1 << 20,
+		ListEntries: 20,
+		ReadFiles:   16,
+	})
+	t.Logf("progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("ran in %s", time.Since(start).Round(time.Millisecond))
+
+	if rep.Replicas != 3 || rep.WriteQuorum != 2 {
+		t.Errorf("proxy reports N=%d W=%d, want 3 and 2", rep.Replicas, rep.WriteQuorum)
+	}
+	want := map[string][]string{
+		WorkloadUploadSmall: {ModeDirect, ModeLimit, ModeProxy},
+		WorkloadUploadLarge: {ModeDirect, ModeLimit, ModeProxy},
+		WorkloadReadSmall:   {ModeDirect, ModeProxy},
+		WorkloadList:        {ModeDirect, ModeLimit, ModeProxy},
+		WorkloadMixed:       {ModeDirect, ModeLimit, ModeProxy},
+	}
+	if len(rep.Workloads) != len(want) {
+		t.Fatalf("%d workloads in the report, want %d", len(rep.Workloads), len(want))
+	}
+	for _, w := range rep.Workloads {
+		var modes []string
+		for _, r := range w.Runs {
+			modes = append(modes, r.Mode)
+			if r.Ops == 0 || r.Errors != 0 || r.OpsPerSec <= 0 || r.P50Ms <= 0 || r.P99Ms < r.P50Ms {
+				t.Errorf("%s %s: %+v", w.Name, r.Mode, r)
+			}
+			if r.Mode == ModeProxy && r.PeakRSS <= 0 {
+				t.Errorf("%s: no proxy peak RSS", w.Name)
+			}
+		}
+		if strings.Join(modes, ",") != strings.Join(want[w.Name], ",") {
+			t.Errorf("%s ran modes %v, want %v", w.Name, modes, want[w.Name])
+		}
+		if w.Ratio == nil || w.Ratio.Throughput <= 0 {
+			t.Errorf("%s: no ratio", w.Name)
+		}
+		if w.Name != WorkloadMixed && w.Met == nil {
+			t.Errorf("%s: target not judged", w.Name)
+		}
+	}
+	if bu := rep.BigUpload; bu == nil || bu.Before <= 0 || bu.After < bu.Before || bu.Size != 8<<20 {
+		t.Errorf("big upload: %+v", rep.BigUpload)
+	}
+
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
+		if !strings.Contains(table.String(), s) {
+			t.Errorf("table lacks %q", s)
+		}
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBodyIsCharmMultipart: the generated upload is a well-formed multipart
+// form with one "data" file of exactly the payload size, and its length is
+// what the request announces.
+func TestBodyIsCharmMultipart(t *testing.T) {
+	for _, size := range []int64{0, 1, 4 << 10, 3<<20 + 7} {
+		b := &body{size: size}
+		raw, err := io.ReadAll(io.LimitReader(b, 1<<30))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(raw)) != (&body{size: size}).len() {
+			t.Fatalf("size %d: read %d bytes, announced %d", size, len(raw), (&body{size: size}).len())
+		}
+		_, params, err := mime.ParseMediaType(mpType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		form, err := multipart.NewReader(bytes.NewReader(raw), params["boundary"]).ReadForm(1 << 20)
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		fhs := form.File["data"]
+		if len(fhs) != 1 || fhs[0].Size != size {
+			t.Fatalf("size %d: form files %+v", size, form.File)
+		}
+		f, _ := fhs[0].Open()
+		got, _ := io.ReadAll(f)
+		f.Close()
+		for i := range got {
+			if got[i] != pattern[i%len(pattern)] {
+				t.Fatalf("size %d: byte %d differs from the pattern", size, i)
+			}
+		}
+		_ = form.RemoveAll()
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"512MiB": 512 << 20, "64M": 64 << 20, "4KiB": 4 << 10, "4k": 4 << 10, "1GiB": 1 << 30, "100": 100, "7 B": 7,
+	} {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+		if back, err := ParseSize(FormatSize(got)); err != nil || back != got {
+			t.Errorf("FormatSize(%d) = %q does not read back", got, FormatSize(got))
+		}
+	}
+	for _, in := range []string{"", "MiB", "12 parsecs", "-1", "99999999999999GiB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q): no error", in)
+		}
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i))
+	}
+	if q := quantile(d, 0.5); q != 50 {
+		t.Errorf("p50 of 1..100 = %d", q)
+	}
+	if q := quantile(d, 0.99); q != 99 {
+		t.Errorf("p99 of 1..100 = %d", q)
+	}
+	if q := quantile(d[:1], 0.99); q != 1 {
+		t.Errorf("p99 of one sample = %d", q)
+	}
+}

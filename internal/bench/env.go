@@ -1,0 +1,338 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/charmbracelet/keygen"
+	charmlog "github.com/charmbracelet/log"
+
+	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// env is a running cluster, the proxy process in front of it and a client
+// with a valid token for one seeded user.
+type env struct {
+	o *Options
+
+	dir     string
+	tempDir bool
+	// removed at the end even in a given Dir: the nodes' data and their
+	// temporary files
+	scratch []string
+	dc      *devcluster.Cluster
+
+	proxyURL  string // http://127.0.0.1:port
+	adminURL  string
+	proxy     *exec.Cmd
+	proxyDone chan struct{} // closed when the process exited
+	proxyErr  error         // its Wait error, once proxyDone is closed
+	stopProxy context.CancelFunc
+	proxyLog  *os.File
+
+	nodes       []string // every node's base URL
+	replicas    int      // N as the proxy reports it
+	writeQuorum int
+
+	client *http.Client
+	auth   string // Authorization header value
+
+	readFiles []string // written to every node once, for the reads
+
+	restoreLogs func()
+}
+
+func (e *env) logf(format string, args ...any) {
+	fmt.Fprintf(e.o.Progress, format+"\n", args...)
+}
+
+// start brings everything up; on error whatever started is stopped.
+func start(ctx context.Context, o *Options) (_ *env, err error) {
+	e := &env{o: o}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+
+	// The in-process Charm servers log every request through the standard
+	// and charmbracelet loggers: costly noise in a benchmark.
+	stdOut, charmOut := stdlog.Writer(), io.Writer(os.Stderr)
+	stdlog.SetOutput(io.Discard)
+	charmlog.SetOutput(io.Discard)
+	e.restoreLogs = func() { stdlog.SetOutput(stdOut); charmlog.SetOutput(charmOut) }
+
+	e.dir = o.Dir
+	if e.dir == "" {
+		if e.dir, err = os.MkdirTemp("", "cring-bench-"); err != nil {
+			return nil, fmt.Errorf("temp dir: %w", err)
+		}
+		e.tempDir = true
+	} else if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("bench dir: %w", err)
+	}
+
+	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	if err != nil {
+		return nil, err
+	}
+	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	e.proxyURL = "http://" + httpAddr
+	e.adminURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+
+	// Charm nodes leave a temporary file behind for every upload larger
+	// than 32 MiB (charm's handlers parse the multipart form on a copy of
+	// the request, so net/http never removes it): the in-process nodes get
+	// their own temporary directory, removed with the rest.
+	tmp, err := os.MkdirTemp(e.dir, "tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("temp dir: %w", err)
+	}
+	e.scratch = append(e.scratch, tmp)
+	prevTmp, hadTmp := os.LookupEnv("TMPDIR")
+	_ = os.Setenv("TMPDIR", tmp)
+	restore := e.restoreLogs
+	e.restoreLogs = func() {
+		restore()
+		if hadTmp {
+			_ = os.Setenv("TMPDIR", prevTmp)
+		} else {
+			_ = os.Unsetenv("TMPDIR")
+		}
+	}
+
+	e.logf("starting %d Charm nodes in %s", o.Nodes, e.dir)
+	// Each run gets fresh nodes: results must not depend on what an earlier
+	// run left behind, and the nodes' public URL is this run's proxy port.
+	clusterDir, err := os.MkdirTemp(e.dir, "cluster-")
+	if err != nil {
+		return nil, fmt.Errorf("cluster dir: %w", err)
+	}
+	e.scratch = append(e.scratch, clusterDir)
+	e.dc, err = devcluster.New(clusterDir, devcluster.Options{Nodes: o.Nodes, PublicURL: e.proxyURL})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.dc.StartAll(ctx); err != nil {
+		return nil, err
+	}
+	for _, n := range e.dc.Nodes {
+		e.nodes = append(e.nodes, n.HTTPURL())
+	}
+
+	kp, err := keygen.New(filepath.Join(clusterDir, "client_ed25519"), keygen.WithKeyType(keygen.Ed25519))
+	if err != nil {
+		return nil, fmt.Errorf("client key: %w", err)
+	}
+	id, err := e.dc.SeedUser(kp.RawAuthorizedKey())
+	if err != nil {
+		return nil, err
+	}
+	signer, err := token.LoadSigner(e.dc.KeyPath)
+	if err != nil {
+		return nil, err
+	}
+	// Nodes and proxy accept the same token: same key, issuer = proxy URL.
+	jwt, err := signer.Sign(id, e.proxyURL, 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("sign token: %w", err)
+	}
+	e.auth = "bearer " + jwt
+
+	e.client = &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		WriteBufferSize:     64 << 10,
+		ReadBufferSize:      64 << 10,
+	}}
+
+	if err := e.startProxy(ctx, httpAddr, ports); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// startProxy runs `cring serve` as its own process and waits until it
+// answers an authenticated request.
+func (e *env) startProxy(ctx context.Context, httpAddr string, ports []int) error {
+	args := []string{"serve",
+		"--address", httpAddr,
+		"--ssh-proxy-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+		"--admin-address", strings.TrimPrefix(e.adminURL, "http://"),
+		"--public-url", e.proxyURL,
+	}
+	for _, u := range e.nodes {
+		args = append(args, "--host", u)
+	}
+	// The proxy's durable state (hints, known users) stays in the bench's
+	// scratch, not in the user's data directory.
+	data, err := os.MkdirTemp(e.dir, "proxy-data-")
+	if err != nil {
+		return fmt.Errorf("proxy data dir: %w", err)
+	}
+	e.scratch = append(e.scratch, data)
+	args = append(args, "--data-dir", data)
+	e.proxyLog, err = os.Create(filepath.Join(e.dir, "proxy.log"))
+	if err != nil {
+		return fmt.Errorf("proxy log: %w", err)
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	e.stopProxy = cancel
+	cmd := exec.CommandContext(pctx, e.o.Binary, args...)
+	cmd.Stdout = e.proxyLog
+	cmd.Stderr = e.proxyLog
+	cmd.Env = cleanEnv()
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	setDeathSignal(cmd)
+	e.logf("starting the proxy: %s %s", e.o.Binary, strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start proxy %s: %w", e.o.Binary, err)
+	}
+	e.proxy = cmd
+	e.proxyDone = make(chan struct{})
+	go func() {
+		e.proxyErr = cmd.Wait()
+		close(e.proxyDone)
+	}()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := e.status(ctx)
+		if err == nil {
+			e.replicas, e.writeQuorum = st.Replicas, st.WriteQuorum
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("proxy did not come up (log: %s): %w", e.proxyLog.Name(), errors.Join(err, ctx.Err()))
+		}
+		select {
+		case <-e.proxyDone:
+			return fmt.Errorf("proxy exited: %v (log: %s)", e.proxyErr, e.proxyLog.Name())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	// The first authenticated request makes the proxy fetch the key set;
+	// wait until uploads go through.
+	for {
+		err := e.upload(ctx, e.proxyURL, "bench/warm", 1<<10)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("proxy does not accept uploads (log: %s): %w", e.proxyLog.Name(), errors.Join(err, ctx.Err()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// cleanEnv is this process's environment without CRING_* variables: the
+// proxy's configuration is exactly the flags the bench gives it.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CRING_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+type proxyStatus struct {
+	Replicas    int   `json:"replicas"`
+	WriteQuorum int   `json:"write_quorum"`
+	PeakRSS     int64 `json:"peak_rss_bytes"`
+}
+
+func (e *env) status(ctx context.Context) (*proxyStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.adminURL+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("proxy /status: %s", resp.Status)
+	}
+	st := &proxyStatus{}
+	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
+		return nil, fmt.Errorf("proxy /status: %w", err)
+	}
+	return st, nil
+}
+
+// peakRSS is the proxy's peak RSS as it reports it on /status.
+func (e *env) peakRSS(ctx context.Context) (int64, error) {
+	st, err := e.status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if st.PeakRSS <= 0 {
+		return 0, errors.New("proxy /status has no peak_rss_bytes")
+	}
+	return st.PeakRSS, nil
+}
+
+// resetPeakRSS lowers the proxy's RSS high-water mark to its current RSS
+// (Linux: /proc/<pid>/clear_refs), so the next peak is one run's own.
+func (e *env) resetPeakRSS() bool {
+	if e.proxy == nil || e.proxy.Process == nil || runtime.GOOS != "linux" {
+		return false
+	}
+	err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", e.proxy.Process.Pid), []byte("5"), 0)
+	return err == nil
+}
+
+func (e *env) close() {
+	if e.stopProxy != nil {
+		e.stopProxy()
+		if e.proxyDone != nil {
+			<-e.proxyDone
+		}
+		e.stopProxy = nil
+	}
+	if e.proxyLog != nil {
+		_ = e.proxyLog.Close()
+	}
+	if e.client != nil {
+		e.client.CloseIdleConnections()
+	}
+	if e.dc != nil {
+		_ = e.dc.Close()
+		e.dc = nil
+	}
+	for _, d := range e.scratch {
+		_ = os.RemoveAll(d)
+	}
+	if e.tempDir {
+		_ = os.RemoveAll(e.dir)
+	}
+	if e.restoreLogs != nil {
+		e.restoreLogs()
+		e.restoreLogs = nil
+	}
+}

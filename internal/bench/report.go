@@ -1,0 +1,157 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/charmbracelet/lipgloss"
+)
+
+// WriteTable prints the report as tables: every run, then the proxy's ratios
+// against its baseline with the targets, then the big upload's memory.
+func (r *Report) WriteTable(out io.Writer) error {
+	re := lipgloss.NewRenderer(out)
+	title := re.NewStyle().Bold(true).Foreground(lipgloss.Color("212"))
+	dim := re.NewStyle().Foreground(lipgloss.Color("245"))
+	good := re.NewStyle().Foreground(lipgloss.Color("42"))
+	bad := re.NewStyle().Foreground(lipgloss.Color("203"))
+	proxyRow := re.NewStyle().Bold(true)
+
+	var b strings.Builder
+	cpu := fmt.Sprintf("%d CPUs", r.Machine.CPUs)
+	if r.Machine.CPU != "" {
+		cpu += " (" + r.Machine.CPU + ")"
+	}
+	fmt.Fprintf(&b, "%s\n%s\n\n", title.Render(fmt.Sprintf("cring bench · %d nodes, N=%d W=%d · %s per run", r.Nodes, r.Replicas, r.WriteQuorum, r.Duration)),
+		dim.Render(fmt.Sprintf("%s · %s/%s · %s", cpu, r.Machine.OS, r.Machine.Arch, r.Machine.GoVersion)))
+
+	if len(r.Workloads) > 0 {
+		rows := [][]string{{"workload", "mode", "ops/s", "MB/s", "p50", "p99", "max", "errors", "cpu µs/op bench+proxy", "cpu busy", "proxy peak RSS"}}
+		var styles []*lipgloss.Style
+		for _, w := range r.Workloads {
+			for k, run := range w.Runs {
+				name := ""
+				if k == 0 {
+					name = w.Title
+				}
+				rss := ""
+				if run.PeakRSS > 0 {
+					rss = mib(run.PeakRSS)
+				}
+				cpu, busy := "", ""
+				if run.CPUBusy > 0 {
+					cpu = fmt.Sprintf("%.0f+%.0f", run.BenchCPUPerOpUs, run.ProxyCPUPerOpUs)
+					busy = fmt.Sprintf("%.0f%%", 100*run.CPUBusy)
+				}
+				rows = append(rows, []string{name, run.Mode, num(run.OpsPerSec), num(run.MBPerSec),
+					msec(run.P50Ms), msec(run.P99Ms), msec(run.MaxMs), fmt.Sprint(run.Errors), cpu, busy, rss})
+				var st *lipgloss.Style
+				if run.Mode == ModeProxy {
+					st = &proxyRow
+				}
+				styles = append(styles, st)
+			}
+		}
+		table(&b, rows, styles, dim, 2)
+
+		b.WriteString("\n")
+		rows = [][]string{{"workload", "proxy vs", "throughput", "p50", "p99", "target", ""}}
+		styles = nil
+		for _, w := range r.Workloads {
+			if w.Ratio == nil {
+				continue
+			}
+			verdict := dim.Render("no target")
+			switch {
+			case w.Met == nil:
+			case *w.Met:
+				verdict = good.Render("✓ met")
+			default:
+				verdict = bad.Render("✗ " + strings.Join(w.Misses, "; "))
+			}
+			target := w.Target
+			if target == "" {
+				target = "—"
+			}
+			rows = append(rows, []string{w.Title, w.Baseline, fmt.Sprintf("%.2fx", w.Ratio.Throughput),
+				fmt.Sprintf("%.2fx", w.Ratio.P50), fmt.Sprintf("%.2fx", w.Ratio.P99), target, verdict})
+			styles = append(styles, nil)
+			if lr := w.LimitRatio; lr != nil {
+				rows = append(rows, []string{"", ModeLimit, fmt.Sprintf("%.2fx", lr.Throughput),
+					fmt.Sprintf("%.2fx", lr.P50), fmt.Sprintf("%.2fx", lr.P99), "—", dim.Render("for reference")})
+				styles = append(styles, nil)
+			}
+		}
+		table(&b, rows, styles, dim, 2)
+	}
+
+	if bu := r.BigUpload; bu != nil {
+		verdict := good.Render("✓ met")
+		if !bu.Met {
+			verdict = bad.Render("✗ missed")
+		}
+		fmt.Fprintf(&b, "\n%s upload through the proxy: peak RSS %s → %s, growth %.1f MiB (target < 64 MiB) %s, %.0f MB/s\n",
+			FormatSize(bu.Size), mib(bu.Before), mib(bu.After), bu.GrowthMiB, verdict, bu.MBPerSec)
+	}
+	b.WriteString("\n" + dim.Render("direct: one node, no replication · limit: the client sends every write to all N replicas itself · proxy: through cring") + "\n")
+	b.WriteString(dim.Render("cpu µs/op: CPU time per operation of the bench process (client and nodes) + the proxy process; cpu busy: both over all CPUs") + "\n")
+	_, err := io.WriteString(out, b.String())
+	return err
+}
+
+// table writes rows with columns aligned (text left, numbers right); row 0
+// is the header. styles[i] (may be nil) styles data row i.
+func table(b *strings.Builder, rows [][]string, styles []*lipgloss.Style, header lipgloss.Style, gap int) {
+	widths := map[int]int{}
+	for _, row := range rows {
+		for c, v := range row {
+			widths[c] = max(widths[c], lipgloss.Width(v))
+		}
+	}
+	for i, row := range rows {
+		var line strings.Builder
+		for c, v := range row {
+			pad := strings.Repeat(" ", widths[c]-lipgloss.Width(v))
+			if c >= 2 && isNumeric(v) {
+				line.WriteString(pad + v)
+			} else {
+				line.WriteString(v + pad)
+			}
+			if c < len(row)-1 {
+				line.WriteString(strings.Repeat(" ", gap))
+			}
+		}
+		s := strings.TrimRight(line.String(), " ")
+		switch {
+		case i == 0:
+			s = header.Render(s)
+		case styles[i-1] != nil:
+			s = styles[i-1].Render(s)
+		}
+		b.WriteString(s + "\n")
+	}
+}
+
+func isNumeric(s string) bool {
+	return s != "" && (s[0] >= '0' && s[0] <= '9')
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func msec(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f ms", v)
+	}
+	return fmt.Sprintf("%.2f ms", v)
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

@@ -1,0 +1,321 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// workload measures one workload in every mode that applies to it.
+func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
+	o := e.o
+	direct := e.nodes[:1]
+	replicas := e.nodes[:max(1, min(e.replicas, len(e.nodes)))]
+	proxy := []string{e.proxyURL}
+
+	w := &Workload{Name: name}
+	type mode struct {
+		name string
+		op   op
+	}
+	var modes []mode
+	switch name {
+	case WorkloadUploadSmall, WorkloadUploadLarge:
+		size, conc := o.SmallSize, o.SmallConc
+		if name == WorkloadUploadLarge {
+			size, conc = o.LargeSize, o.LargeConc
+		}
+		w.Title = fmt.Sprintf("upload %s ×%d", FormatSize(size), conc)
+		w.Concurrency, w.Size, w.Baseline = conc, size, ModeLimit
+		upload := func(mode string, to []string) op {
+			cycle := 0
+			if name == WorkloadUploadLarge {
+				cycle = 2
+			}
+			paths := newPaths(fmt.Sprintf("bench/%s/%s", name, mode), cycle)
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				return size, e.uploadAll(ctx, to, paths.next(wk), size)
+			}
+		}
+		modes = []mode{{ModeDirect, upload(ModeDirect, direct)}, {ModeLimit, upload(ModeLimit, replicas)}, {ModeProxy, upload(ModeProxy, proxy)}}
+
+	case WorkloadReadSmall:
+		w.Title = fmt.Sprintf("read %s ×%d", FormatSize(o.SmallSize), o.SmallConc)
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeDirect
+		files, err := e.readSet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		read := func(from string) op {
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				n, err := e.get(ctx, from, files[wk.rng.IntN(len(files))])
+				if err == nil && n != o.SmallSize {
+					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
+				}
+				return n, err
+			}
+		}
+		modes = []mode{{ModeDirect, read(direct[0])}, {ModeProxy, read(e.proxyURL)}}
+
+	case WorkloadList:
+		w.Title = fmt.Sprintf("list %d entries ×%d", o.ListEntries, o.ListConc)
+		w.Concurrency, w.Baseline = o.ListConc, ModeDirect
+		dir, err := e.listDir(ctx)
+		if err != nil {
+			return nil, err
+		}
+		list := func(from ...string) op {
+			if len(from) == 1 {
+				return func(ctx context.Context, wk *worker) (int64, error) { return e.get(ctx, from[0], dir) }
+			}
+			return func(ctx context.Context, wk *worker) (int64, error) { return e.getAll(ctx, from, dir) }
+		}
+		// limit: what a complete listing needs, every node's, asked at
+		// once by the client (merging left out). The target compares
+		// with one node direct.
+		modes = []mode{{ModeDirect, list(direct[0])}, {ModeLimit, list(e.nodes...)}, {ModeProxy, list(e.proxyURL)}}
+
+	case WorkloadMixed:
+		w.Title = fmt.Sprintf("mixed %d%% read %s ×%d", o.ReadPercent, FormatSize(o.SmallSize), o.SmallConc)
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeLimit
+		files, err := e.readSet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		mixed := func(mode, from string, to []string) op {
+			paths := newPaths(fmt.Sprintf("bench/%s/%s", name, mode), 0)
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				if wk.rng.IntN(100) < o.ReadPercent {
+					return e.get(ctx, from, files[wk.rng.IntN(len(files))])
+				}
+				return o.SmallSize, e.uploadAll(ctx, to, paths.next(wk), o.SmallSize)
+			}
+		}
+		modes = []mode{
+			{ModeDirect, mixed(ModeDirect, direct[0], direct)},
+			{ModeLimit, mixed(ModeLimit, direct[0], replicas)},
+			{ModeProxy, mixed(ModeProxy, e.proxyURL, proxy)},
+		}
+	default:
+		return nil, fmt.Errorf("unknown workload %q", name)
+	}
+
+	// Modes take turns in short slices, so drift on the machine (page
+	// cache, disk writeback, a noisy neighbour) touches them all alike.
+	rounds := max(1, o.Rounds)
+	slice := o.Duration / time.Duration(rounds)
+	seed := uint64(time.Now().UnixNano())
+	runs := make([]*series, len(modes))
+	for k, m := range modes {
+		runs[k] = newSeries(m.name, w.Concurrency, seed)
+		runs[k].slice(ctx, o.Warmup, m.op)
+		runs[k].reset() // the workers go on from where the warm-up left them
+	}
+	e.resetPeakRSS() // where it can't, the peak is the process's so far
+	for range rounds {
+		for k, m := range modes {
+			c0 := e.cpu()
+			runs[k].slice(ctx, slice, m.op)
+			runs[k].cpu.add(c0, e.cpu())
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for k, m := range modes {
+		r := runs[k].result()
+		if m.name == ModeProxy {
+			if rss, err := e.peakRSS(ctx); err == nil {
+				r.PeakRSS = rss
+			}
+		}
+		if r.Ops == 0 {
+			return nil, fmt.Errorf("%s: no operation succeeded: %s", m.name, r.FirstErr)
+		}
+		e.logf("%-13s %-7s %9.1f ops/s %8.1f MB/s  p50 %8.2f ms  p99 %8.2f ms  errors %d", name, m.name, r.OpsPerSec, r.MBPerSec, r.P50Ms, r.P99Ms, r.Errors)
+		w.Runs = append(w.Runs, r)
+	}
+	return w, nil
+}
+
+// cpuSample is both processes' CPU time, at one moment or summed over
+// slices.
+type cpuSample struct {
+	bench, proxy time.Duration
+	ok           bool
+}
+
+func (e *env) cpu() cpuSample {
+	b, ok1 := cpuTime(0)
+	p, ok2 := cpuTime(e.proxy.Process.Pid)
+	return cpuSample{bench: b, proxy: p, ok: ok1 && ok2}
+}
+
+// add adds the CPU used between samples c0 and c1.
+func (c *cpuSample) add(c0, c1 cpuSample) {
+	if !c0.ok || !c1.ok {
+		return
+	}
+	c.ok = true
+	c.bench += c1.bench - c0.bench
+	c.proxy += c1.proxy - c0.proxy
+}
+
+// record puts the CPU per operation in r.
+func (c cpuSample) record(r *Result) {
+	if !c.ok || r.Ops == 0 || r.Seconds == 0 {
+		return
+	}
+	r.BenchCPUPerOpUs = float64(c.bench.Microseconds()) / float64(r.Ops)
+	r.ProxyCPUPerOpUs = float64(c.proxy.Microseconds()) / float64(r.Ops)
+	r.CPUBusy = (c.bench + c.proxy).Seconds() / r.Seconds / float64(runtime.NumCPU())
+}
+
+// paths names the files uploads write: a new file every time (like charm kv
+// backups), or, with cycle > 0, a cycle of that many names per worker that
+// are overwritten, to bound the disk large files take.
+type paths struct {
+	prefix string
+	cycle  int
+}
+
+func newPaths(prefix string, cycle int) *paths { return &paths{prefix: prefix, cycle: cycle} }
+
+func (p *paths) next(w *worker) string {
+	n := w.n
+	if p.cycle > 0 {
+		n %= p.cycle
+	}
+	return p.prefix + "/w" + strconv.Itoa(w.id) + "/f" + strconv.Itoa(n)
+}
+
+// readSet writes the files reads pick from to every node (so one node
+// direct and the proxy can both serve every one), once per run.
+func (e *env) readSet(ctx context.Context) ([]string, error) {
+	if e.readFiles != nil {
+		return e.readFiles, nil
+	}
+	files := make([]string, e.o.ReadFiles)
+	for i := range files {
+		files[i] = fmt.Sprintf("bench/read/f%04d", i)
+	}
+	e.logf("writing %d files of %s to every node for the reads", len(files), FormatSize(e.o.SmallSize))
+	if err := e.seed(ctx, files, e.o.SmallSize); err != nil {
+		return nil, err
+	}
+	e.readFiles = files
+	return files, nil
+}
+
+// listDir writes a directory of ListEntries files to every node and checks
+// that one node and the proxy both list all of them.
+func (e *env) listDir(ctx context.Context) (string, error) {
+	const dir = "bench/list"
+	files := make([]string, e.o.ListEntries)
+	for i := range files {
+		files[i] = fmt.Sprintf("%s/f%04d", dir, i)
+	}
+	e.logf("writing a directory of %d files to every node for the listings", len(files))
+	if err := e.seed(ctx, files, 64); err != nil {
+		return "", err
+	}
+	// A user who never deleted anything is the exception: one delete
+	// through the proxy, so listings see a user with a tombstone (whether
+	// or not the rss workload, which deletes its file, ran first).
+	if err := e.upload(ctx, e.proxyURL, "bench/deleted", 64); err != nil {
+		return "", err
+	}
+	if err := e.remove(ctx, e.proxyURL, "bench/deleted"); err != nil {
+		return "", err
+	}
+	for _, base := range []string{e.nodes[0], e.proxyURL} {
+		b, err := e.getBody(ctx, base, dir)
+		if err != nil {
+			return "", err
+		}
+		var fi struct {
+			Files []json.RawMessage `json:"files"`
+		}
+		if err := json.Unmarshal(b, &fi); err != nil {
+			return "", fmt.Errorf("listing from %s is not a directory: %w", base, err)
+		}
+		if len(fi.Files) != len(files) {
+			return "", fmt.Errorf("listing from %s has %d entries, want %d", base, len(fi.Files), len(files))
+		}
+	}
+	return dir, nil
+}
+
+// seed uploads every file to every node directly, 8 at a time.
+func (e *env) seed(ctx context.Context, files []string, size int64) error {
+	sem := make(chan struct{}, 8)
+	var mu sync.Mutex
+	var first error
+	var wg sync.WaitGroup
+	for _, f := range files {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := e.uploadAll(ctx, e.nodes, f, size); err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// bigUpload measures the proxy's peak RSS growth over one big upload, after
+// a small one warmed its connections and key cache.
+func (e *env) bigUpload(ctx context.Context) (*BigUpload, error) {
+	size := e.o.BigUpload
+	e.logf("uploading %s through the proxy for its peak RSS", FormatSize(size))
+	if err := e.upload(ctx, e.proxyURL, "bench/rss/warm", 1<<20); err != nil {
+		return nil, err
+	}
+	bu := &BigUpload{Size: size, Target: "growth < 64 MiB"}
+	bu.ResetPeaks = e.resetPeakRSS()
+	var err error
+	if bu.Before, err = e.peakRSS(ctx); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := e.upload(ctx, e.proxyURL, "bench/rss/big", size); err != nil {
+		return nil, err
+	}
+	bu.Seconds = time.Since(t0).Seconds()
+	bu.MBPerSec = float64(size) / 1e6 / bu.Seconds
+	if bu.After, err = e.peakRSS(ctx); err != nil {
+		return nil, err
+	}
+	bu.Growth = bu.After - bu.Before
+	bu.GrowthMiB = float64(bu.Growth) / (1 << 20)
+	bu.Met = bu.Growth < 64<<20
+	e.logf("%-13s peak RSS %.1f MiB -> %.1f MiB (growth %.1f MiB), %.1f MB/s", WorkloadRSS,
+		float64(bu.Before)/(1<<20), float64(bu.After)/(1<<20), bu.GrowthMiB, bu.MBPerSec)
+	// Free the disk: the copies are 3x the size.
+	_ = e.remove(ctx, e.proxyURL, "bench/rss/big")
+	return bu, nil
+}
+
+// remove DELETEs base's /v1/fs/<path>.
+func (e *env) remove(ctx context.Context, base, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, base+"/v1/fs/"+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", e.auth)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return err
+	}
+	return drain(resp, "delete "+path, nil)
+}
