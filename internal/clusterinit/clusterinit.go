@@ -532,6 +532,9 @@ ExecStart=%[5]s serve
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
+# charm serve leaves the temp file of every upload over 32 MiB behind:
+# a private /tmp is cleared on every restart.
+PrivateTmp=yes
 NoNewPrivileges=yes
 PrivateTmp=yes
 ProtectHome=yes
