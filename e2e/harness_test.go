@@ -227,15 +227,7 @@ type user struct {
 
 func (tc *testCluster) newUser(t *testing.T) *user {
 	t.Helper()
-	_, sshPort, _ := splitPort(tc.sshAddr)
-	_, httpPort, _ := splitPort(tc.httpAddr)
-	u := &user{env: map[string]string{
-		"CHARM_HOST":      "127.0.0.1",
-		"CHARM_SSH_PORT":  fmt.Sprint(sshPort),
-		"CHARM_HTTP_PORT": fmt.Sprint(httpPort),
-		"CHARM_DATA_DIR":  t.TempDir(),
-	}}
-	u.use(t)
+	u, sshPort, httpPort := userAt(t, tc.sshAddr, tc.httpAddr)
 	dataDir := u.env["CHARM_DATA_DIR"]
 	cc, err := client.NewClient(&client.Config{
 		Host:     "127.0.0.1",
@@ -261,6 +253,21 @@ func (tc *testCluster) newUser(t *testing.T) *user {
 	}
 	u.cc, u.fs, u.id, u.pubKey = cc, cfs, id, pub
 	return u
+}
+
+// userAt is a user whose CHARM_* settings point at a proxy, with its own
+// data dir, made current for charm's env-configured helpers.
+func userAt(t *testing.T, sshAddr, httpAddr string) (u *user, sshPort, httpPort int) {
+	_, sshPort, _ = splitPort(sshAddr)
+	_, httpPort, _ = splitPort(httpAddr)
+	u = &user{env: map[string]string{
+		"CHARM_HOST":      "127.0.0.1",
+		"CHARM_SSH_PORT":  fmt.Sprint(sshPort),
+		"CHARM_HTTP_PORT": fmt.Sprint(httpPort),
+		"CHARM_DATA_DIR":  t.TempDir(),
+	}}
+	u.use(t)
+	return u, sshPort, httpPort
 }
 
 // use points charm's env-configured helpers at this user: charm's crypt

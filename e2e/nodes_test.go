@@ -206,15 +206,7 @@ func clientAt(t *testing.T, dataDir string, sshPort, httpPort int) *client.Clien
 // first login (api-auth) creates the account. Nothing is seeded.
 func (pc *pgCluster) newUser(t *testing.T) *user {
 	t.Helper()
-	_, sshPort, _ := splitPort(pc.sshAddr)
-	_, httpPort, _ := splitPort(pc.httpAddr)
-	u := &user{env: map[string]string{
-		"CHARM_HOST":      "127.0.0.1",
-		"CHARM_SSH_PORT":  fmt.Sprint(sshPort),
-		"CHARM_HTTP_PORT": fmt.Sprint(httpPort),
-		"CHARM_DATA_DIR":  t.TempDir(),
-	}}
-	u.use(t)
+	u, sshPort, httpPort := userAt(t, pc.sshAddr, pc.httpAddr)
 	cc := clientAt(t, u.env["CHARM_DATA_DIR"], sshPort, httpPort)
 	auth, err := cc.Auth()
 	if err != nil {

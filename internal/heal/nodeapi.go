@@ -80,27 +80,36 @@ func (a *nodeAPI) do(ctx context.Context, method, u, user string, body io.Reader
 // list returns a directory listing; errNotFound when the node has no such
 // directory (or the path is a file).
 func (a *nodeAPI) list(ctx context.Context, base *url.URL, user, dir string) (*charm.FileInfo, error) {
+	var fi charm.FileInfo
+	if err := a.getJSON(ctx, fsURL(base, dir), user, &fi); err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	return &fi, nil
+}
+
+// getJSON GETs u as user and decodes a JSON answer; errNotFound for a 404
+// or a non-JSON answer (a file where a directory was asked for).
+func (a *nodeAPI) getJSON(ctx context.Context, u, user string, v any) error {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	resp, err := a.do(ctx, http.MethodGet, fsURL(base, dir), user, nil, nil)
+	resp, err := a.do(ctx, http.MethodGet, u, user, nil, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {
-		return nil, errNotFound
+		return errNotFound
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("list %s: %s", dir, resp.Status)
+		return errors.New(resp.Status)
 	}
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		return nil, errNotFound // a file, not a directory
+		return errNotFound
 	}
-	var fi charm.FileInfo
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&fi); err != nil {
-		return nil, fmt.Errorf("decode listing of %s: %w", dir, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
+		return fmt.Errorf("decode: %w", err)
 	}
-	return &fi, nil
+	return nil
 }
 
 // open streams a file; the caller closes the body. The node request is
@@ -174,24 +183,11 @@ type fileMeta struct {
 
 // meta asks a cring node for a file's exact metadata (hashed on the node).
 func (a *nodeAPI) meta(ctx context.Context, base *url.URL, user, path string) (*fileMeta, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
 	u := *base
 	u.Path = strings.TrimRight(u.Path, "/") + "/v1/cring/meta/" + strings.TrimPrefix(path, "/")
-	resp, err := a.do(ctx, http.MethodGet, u.String(), user, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, errNotFound
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("meta %s: %s", path, resp.Status)
-	}
 	var m fileMeta
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&m); err != nil {
-		return nil, fmt.Errorf("decode meta of %s: %w", path, err)
+	if err := a.getJSON(ctx, u.String(), user, &m); err != nil {
+		return nil, fmt.Errorf("meta %s: %w", path, err)
 	}
 	return &m, nil
 }

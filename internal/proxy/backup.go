@@ -80,6 +80,9 @@ func (p *Proxy) backupAck(ctx context.Context, r *http.Request, ref fileRef, tee
 	if tee == nil {
 		return nil
 	}
+	if tee.spool == nil {
+		return fmt.Errorf("the upload could not be backed up: %w", tee.err)
+	}
 	var mode fs.FileMode
 	fmt.Sscan(r.URL.Query().Get("mode"), &mode)
 	return p.backup.Store(ctx, ref.key(), tee.spool, tee.n, mode, time.Now())

@@ -145,9 +145,10 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		bodyErr = p.pump(ctx, src, reps)
 		if tee != nil {
 			if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
-				p.log.Warn("upload is not a Charm form: not backed up", "key", key, "err", err)
+				// No backup copy means no ack (backupAck reports it).
+				p.log.Warn("upload could not be spooled for the backup", "key", key, "err", err)
 				p.backup.Discard(tee.spool)
-				tee = nil
+				tee.spool = nil
 			}
 		}
 	} else {
@@ -211,7 +212,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.settle(r, ref, pref, targets, reps, got, stored)
 
 	if bodyErr != nil {
-		if tee != nil {
+		if tee != nil && tee.spool != nil {
 			p.backup.Discard(tee.spool)
 		}
 		p.log.Warn("write aborted: client body failed", "key", key, "err", bodyErr, "request_id", r.Header.Get("X-Request-Id"))
@@ -230,7 +231,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		relay(w, first)
 		return
 	}
-	if tee != nil {
+	if tee != nil && tee.spool != nil {
 		p.backup.Discard(tee.spool)
 	}
 	if n == 0 && p.backup != nil && len(p.healthyNodes()) == 0 {
