@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -58,4 +60,31 @@ func TestHedgedRead(t *testing.T) {
 		t.Fatalf("%d hedged reads, want 5", got)
 	}
 	waitFor(t, 2*time.Second, "slow requests cancelled", func() bool { return cancelled.Load() == 5 })
+}
+
+// TestReadSkipsReplicaStillWriting: a write is answered at quorum while the
+// last replica is still writing the file in place; a read right after must
+// not be served that replica's partial copy.
+func TestReadSkipsReplicaStillWriting(t *testing.T) {
+	const p = "slow/w"
+	c := newCluster(t, 2, nil, nil, nil)
+	slow := c.fakes[c.pref(p)[0]] // the replica a read asks first
+	slow.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost {
+			return false
+		}
+		b, _ := io.ReadAll(r.Body)
+		f.put(p, entry{data: nil, mode: "420", modtime: time.Now()}) // created, not yet written
+		time.Sleep(400 * time.Millisecond)
+		f.put(p, entry{data: b, mode: "420", modtime: time.Now()})
+		return true
+	})
+	body, ctype := multipartBody(t, 32<<10, 3)
+	if r := c.upload(p, body, ctype); r.status != 200 {
+		t.Fatalf("upload: %d %s", r.status, r.body)
+	}
+	r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+	if r.status != 200 || !bytes.Equal(r.body, body) {
+		t.Fatalf("read right after the ack: %d, %d bytes, want the %d written", r.status, len(r.body), len(body))
+	}
 }

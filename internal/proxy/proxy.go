@@ -457,20 +457,22 @@ func (k *keyedMutex) lock(key string) func() {
 	}
 }
 
-// keyedWait tracks keys with replica writes still running in the background.
-// Entries go away when their last write ends, so it never grows with the
-// keys ever written.
+// keyedWait tracks keys with replica writes still running in the background,
+// and on which nodes: Charm writes a file in place, so such a node may serve
+// a partial copy until it is done. Entries go away when their last write
+// ends, so it never grows with the keys ever written.
 type keyedWait struct {
 	mu   sync.Mutex
 	keys map[string]*waitEntry
 }
 
 type waitEntry struct {
-	n    int
-	done chan struct{}
+	n     int
+	nodes map[int]int // node → writes still running there
+	done  chan struct{}
 }
 
-func (k *keyedWait) add(key string) (done func()) {
+func (k *keyedWait) add(key string, nodes []int) (done func()) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keys == nil {
@@ -478,13 +480,21 @@ func (k *keyedWait) add(key string) (done func()) {
 	}
 	e, ok := k.keys[key]
 	if !ok {
-		e = &waitEntry{done: make(chan struct{})}
+		e = &waitEntry{nodes: map[int]int{}, done: make(chan struct{})}
 		k.keys[key] = e
 	}
 	e.n++
+	for _, i := range nodes {
+		e.nodes[i]++
+	}
 	return func() {
 		k.mu.Lock()
 		defer k.mu.Unlock()
+		for _, i := range nodes {
+			if e.nodes[i]--; e.nodes[i] == 0 {
+				delete(e.nodes, i)
+			}
+		}
 		if e.n--; e.n == 0 {
 			close(e.done)
 			delete(k.keys, key)
@@ -499,6 +509,14 @@ func (k *keyedWait) wait(key string) {
 	if ok {
 		<-e.done
 	}
+}
+
+// writing reports whether node i is still being written key.
+func (k *keyedWait) writing(key string, i int) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e, ok := k.keys[key]
+	return ok && e.nodes[i] > 0
 }
 
 // keySet remembers keys seen to be directories (bounded; cleared when full),

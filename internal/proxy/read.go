@@ -40,7 +40,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	var cands []int
 	for _, i := range pref {
-		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) {
+		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) || p.inflight.writing(key, i) {
 			asked[i] = true // counted unreachable: merging skips it
 			unreachable++
 			continue

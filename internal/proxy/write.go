@@ -194,7 +194,17 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	if pending > 0 {
 		// The rest finish in the background, bounded; what doesn't make it
 		// is owed a hint. The key stays marked in flight until then.
-		done := p.inflight.add(key)
+		answeredNodes := map[int]bool{}
+		for _, o := range got {
+			answeredNodes[o.node] = true
+		}
+		var still []int
+		for _, i := range append(slices.Clone(targets), extra...) {
+			if !answeredNodes[i] {
+				still = append(still, i)
+			}
+		}
+		done := p.inflight.add(key, still)
 		go func() {
 			defer done()
 			t := time.AfterFunc(p.postQuorum, func() { cancelAll(errors.New("post-quorum timeout")) })
