@@ -23,6 +23,7 @@ type serveFlags struct {
 	backupURL      string
 	backupBucket   string
 	backupZone     string
+	pprof          bool
 	debug          bool
 	replicas       int
 	writeQuorum    int
@@ -83,6 +84,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.StringVar(&f.backupMode, "backup-mode", "async", "async: writes are acked once queued durably under --data-dir; sync: once the backup stored them")
 	fl.BoolVar(&f.backupPath, "backup-path-style", false, "path-style S3 bucket lookup (automatic for IPs and localhost)")
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
+	fl.BoolVar(&f.pprof, "pprof", false, "serve Go profiles on the admin address (/debug/pprof/)")
 	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N), clamped to the node count")
 	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)")
 	fl.StringVar(&f.publicURL, "public-url", "", "the URL clients use, which the nodes sign tokens for (default: what the nodes announce)")
@@ -182,6 +184,9 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("debug") {
 		cfg.Debug = f.debug
+	}
+	if pick("pprof") {
+		cfg.Pprof = f.pprof
 	}
 	if pick("replicas") && f.replicas < 1 {
 		return nil, fmt.Errorf("--replicas must be at least 1, got %d", f.replicas)

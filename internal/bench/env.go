@@ -179,6 +179,7 @@ func (e *env) startProxy(ctx context.Context, httpAddr string, ports []int) erro
 		"--ssh-proxy-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
 		"--admin-address", strings.TrimPrefix(e.adminURL, "http://"),
 		"--public-url", e.proxyURL,
+		"--pprof", // `go tool pprof <admin>/debug/pprof/profile` during a run
 	}
 	for _, u := range e.nodes {
 		args = append(args, "--host", u)

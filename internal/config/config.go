@@ -92,6 +92,8 @@ type Config struct {
 	// answered at quorum.
 	PostQuorumTimeout time.Duration `yaml:"post-quorum-timeout"`
 	Debug             bool          `yaml:"debug"`
+	// Pprof serves /debug/pprof/ on the admin address.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.

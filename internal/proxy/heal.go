@@ -199,7 +199,11 @@ func dropDeleted(dir *charm.FileInfo, dirPath string, tombs map[string]time.Time
 		if tombstone.Reserved(p) {
 			continue
 		}
-		if t, ok := tombs[tombstone.Name(p)]; ok && !f.IsDir && !f.ModTime.After(t) {
+		if len(tombs) == 0 || f.IsDir {
+			kept = append(kept, f)
+			continue
+		}
+		if t, ok := tombs[tombstone.Name(p)]; ok && !f.ModTime.After(t) {
 			continue
 		}
 		kept = append(kept, f)

@@ -916,7 +916,7 @@ func TestListingMerge(t *testing.T) {
 		}
 	})
 	t.Run("mergeDirs", func(t *testing.T) {
-		got := mergeDirs([]*charm.FileInfo{listings[2].dir, listings[1].dir, listings[0].dir})
+		got, _ := mergeDirs([]*charm.FileInfo{listings[2].dir, listings[1].dir, listings[0].dir})
 		want := []string{"a", "b", "c", "d"}
 		var names []string
 		for _, f := range got.Files {
@@ -929,6 +929,66 @@ func TestListingMerge(t *testing.T) {
 			t.Errorf("names %v, want %v", names, want)
 		}
 	})
+}
+
+// TestListingTombstones: listings that agree need no tombstones (an
+// acknowledged delete removed the file from W nodes, one of which
+// answered); a stale replica's extra file makes the proxy fetch them and
+// hide it.
+func TestListingTombstones(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	file := func(name string) charm.FileInfo { return charm.FileInfo{Name: name, Size: 1, ModTime: t0, Mode: 0o600} }
+	dir := func(files ...charm.FileInfo) entry {
+		return entry{dir: &charm.FileInfo{Name: "d", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700, Files: files}}
+	}
+	tombs := entry{dir: &charm.FileInfo{Name: "tombstones", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700,
+		Files: []charm.FileInfo{{Name: tombstone.Name("d/gone"), Size: 1, ModTime: t0.Add(time.Minute), Mode: 0o600}}}}
+	for _, tt := range []struct {
+		name      string
+		listings  []entry
+		want      []string
+		wantTombs bool
+	}{
+		{"all agree", []entry{dir(file("a")), dir(file("a")), dir(file("a"))}, []string{"a"}, false},
+		{"a stale replica", []entry{dir(file("a")), dir(file("a")), dir(file("a"), file("gone"))}, []string{"a"}, true},
+		{"a node without the dir", []entry{dir(file("a")), dir(file("a")), {}}, []string{"a"}, false},
+		{"two nodes without the dir", []entry{{}, dir(file("a"), file("gone")), {}}, []string{"a"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			var asked atomic.Int64
+			for i, f := range c.fakes {
+				if tt.listings[i].dir != nil {
+					f.put("d", tt.listings[i])
+				}
+				f.put(tombstone.Dir, tombs)
+				f.setHook(func(_ *fake, _ http.ResponseWriter, r *http.Request) bool {
+					if strings.HasPrefix(r.URL.Path, "/v1/fs/"+tombstone.Root) {
+						asked.Add(1)
+					}
+					return false
+				})
+			}
+			for range 2 { // the first walk, then the one-wave listing of a known directory
+				asked.Store(0)
+				r := c.call(http.MethodGet, "/v1/fs/d", nil, "")
+				var got charm.FileInfo
+				if r.status != 200 || json.Unmarshal(r.body, &got) != nil {
+					t.Fatalf("got %d %q", r.status, r.body)
+				}
+				var names []string
+				for _, f := range got.Files {
+					names = append(names, f.Name)
+				}
+				if !slices.Equal(names, tt.want) {
+					t.Errorf("listing %v, want %v", names, tt.want)
+				}
+				if (asked.Load() > 0) != tt.wantTombs {
+					t.Errorf("tombstone requests %d, want some: %v", asked.Load(), tt.wantTombs)
+				}
+			}
+		})
+	}
 }
 
 // --- 8. seq ---

@@ -159,7 +159,7 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 	}
 	p.gatherListings(r, ref, others, l)
 	p.dirs.add(ref.key())
-	p.answerListing(w, ref, l)
+	p.answerListing(w, r, ref, l)
 }
 
 // listAll answers a GET of a path known to be a directory by asking every
@@ -180,7 +180,7 @@ func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) boo
 		p.dirs.forget(ref.key())
 		return false
 	}
-	p.answerListing(w, ref, l)
+	p.answerListing(w, r, ref, l)
 	return true
 }
 
@@ -193,15 +193,18 @@ type listings struct {
 	sawFile     bool // a node has a file at that path
 	mode        string
 	tombs       map[string]time.Time
+	tombsAsked  bool
 }
 
-// gatherListings asks nodes for the directory, and the user's tombstones
-// alongside, concurrently.
+// gatherListings asks nodes for the directory. When some keys are not on
+// every node (N < node count), listings disagree anyway, so the user's
+// tombstones are fetched alongside; otherwise answerListing fetches them
+// only if the listings disagree.
 func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *listings) {
 	ctx := r.Context()
 	var wg sync.WaitGroup
-	// Tombstones hide entries a stale replica still holds.
-	if !tombstone.Reserved(ref.path) {
+	if !tombstone.Reserved(ref.path) && p.ring.Replicas() < len(p.nodes) {
+		l.tombsAsked = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -246,14 +249,25 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 }
 
 // answerListing writes the merged listing, or 503 when it may be incomplete.
-func (p *Proxy) answerListing(w http.ResponseWriter, ref fileRef, l *listings) {
+//
+// Tombstones hide entries a stale replica still holds. They need not be
+// fetched when every file is in every listing and there are at least
+// node count − W + 1 listings: an acknowledged delete removed the file from
+// W nodes, one of which listed, so a file every listing has was not deleted
+// (or was written again since). A node without the directory adds nothing
+// to the merge, so it can't bring anything back.
+func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRef, l *listings) {
 	if (l.unreachable >= p.w && !p.complete(ref.user, l.answered)) || len(l.lists) == 0 {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", l.unreachable, len(p.nodes), p.w-1))
 		return
 	}
-	merged := mergeDirs(l.lists)
+	merged, everywhere := mergeDirs(l.lists)
+	agreed := everywhere && len(l.lists) >= len(p.nodes)-p.w+1
+	if !l.tombsAsked && !agreed && !tombstone.Reserved(ref.path) {
+		l.tombs = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
+	}
 	dropDeleted(merged, ref.path, l.tombs)
 	w.Header().Set("Content-Type", "application/json")
 	if l.mode != "" {
@@ -270,28 +284,43 @@ func decodeListing(rd io.Reader) (*charm.FileInfo, error) {
 	return d, nil
 }
 
-// mergeDirs unions listings by entry name; the newest modtime wins.
-func mergeDirs(lists []*charm.FileInfo) *charm.FileInfo {
+// mergeDirs unions listings by entry name; the newest modtime wins. It also
+// reports whether every file (not directory) is in every listing.
+func mergeDirs(lists []*charm.FileInfo) (*charm.FileInfo, bool) {
 	out := *lists[0]
-	byName := map[string]charm.FileInfo{}
+	type seen struct {
+		f charm.FileInfo
+		n int
+	}
+	byName := make(map[string]*seen, len(lists[0].Files))
 	var newest time.Time
 	for _, l := range lists {
 		if l.ModTime.After(newest) {
 			newest = l.ModTime
 		}
 		for _, f := range l.Files {
-			if cur, ok := byName[f.Name]; !ok || f.ModTime.After(cur.ModTime) {
-				byName[f.Name] = f
+			cur, ok := byName[f.Name]
+			if !ok {
+				byName[f.Name] = &seen{f: f, n: 1}
+				continue
+			}
+			cur.n++
+			if f.ModTime.After(cur.f.ModTime) {
+				cur.f = f
 			}
 		}
 	}
+	everywhere := true
 	out.ModTime = newest
 	out.Files = make([]charm.FileInfo, 0, len(byName))
-	for _, f := range byName {
-		out.Files = append(out.Files, f)
+	for _, s := range byName {
+		out.Files = append(out.Files, s.f)
+		if s.n != len(lists) && !s.f.IsDir {
+			everywhere = false
+		}
 	}
 	sort.Slice(out.Files, func(a, b int) bool { return out.Files[a].Name < out.Files[b].Name })
-	return &out
+	return &out, everywhere
 }
 
 // complete reports whether the nodes that answered can be trusted to hold

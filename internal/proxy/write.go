@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,10 @@ func (p *Proxy) targets(pref []int) []int {
 	}
 	return out
 }
+
+// smallBody is the largest body sent to the nodes from one in-memory buffer
+// instead of being streamed through pipes.
+const smallBody = 64 << 10
 
 // replica is one node's copy of a streamed request body.
 type replica struct {
@@ -111,16 +116,38 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		}
 	}
 
+	// A small body is read whole first and sent to every node from that one
+	// buffer: no pipes or feed goroutines, and net/http sends headers and
+	// body in one write. The client's body is complete before any node
+	// sees a byte, so a node's 2xx is for the whole file.
+	var small []byte
+	if hasBody && r.ContentLength > 0 && r.ContentLength <= smallBody {
+		small = make([]byte, r.ContentLength)
+		_, err := io.ReadFull(src, small)
+		if err != nil && ctx.Err() != nil {
+			err = errClientGone
+		}
+		p.finishTee(key, tee, err)
+		if err != nil {
+			p.bodyFailed(w, r, key, tee, err)
+			return
+		}
+		hasBody = false
+	}
+
 	// Node requests outlive the handler (the last replica may finish after
 	// the answer) but not a client that leaves before it.
 	nodeCtx, cancelAll := context.WithCancelCause(context.WithoutCancel(ctx))
 	stopFollow := context.AfterFunc(ctx, func() { cancelAll(errClientGone) })
 	results := make(chan outcome, len(targets)+len(extra))
 	reps := make([]*replica, len(targets))
+	var bodyErr error
 	for k, i := range targets {
 		nctx, cancel := context.WithCancelCause(nodeCtx)
 		var body io.Reader
-		if hasBody {
+		if small != nil {
+			body = bytes.NewReader(small)
+		} else if hasBody {
 			pr, pw := io.Pipe()
 			rp := &replica{node: i, cancel: cancel, pr: pr, pw: pw, in: make(chan []byte, 1), done: make(chan error, 1)}
 			reps[k] = rp
@@ -140,23 +167,9 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		}()
 	}
 
-	var bodyErr error
 	if hasBody {
 		bodyErr = p.pump(ctx, src, reps)
-		if tee != nil {
-			if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
-				// No backup copy means no ack (backupAck reports it).
-				p.log.Warn("upload could not be spooled for the backup", "key", key, "err", err)
-				p.backup.Discard(tee.spool)
-				tee.spool = nil
-			}
-		}
-	} else {
-		for _, rp := range reps {
-			if rp != nil {
-				rp.sentAll = true
-			}
-		}
+		p.finishTee(key, tee, bodyErr)
 	}
 	if bodyErr != nil {
 		cancelAll(bodyErr)
@@ -166,6 +179,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	for k, i := range targets {
 		isTarget[i] = k
 	}
+	// Streamed replicas only count once the pump gave them every byte.
 	stored := func(o outcome) bool {
 		k, ok := isTarget[o.node]
 		return ok && o.ok() && (reps[k] == nil || reps[k].sentAll)
@@ -222,11 +236,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.settle(r, ref, pref, targets, reps, got, stored)
 
 	if bodyErr != nil {
-		if tee != nil && tee.spool != nil {
-			p.backup.Discard(tee.spool)
-		}
-		p.log.Warn("write aborted: client body failed", "key", key, "err", bodyErr, "request_id", r.Header.Get("X-Request-Id"))
-		writeError(w, http.StatusBadRequest, "read request body: "+bodyErr.Error())
+		p.bodyFailed(w, r, key, tee, bodyErr)
 		return
 	}
 	if n >= p.w {
@@ -271,6 +281,29 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	writeError(w, http.StatusServiceUnavailable,
 		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.w))
+}
+
+// finishTee waits for the backup spool of an upload whose body has been read.
+// A spool that failed is dropped: no backup copy means no ack (backupAck
+// reports it).
+func (p *Proxy) finishTee(key string, tee *backupTee, bodyErr error) {
+	if tee == nil {
+		return
+	}
+	if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
+		p.log.Warn("upload could not be spooled for the backup", "key", key, "err", err)
+		p.backup.Discard(tee.spool)
+		tee.spool = nil
+	}
+}
+
+// bodyFailed answers a write whose client body could not be read.
+func (p *Proxy) bodyFailed(w http.ResponseWriter, r *http.Request, key string, tee *backupTee, err error) {
+	if tee != nil && tee.spool != nil {
+		p.backup.Discard(tee.spool)
+	}
+	p.log.Warn("write aborted: client body failed", "key", key, "err", err, "request_id", r.Header.Get("X-Request-Id"))
+	writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
 }
 
 // settle does the bookkeeping for a batch of replica outcomes: hints for

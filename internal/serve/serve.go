@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -134,6 +135,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	s.admin.HandleFunc("GET /readyz", s.handleReady)
 	s.admin.HandleFunc("GET /status", s.handleStatus)
 	s.admin.Handle("GET /metrics", s.metrics.Handler())
+	if cfg.Pprof {
+		// Profiles for operators chasing CPU or memory: opt-in, as the
+		// admin address may be reachable by more than operators.
+		s.admin.HandleFunc("GET /debug/pprof/", pprof.Index)
+		s.admin.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		s.admin.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return s, nil
 }
 
