@@ -23,6 +23,7 @@ type benchFlags struct {
 	dir       string
 	bigUpload string
 	json      bool
+	pinProxy  bool
 }
 
 func newBenchCmd() *cobra.Command {
@@ -59,6 +60,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl.StringVar(&f.dir, "dir", "", "where the cluster's data (removed afterwards) and the proxy's log (kept) go (default: a temporary directory, removed afterwards)")
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
+	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
 	return cmd
 }
 
@@ -93,6 +95,7 @@ func (f *benchFlags) options() (bench.Options, error) {
 		Dir:       f.dir,
 		BigUpload: big,
 		Progress:  os.Stderr,
+		PinProxy:  f.pinProxy,
 	}, nil
 }
 

@@ -58,6 +58,10 @@ type Options struct {
 	Binary string
 	// Progress gets one line per step [discarded].
 	Progress io.Writer
+	// PinProxy gives the proxy the last CPU to itself and this process
+	// (client and nodes) the others, as if the proxy ran on a machine of its
+	// own (Linux, at least 2 CPUs).
+	PinProxy bool
 
 	BigUpload   int64 // the RSS workload's upload size [512 MiB]
 	SmallSize   int64 // small file size [4 KiB]
@@ -139,6 +143,7 @@ type Report struct {
 type Machine struct {
 	CPUs      int    `json:"cpus"`
 	CPU       string `json:"cpu,omitempty"`
+	Pinned    string `json:"pinned,omitempty"` // how CPUs were split, when they were
 	OS        string `json:"os"`
 	Arch      string `json:"arch"`
 	GoVersion string `json:"go"`
@@ -219,7 +224,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer e.close()
 
 	rep := &Report{
-		Machine:     machine(),
+		Machine:     machine(e.pin),
 		Nodes:       o.Nodes,
 		Replicas:    e.replicas,
 		WriteQuorum: e.writeQuorum,
@@ -295,8 +300,11 @@ func judge(w *Workload) {
 	w.Misses = misses
 }
 
-func machine() Machine {
+func machine(pin *pinning) Machine {
 	m := Machine{CPUs: runtime.NumCPU(), OS: runtime.GOOS, Arch: runtime.GOARCH, GoVersion: runtime.Version()}
+	if pin != nil {
+		m.Pinned = pin.String()
+	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {

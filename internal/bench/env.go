@@ -55,6 +55,7 @@ type env struct {
 	readFiles []string // written to every node once, for the reads
 
 	restoreLogs func()
+	pin         *pinning // nil: not pinned
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -76,6 +77,16 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 	stdlog.SetOutput(io.Discard)
 	charmlog.SetOutput(io.Discard)
 	e.restoreLogs = func() { stdlog.SetOutput(stdOut); charmlog.SetOutput(charmOut) }
+
+	if o.PinProxy {
+		if e.pin, err = newPinning(); err != nil {
+			return nil, err
+		}
+		if err := e.pin.pinSelf(); err != nil {
+			return nil, err
+		}
+		e.logf("pinned: %s", e.pin)
+	}
 
 	e.dir = o.Dir
 	if e.dir == "" {
@@ -198,14 +209,18 @@ func (e *env) startProxy(ctx context.Context, httpAddr string, ports []int) erro
 	}
 	pctx, cancel := context.WithCancel(context.Background())
 	e.stopProxy = cancel
-	cmd := exec.CommandContext(pctx, e.o.Binary, args...)
+	name := e.o.Binary
+	if e.pin != nil {
+		name, args = e.pin.command(name, args...)
+	}
+	cmd := exec.CommandContext(pctx, name, args...)
 	cmd.Stdout = e.proxyLog
 	cmd.Stderr = e.proxyLog
 	cmd.Env = cleanEnv()
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
 	setDeathSignal(cmd)
-	e.logf("starting the proxy: %s %s", e.o.Binary, strings.Join(args, " "))
+	e.logf("starting the proxy: %s %s", name, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start proxy %s: %w", e.o.Binary, err)
 	}

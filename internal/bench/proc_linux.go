@@ -4,11 +4,76 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// pinning splits this machine's CPUs: the last one for the proxy, the rest
+// for this process (client and nodes), as if the proxy had a machine of its
+// own. The proxy is started under taskset (util-linux), so its Go runtime
+// sees one CPU from the start.
+type pinning struct {
+	bench []int
+	proxy int
+}
+
+func newPinning() (*pinning, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("read CPU affinity: %w", err)
+	}
+	var cpus []int
+	for c := range 1024 {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	if len(cpus) < 2 {
+		return nil, fmt.Errorf("pinning needs at least 2 CPUs, this process may use %d", len(cpus))
+	}
+	if _, err := exec.LookPath("taskset"); err != nil {
+		return nil, fmt.Errorf("pinning needs taskset (util-linux): %w", err)
+	}
+	return &pinning{bench: cpus[:len(cpus)-1], proxy: cpus[len(cpus)-1]}, nil
+}
+
+func (p *pinning) String() string {
+	return fmt.Sprintf("proxy on CPU %d, client and nodes on CPU %s", p.proxy, strings.Trim(fmt.Sprint(p.bench), "[]"))
+}
+
+// pinSelf moves every thread of this process onto the bench's CPUs; threads
+// made later inherit it.
+func (p *pinning) pinSelf() error {
+	var set unix.CPUSet
+	for _, c := range p.bench {
+		set.Set(c)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("list threads: %w", err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("pin thread %d: %w", tid, err)
+		}
+	}
+	runtime.GOMAXPROCS(len(p.bench))
+	return nil
+}
+
+// command runs the proxy binary on its own CPU.
+func (p *pinning) command(name string, args ...string) (string, []string) {
+	return "taskset", append([]string{"-c", strconv.Itoa(p.proxy), name}, args...)
+}
 
 // setDeathSignal makes the proxy die with the bench, even if the bench is
 // killed before it can stop it.

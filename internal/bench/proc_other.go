@@ -3,9 +3,20 @@
 package bench
 
 import (
+	"errors"
 	"os/exec"
 	"time"
 )
+
+type pinning struct{}
+
+func newPinning() (*pinning, error) { return nil, errors.New("pinning is only supported on Linux") }
+
+func (*pinning) pinSelf() error { return nil }
+
+func (*pinning) String() string { return "" }
+
+func (*pinning) command(name string, args ...string) (string, []string) { return name, args }
 
 func setDeathSignal(*exec.Cmd) {}
 

@@ -23,6 +23,9 @@ func (r *Report) WriteTable(out io.Writer) error {
 	if r.Machine.CPU != "" {
 		cpu += " (" + r.Machine.CPU + ")"
 	}
+	if r.Machine.Pinned != "" {
+		cpu += " · pinned: " + r.Machine.Pinned
+	}
 	fmt.Fprintf(&b, "%s\n%s\n\n", title.Render(fmt.Sprintf("cring bench · %d nodes, N=%d W=%d · %s per run", r.Nodes, r.Replicas, r.WriteQuorum, r.Duration)),
 		dim.Render(fmt.Sprintf("%s · %s/%s · %s", cpu, r.Machine.OS, r.Machine.Arch, r.Machine.GoVersion)))
 

@@ -297,10 +297,12 @@ func (p *Proxy) newNodeRequest(ctx context.Context, i int, r *http.Request, meth
 		u.RawPath = strings.TrimRight(u.EscapedPath(), "/") + r.URL.RawPath
 	}
 	u.RawQuery = r.URL.RawQuery
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	// The URL is built, not parsed from a string: one less parse per request.
+	req, err := http.NewRequestWithContext(ctx, method, "", body)
 	if err != nil {
 		return nil, fmt.Errorf("build request for %s: %w", p.nodes[i].Name, err)
 	}
+	req.URL = &u
 	copyHeader(req.Header, r.Header)
 	req.Host = u.Host
 	return req, nil
