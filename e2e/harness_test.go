@@ -54,6 +54,7 @@ type clusterOpts struct {
 	// its durable state across a proxy restart (default: a temp dir).
 	backup  config.Backup
 	dataDir string
+	pprof   bool // --pprof: Go profiles on the admin address
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -113,6 +114,7 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		HealthInterval:  200 * time.Millisecond,
 		NodeTimeout:     10 * time.Second,
 	}
+	cfg.Pprof = o.pprof
 	cfg.DataDir = o.dataDir
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()

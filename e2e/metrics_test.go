@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -106,5 +107,29 @@ func TestMetrics(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestPprof: Go profiles are on the admin address only when asked for.
+func TestPprof(t *testing.T) {
+	for _, tt := range []struct {
+		pprof bool
+		want  int
+	}{{false, http.StatusNotFound}, {true, http.StatusOK}} {
+		t.Run(fmt.Sprint("pprof=", tt.pprof), func(t *testing.T) {
+			tc := startCluster(t, clusterOpts{nodes: 1, replicas: 1, quorum: 1, pprof: tt.pprof})
+			resp, err := http.Get("http://" + tc.admin + "/debug/pprof/goroutine?debug=1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.want)
+			}
+			if tt.pprof && !bytes.Contains(body, []byte("goroutine profile")) {
+				t.Fatalf("not a goroutine profile: %.200s", body)
+			}
+		})
 	}
 }
