@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"slices"
 	"sync"
@@ -9,50 +10,181 @@ import (
 )
 
 // Hedged reads ("The Tail at Scale"): when the replica asked first has not
-// answered within its own recent p95, the next one is asked too; the first
-// good answer wins and the other request is cancelled.
+// answered within the recent p95 of reads, the next one is asked too (at most
+// for one read in twenty); the
+// first good answer wins and the other request is cancelled, unless its
+// answer is about to arrive anyway: a small answer that comes within a short
+// grace is read to the end instead, so its keep-alive connection survives
+// (cancelling an HTTP/1.1 request closes the connection, and on a busy
+// cluster the redial costs more than the hedge saved).
+//
+// A replica that is consistently much slower than the others is asked last
+// rather than first, with a probe now and then to notice when it recovers:
+// hedging alone can't help when one node in three is slow on every request.
 
-// latencies keeps each node's recent time-to-answer for reads.
+// latencies keeps recent read answer times, and the hedging budget.
 type latencies struct {
-	mu    sync.Mutex
-	nodes []nodeLatency
+	mu     sync.Mutex
+	all    window // completed answers of every node: the hedge delay
+	p95    time.Duration
+	nodes  []nodeLatency
+	tokens float64 // hedges allowed now: hedgeShare per read, up to hedgeBurst
 }
 
 type nodeLatency struct {
-	ring [64]time.Duration
-	n    int           // samples seen
-	p95  time.Duration // recomputed every few samples
+	recent    window // answers, and lower bounds for cancelled ones: the order
+	median    time.Duration
+	lastProbe time.Time
 }
 
-// minHedgeSamples: no hedging on a node until its p95 means something.
-const minHedgeSamples = 16
+// window is a ring of recent durations.
+type window struct {
+	ring []time.Duration
+	n    int // samples seen
+	tmp  []time.Duration
+}
 
-func newLatencies(n int) *latencies { return &latencies{nodes: make([]nodeLatency, n)} }
+func newWindow(size int) window {
+	return window{ring: make([]time.Duration, size), tmp: make([]time.Duration, size)}
+}
 
+func (w *window) add(d time.Duration) {
+	w.ring[w.n%len(w.ring)] = d
+	w.n++
+}
+
+func (w *window) quantile(q float64) time.Duration {
+	k := min(w.n, len(w.ring))
+	if k == 0 {
+		return 0
+	}
+	s := w.tmp[:k]
+	copy(s, w.ring[:k])
+	slices.Sort(s)
+	return s[int(float64(k-1)*q+0.5)]
+}
+
+const (
+	// minHedgeSamples: no hedging until the p95 means something.
+	minHedgeSamples = 16
+	// minOrderSamples: a node's median over this many answers orders it.
+	minOrderSamples = 16
+	// hedgeFloor: never hedge sooner, whatever the p95.
+	hedgeFloor = time.Millisecond
+	// maxHedgeGrace bounds how long a hedge's loser may still finish.
+	maxHedgeGrace = 50 * time.Millisecond
+	// slowFactor: a node whose median is this many times the fastest
+	// candidate's is asked last.
+	slowFactor = 4
+	// probeEvery: how often a node asked last is asked first anyway, to
+	// see whether it recovered.
+	probeEvery = 250 * time.Millisecond
+	// maxDrain is the largest loser's answer read to the end.
+	maxDrain = 64 << 10
+	// hedgeShare caps hedges at this share of reads: on a saturated
+	// cluster every read is slow and more requests only make it slower.
+	hedgeShare = 0.05
+	hedgeBurst = 20
+)
+
+func newLatencies(n int) *latencies {
+	l := &latencies{all: newWindow(64), nodes: make([]nodeLatency, n), tokens: hedgeBurst}
+	for i := range l.nodes {
+		// Short, so a node that recovers is asked first again after a
+		// few good probes.
+		l.nodes[i].recent = newWindow(minOrderSamples)
+	}
+	return l
+}
+
+// observe records node i's time to answer a read.
 func (l *latencies) observe(i int, d time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	nl := &l.nodes[i]
-	nl.ring[nl.n%len(nl.ring)] = d
-	nl.n++
-	if nl.n%8 == 0 && nl.n >= minHedgeSamples {
-		var s [64]time.Duration
-		k := min(nl.n, len(nl.ring))
-		copy(s[:], nl.ring[:k])
-		slices.Sort(s[:k])
-		nl.p95 = s[k*95/100]
+	l.all.add(d)
+	if l.all.n%8 == 0 && l.all.n >= minHedgeSamples {
+		l.p95 = l.all.quantile(0.95)
 	}
+	l.record(i, d)
 }
 
-// hedgeAfter is how long to wait on node i before asking the next replica.
-func (l *latencies) hedgeAfter(i int) (time.Duration, bool) {
+// observeLost records that node i had not answered after d when its read
+// was cancelled: a lower bound, for ordering only (it would drag the hedge
+// delay up each time a hedge fires).
+func (l *latencies) observeLost(i int, d time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.record(i, d)
+}
+
+func (l *latencies) record(i int, d time.Duration) {
 	nl := &l.nodes[i]
-	if nl.n < minHedgeSamples {
+	nl.recent.add(d)
+	nl.median = nl.recent.quantile(0.5)
+}
+
+// hedgeAfter is how long to wait on the first replica before asking the
+// next: the recent p95 of reads, at least hedgeFloor.
+func (l *latencies) hedgeAfter() (time.Duration, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.all.n < minHedgeSamples {
 		return 0, false
 	}
-	return max(nl.p95, time.Millisecond), true
+	return max(l.p95, hedgeFloor), true
+}
+
+// spend takes one hedge from the budget, if there is one left.
+func (l *latencies) spend() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// order puts candidates that are much slower than the fastest one last,
+// keeping preference order otherwise; one of them is left in place now and
+// then as a probe.
+func (l *latencies) order(cands []int) []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tokens = min(l.tokens+hedgeShare, hedgeBurst) // one read, one share
+	if len(cands) < 2 {
+		return cands
+	}
+	best := time.Duration(-1)
+	for _, i := range cands {
+		nl := &l.nodes[i]
+		if nl.recent.n >= minOrderSamples && (best < 0 || nl.median < best) {
+			best = nl.median
+		}
+	}
+	if best < 0 {
+		return cands
+	}
+	limit := max(best*slowFactor, hedgeFloor)
+	now := time.Now()
+	var fast, slow []int
+	for _, i := range cands {
+		nl := &l.nodes[i]
+		if nl.recent.n < minOrderSamples || nl.median <= limit {
+			fast = append(fast, i)
+			continue
+		}
+		if now.Sub(nl.lastProbe) >= probeEvery {
+			nl.lastProbe = now
+			fast = append(fast, i)
+			continue
+		}
+		slow = append(slow, i)
+	}
+	if len(slow) == 0 {
+		return cands
+	}
+	return append(fast, slow...)
 }
 
 // attempt is one node's answer (headers) to a read.
@@ -64,7 +196,7 @@ type attempt struct {
 }
 
 // attempts asks candidates in order: the next one when the current one
-// fails, or, hedging, when it is slower than its p95. At most two requests
+// fails, or, hedging, when it is slower than the p95. At most two requests
 // are in flight.
 type attempts struct {
 	p        *Proxy
@@ -73,24 +205,35 @@ type attempts struct {
 	cands    []int
 	next     int
 	results  chan attempt
-	cancels  map[int]context.CancelCauseFunc // in flight
+	inflight map[int]flight
 	timer    *time.Timer
 	timerSet bool
+	hedged   bool
+}
+
+type flight struct {
+	cancel context.CancelCauseFunc
+	follow func() bool // stops following the client's cancellation
+	start  time.Time
 }
 
 func (p *Proxy) newAttempts(ctx context.Context, r *http.Request, cands []int) *attempts {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &attempts{p: p, ctx: ctx, r: r, cands: cands, results: make(chan attempt, len(cands)),
-		cancels: map[int]context.CancelCauseFunc{}, timer: t}
+	return &attempts{p: p, ctx: ctx, r: r, cands: p.lat.order(cands), results: make(chan attempt, len(cands)),
+		inflight: map[int]flight{}, timer: t}
 }
 
 func (a *attempts) launch() {
 	i := a.cands[a.next]
 	a.next++
-	nctx, cancel := context.WithCancelCause(a.ctx)
-	a.cancels[i] = cancel
+	// Detached from the client's request, which ends when the handler
+	// returns, so a hedge's loser may finish; until close, a client that
+	// leaves still cancels it.
+	nctx, cancel := context.WithCancelCause(context.WithoutCancel(a.ctx))
+	follow := context.AfterFunc(a.ctx, func() { cancel(context.Cause(a.ctx)) })
 	start := time.Now()
+	a.inflight[i] = flight{cancel: cancel, follow: follow, start: start}
 	go func() {
 		req, err := a.p.newNodeRequest(nctx, i, a.r, http.MethodGet, nil)
 		var resp *http.Response
@@ -104,8 +247,8 @@ func (a *attempts) launch() {
 	}()
 	a.timer.Stop()
 	a.timerSet = false
-	if a.next < len(a.cands) && len(a.cancels) < 2 {
-		if d, ok := a.p.lat.hedgeAfter(i); ok {
+	if a.next < len(a.cands) && len(a.inflight) < 2 {
+		if d, ok := a.p.lat.hedgeAfter(); ok {
 			a.timer.Reset(d)
 			a.timerSet = true
 		}
@@ -116,7 +259,7 @@ func (a *attempts) launch() {
 // when every candidate has answered.
 func (a *attempts) answer() (attempt, bool) {
 	for {
-		if len(a.cancels) == 0 {
+		if len(a.inflight) == 0 {
 			if a.next >= len(a.cands) {
 				return attempt{}, false
 			}
@@ -128,37 +271,76 @@ func (a *attempts) answer() (attempt, bool) {
 		}
 		select {
 		case at := <-a.results:
-			delete(a.cancels, at.node)
+			delete(a.inflight, at.node)
 			return at, true
 		case <-fire:
 			a.timerSet = false
-			if a.next < len(a.cands) {
+			if a.next < len(a.cands) && a.p.lat.spend() {
 				a.p.obs.Hedged()
+				a.hedged = true
 				a.launch()
 			}
 		}
 	}
 }
 
-// close cancels what is still in flight and closes late answers.
+// close ends what is still in flight (a hedge's loser): a small answer that
+// arrives within the grace is read to the end so its connection is reused;
+// anything else is cancelled.
 func (a *attempts) close() {
 	a.timer.Stop()
-	if len(a.cancels) == 0 {
+	if len(a.inflight) == 0 {
 		return
 	}
-	n := len(a.cancels)
-	for _, c := range a.cancels {
-		c(errHedgeLost)
+	var grace time.Duration
+	if d, ok := a.p.lat.hedgeAfter(); ok && a.hedged {
+		grace = min(d, maxHedgeGrace)
+	}
+	left := a.inflight
+	a.inflight = map[int]flight{}
+	for _, f := range left {
+		f.follow()
 	}
 	go func() {
-		for range n {
-			at := <-a.results
-			if at.resp != nil {
-				at.resp.Body.Close()
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		expired := grace == 0
+		for len(left) > 0 {
+			if expired {
+				for i, f := range left {
+					f.cancel(errHedgeLost)
+					a.p.lat.observeLost(i, time.Since(f.start))
+				}
+				expired = false
 			}
-			at.cancel(nil)
+			select {
+			case at := <-a.results:
+				delete(left, at.node)
+				a.p.drainLoser(at)
+			case <-t.C:
+				expired = true
+			}
 		}
 	}()
+}
+
+// drainLoser reads a small losing answer to the end, so its connection goes
+// back to the pool, or cancels it.
+func (p *Proxy) drainLoser(at attempt) {
+	defer at.cancel(nil)
+	if at.resp == nil {
+		return
+	}
+	n := at.resp.ContentLength
+	if n < 0 || n > maxDrain {
+		at.cancel(errHedgeLost)
+		at.resp.Body.Close()
+		return
+	}
+	stall := time.AfterFunc(p.stall, func() { at.cancel(errStalled) })
+	_, _ = io.Copy(io.Discard, io.LimitReader(at.resp.Body, maxDrain))
+	stall.Stop()
+	at.resp.Body.Close()
 }
 
 var errHedgeLost = context.Canceled

@@ -62,6 +62,50 @@ func TestHedgedRead(t *testing.T) {
 	waitFor(t, 2*time.Second, "slow requests cancelled", func() bool { return cancelled.Load() == 5 })
 }
 
+// TestSlowReplicaAskedLast: a replica slow on every read is soon asked last
+// instead of first (hedging alone would still send it every read first),
+// probed now and then, and asked first again once it recovers.
+func TestSlowReplicaAskedLast(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	const p = "slowpoke/f"
+	pref := c.pref(p)
+	for k, i := range pref {
+		c.fakes[i].put(p, entry{data: []byte(fmt.Sprintf("copy %d", k)), mode: "420", modtime: time.Now().UTC().Truncate(time.Second)})
+	}
+	read := func() string {
+		t.Helper()
+		r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+		if r.status != 200 {
+			t.Fatalf("read: %d %q", r.status, r.body)
+		}
+		return string(r.body)
+	}
+	for range 3 * minHedgeSamples {
+		read()
+	}
+	slow := c.fakes[pref[0]]
+	slow.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-time.After(100 * time.Millisecond):
+			return false
+		case <-r.Context().Done():
+			return true
+		}
+	})
+	before := slow.reqs.Load()
+	const reads = 100
+	for range reads {
+		if got := read(); got == "copy 0" {
+			t.Fatal("the slow replica's answer won a hedged read")
+		}
+	}
+	if asked := slow.reqs.Load() - before; asked > reads/2 {
+		t.Errorf("the slow replica was asked %d times in %d reads, want it asked last after a few", asked, reads)
+	}
+	slow.setHook(nil)
+	waitFor(t, 10*time.Second, "the recovered replica asked first again", func() bool { return read() == "copy 0" })
+}
+
 // TestReadSkipsReplicaStillWriting: a write is answered at quorum while the
 // last replica is still writing the file in place; a read right after must
 // not be served that replica's partial copy.
