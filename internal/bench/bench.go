@@ -30,13 +30,14 @@ const (
 	WorkloadUploadSmall = "upload-small" // 4 KiB uploads, 8 concurrent
 	WorkloadUploadLarge = "upload-large" // 64 MiB uploads, 2 concurrent
 	WorkloadReadSmall   = "read-small"   // 4 KiB reads, 8 concurrent
+	WorkloadReadSlow    = "read-slow"    // the same, one replica answering 200 ms late
 	WorkloadList        = "list"         // directory listings
 	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
 )
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadReadSmall, WorkloadList, WorkloadMixed}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed}
 }
 
 // Modes: who the client talks to.
@@ -44,6 +45,9 @@ const (
 	ModeDirect = "direct" // one node, no replication
 	ModeLimit  = "limit"  // the client sends every write to all N replicas itself
 	ModeProxy  = "proxy"  // through cring
+	// ModeHealthy is read-slow's baseline: through cring with every node
+	// healthy (its proxy mode has one node answering late).
+	ModeHealthy = "healthy"
 )
 
 // Options shape a run. Zero values take the defaults in brackets.
@@ -72,6 +76,8 @@ type Options struct {
 	ListEntries int   // files in the listed directory [200]
 	ReadFiles   int   // distinct files the reads pick from [256]
 	ReadPercent int   // reads in the mixed workload [70]
+	// SlowDelay is how late the slowed node answers in read-slow [200ms].
+	SlowDelay time.Duration
 }
 
 func (o *Options) defaults() error {
@@ -97,6 +103,9 @@ func (o *Options) defaults() error {
 	def64(&o.LargeSize, 64<<20)
 	if o.Duration <= 0 {
 		o.Duration = 5 * time.Second
+	}
+	if o.SlowDelay <= 0 {
+		o.SlowDelay = 200 * time.Millisecond
 	}
 	if o.Rounds <= 0 {
 		o.Rounds = int(max(1, min(5, o.Duration/time.Second)))
@@ -285,6 +294,9 @@ func judge(w *Workload) {
 	case WorkloadReadSmall:
 		w.Target = "throughput ≥ 0.9x"
 		check(w.Ratio.Throughput >= 0.9, "throughput %.2fx < 0.9x", w.Ratio.Throughput)
+	case WorkloadReadSlow:
+		w.Target = "p99 ≤ 1.5x"
+		check(w.Ratio.P99 <= 1.5, "p99 %.2fx > 1.5x", w.Ratio.P99)
 	case WorkloadList:
 		w.Target = "p50 and p99 ≤ 1.5x"
 		check(w.Ratio.P50 <= 1.5, "p50 %.2fx > 1.5x", w.Ratio.P50)

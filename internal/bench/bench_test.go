@@ -38,6 +38,7 @@ func TestRunSmoke(t *testing.T) {
 		LargeSize:   1 << 20,
 		ListEntries: 20,
 		ReadFiles:   16,
+		SlowDelay:   20 * time.Millisecond,
 	})
 	t.Logf("progress:\n%s", progress.String())
 	if err != nil {
@@ -52,6 +53,7 @@ func TestRunSmoke(t *testing.T) {
 		WorkloadUploadSmall: {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadUploadLarge: {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadReadSmall:   {ModeDirect, ModeProxy},
+		WorkloadReadSlow:    {ModeHealthy, ModeProxy},
 		WorkloadList:        {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadMixed:       {ModeDirect, ModeLimit, ModeProxy},
 	}
@@ -88,7 +90,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q", s)
 		}

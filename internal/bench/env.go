@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,13 +38,9 @@ type env struct {
 	scratch []string
 	dc      *devcluster.Cluster
 
-	proxyURL  string // http://127.0.0.1:port
-	adminURL  string
-	proxy     *exec.Cmd
-	proxyDone chan struct{} // closed when the process exited
-	proxyErr  error         // its Wait error, once proxyDone is closed
-	stopProxy context.CancelFunc
-	proxyLog  *os.File
+	proxyURL string // http://127.0.0.1:port: the proxy, and the tokens' issuer
+	proxy    *proc  // the proxy every workload but read-slow uses
+	procs    []*proc
 
 	nodes       []string // every node's base URL
 	replicas    int      // N as the proxy reports it
@@ -98,13 +95,12 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 		return nil, fmt.Errorf("bench dir: %w", err)
 	}
 
-	ports, err := devcluster.FreePorts("127.0.0.1", 3)
+	ports, err := devcluster.FreePorts("127.0.0.1", 1)
 	if err != nil {
 		return nil, err
 	}
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	e.proxyURL = "http://" + httpAddr
-	e.adminURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
 
 	// Charm nodes leave a temporary file behind for every upload larger
 	// than 32 MiB (charm's handlers parse the multipart form on a copy of
@@ -176,86 +172,119 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 		ReadBufferSize:      64 << 10,
 	}}
 
-	if err := e.startProxy(ctx, httpAddr, ports); err != nil {
+	if e.proxy, err = e.startProxy(ctx, httpAddr, e.nodes, "proxy.log"); err != nil {
 		return nil, err
 	}
+	st, err := e.status(ctx, e.proxy)
+	if err != nil {
+		return nil, err
+	}
+	e.replicas, e.writeQuorum = st.Replicas, st.WriteQuorum
 	return e, nil
 }
 
-// startProxy runs `cring serve` as its own process and waits until it
-// answers an authenticated request.
-func (e *env) startProxy(ctx context.Context, httpAddr string, ports []int) error {
+// proc is a `cring serve` process the bench runs.
+type proc struct {
+	url   string // http://127.0.0.1:port
+	admin string // http://127.0.0.1:port
+	cmd   *exec.Cmd
+	done  chan struct{} // closed when the process exited
+	err   error         // its Wait error, once done is closed
+	stop  context.CancelFunc
+	log   *os.File
+}
+
+func (px *proc) pid() int { return px.cmd.Process.Pid }
+
+// stopProxy ends a proxy process and waits for it.
+func (e *env) stopProxy(px *proc) {
+	px.stop()
+	<-px.done
+	_ = px.log.Close()
+	e.procs = slices.DeleteFunc(e.procs, func(q *proc) bool { return q == px })
+}
+
+// startProxy runs `cring serve` in front of nodes as its own process,
+// listening on httpAddr and logging to logName in the bench directory, and
+// waits until it answers an authenticated request.
+func (e *env) startProxy(ctx context.Context, httpAddr string, nodes []string, logName string) (*proc, error) {
+	ports, err := devcluster.FreePorts("127.0.0.1", 2)
+	if err != nil {
+		return nil, err
+	}
+	px := &proc{url: "http://" + httpAddr, admin: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))}
 	args := []string{"serve",
 		"--address", httpAddr,
-		"--ssh-proxy-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
-		"--admin-address", strings.TrimPrefix(e.adminURL, "http://"),
-		"--public-url", e.proxyURL,
+		"--ssh-proxy-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		"--admin-address", strings.TrimPrefix(px.admin, "http://"),
+		"--public-url", e.proxyURL, // the tokens' issuer, whichever proxy checks them
 		"--pprof", // `go tool pprof <admin>/debug/pprof/profile` during a run
 	}
-	for _, u := range e.nodes {
+	for _, u := range nodes {
 		args = append(args, "--host", u)
 	}
 	// The proxy's durable state (hints, known users) stays in the bench's
 	// scratch, not in the user's data directory.
 	data, err := os.MkdirTemp(e.dir, "proxy-data-")
 	if err != nil {
-		return fmt.Errorf("proxy data dir: %w", err)
+		return nil, fmt.Errorf("proxy data dir: %w", err)
 	}
 	e.scratch = append(e.scratch, data)
 	args = append(args, "--data-dir", data)
-	e.proxyLog, err = os.Create(filepath.Join(e.dir, "proxy.log"))
-	if err != nil {
-		return fmt.Errorf("proxy log: %w", err)
+	if px.log, err = os.Create(filepath.Join(e.dir, logName)); err != nil {
+		return nil, fmt.Errorf("proxy log: %w", err)
 	}
 	pctx, cancel := context.WithCancel(context.Background())
-	e.stopProxy = cancel
+	px.stop = cancel
 	name := e.o.Binary
 	if e.pin != nil {
 		name, args = e.pin.command(name, args...)
 	}
 	cmd := exec.CommandContext(pctx, name, args...)
-	cmd.Stdout = e.proxyLog
-	cmd.Stderr = e.proxyLog
+	cmd.Stdout = px.log
+	cmd.Stderr = px.log
 	cmd.Env = cleanEnv()
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
 	setDeathSignal(cmd)
 	e.logf("starting the proxy: %s %s", name, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start proxy %s: %w", e.o.Binary, err)
+		cancel()
+		_ = px.log.Close()
+		return nil, fmt.Errorf("start proxy %s: %w", e.o.Binary, err)
 	}
-	e.proxy = cmd
-	e.proxyDone = make(chan struct{})
+	px.cmd = cmd
+	px.done = make(chan struct{})
 	go func() {
-		e.proxyErr = cmd.Wait()
-		close(e.proxyDone)
+		px.err = cmd.Wait()
+		close(px.done)
 	}()
+	e.procs = append(e.procs, px)
 
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		st, err := e.status(ctx)
+		_, err := e.status(ctx, px)
 		if err == nil {
-			e.replicas, e.writeQuorum = st.Replicas, st.WriteQuorum
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("proxy did not come up (log: %s): %w", e.proxyLog.Name(), errors.Join(err, ctx.Err()))
+			return nil, fmt.Errorf("proxy did not come up (log: %s): %w", px.log.Name(), errors.Join(err, ctx.Err()))
 		}
 		select {
-		case <-e.proxyDone:
-			return fmt.Errorf("proxy exited: %v (log: %s)", e.proxyErr, e.proxyLog.Name())
+		case <-px.done:
+			return nil, fmt.Errorf("proxy exited: %v (log: %s)", px.err, px.log.Name())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	// The first authenticated request makes the proxy fetch the key set;
 	// wait until uploads go through.
 	for {
-		err := e.upload(ctx, e.proxyURL, "bench/warm", 1<<10)
+		err := e.upload(ctx, px.url, "bench/warm", 1<<10)
 		if err == nil {
-			return nil
+			return px, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("proxy does not accept uploads (log: %s): %w", e.proxyLog.Name(), errors.Join(err, ctx.Err()))
+			return nil, fmt.Errorf("proxy does not accept uploads (log: %s): %w", px.log.Name(), errors.Join(err, ctx.Err()))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -279,10 +308,10 @@ type proxyStatus struct {
 	PeakRSS     int64 `json:"peak_rss_bytes"`
 }
 
-func (e *env) status(ctx context.Context) (*proxyStatus, error) {
+func (e *env) status(ctx context.Context, px *proc) (*proxyStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.adminURL+"/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, px.admin+"/status", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -301,9 +330,9 @@ func (e *env) status(ctx context.Context) (*proxyStatus, error) {
 	return st, nil
 }
 
-// peakRSS is the proxy's peak RSS as it reports it on /status.
-func (e *env) peakRSS(ctx context.Context) (int64, error) {
-	st, err := e.status(ctx)
+// peakRSS is a proxy's peak RSS as it reports it on /status.
+func (e *env) peakRSS(ctx context.Context, px *proc) (int64, error) {
+	st, err := e.status(ctx, px)
 	if err != nil {
 		return 0, err
 	}
@@ -313,26 +342,19 @@ func (e *env) peakRSS(ctx context.Context) (int64, error) {
 	return st.PeakRSS, nil
 }
 
-// resetPeakRSS lowers the proxy's RSS high-water mark to its current RSS
+// resetPeakRSS lowers a proxy's RSS high-water mark to its current RSS
 // (Linux: /proc/<pid>/clear_refs), so the next peak is one run's own.
-func (e *env) resetPeakRSS() bool {
-	if e.proxy == nil || e.proxy.Process == nil || runtime.GOOS != "linux" {
+func resetPeakRSS(px *proc) bool {
+	if runtime.GOOS != "linux" {
 		return false
 	}
-	err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", e.proxy.Process.Pid), []byte("5"), 0)
+	err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", px.pid()), []byte("5"), 0)
 	return err == nil
 }
 
 func (e *env) close() {
-	if e.stopProxy != nil {
-		e.stopProxy()
-		if e.proxyDone != nil {
-			<-e.proxyDone
-		}
-		e.stopProxy = nil
-	}
-	if e.proxyLog != nil {
-		_ = e.proxyLog.Close()
+	for _, px := range e.procs {
+		e.stopProxy(px)
 	}
 	if e.client != nil {
 		e.client.CloseIdleConnections()

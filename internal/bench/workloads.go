@@ -5,11 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/cring-dev/cring/internal/devcluster"
 )
 
 // workload measures one workload in every mode that applies to it.
@@ -20,6 +24,7 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	proxy := []string{e.proxyURL}
 
 	w := &Workload{Name: name}
+	px := e.proxy // the proxy process measured
 	type mode struct {
 		name string
 		op   op
@@ -62,6 +67,41 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 			}
 		}
 		modes = []mode{{ModeDirect, read(direct[0])}, {ModeProxy, read(e.proxyURL)}}
+
+	case WorkloadReadSlow:
+		// Its own proxy, in front of a fault-injecting node and the
+		// others, so the rest of the workloads don't pay for the extra hop.
+		w.Title = fmt.Sprintf("read %s ×%d, 1 node +%s", FormatSize(o.SmallSize), o.SmallConc, o.SlowDelay)
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
+		files, err := e.readSet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
+		if err != nil {
+			return nil, err
+		}
+		defer front.close()
+		nodes := append([]string{front.url()}, e.nodes[1:]...)
+		ports, err := devcluster.FreePorts("127.0.0.1", 1)
+		if err != nil {
+			return nil, err
+		}
+		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-read-slow.log"); err != nil {
+			return nil, err
+		}
+		defer e.stopProxy(px)
+		read := func(delay time.Duration) op {
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				front.setDelay(delay) // modes take turns: each sets its own
+				n, err := e.get(ctx, px.url, files[wk.rng.IntN(len(files))])
+				if err == nil && n != o.SmallSize {
+					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
+				}
+				return n, err
+			}
+		}
+		modes = []mode{{ModeHealthy, read(0)}, {ModeProxy, read(o.SlowDelay)}}
 
 	case WorkloadList:
 		w.Title = fmt.Sprintf("list %d entries ×%d", o.ListEntries, o.ListConc)
@@ -117,12 +157,12 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		runs[k].slice(ctx, o.Warmup, m.op)
 		runs[k].reset() // the workers go on from where the warm-up left them
 	}
-	e.resetPeakRSS() // where it can't, the peak is the process's so far
+	resetPeakRSS(px) // where it can't, the peak is the process's so far
 	for range rounds {
 		for k, m := range modes {
-			c0 := e.cpu()
+			c0 := cpuOf(px)
 			runs[k].slice(ctx, slice, m.op)
-			runs[k].cpu.add(c0, e.cpu())
+			runs[k].cpu.add(c0, cpuOf(px))
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
@@ -130,8 +170,8 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	}
 	for k, m := range modes {
 		r := runs[k].result()
-		if m.name == ModeProxy {
-			if rss, err := e.peakRSS(ctx); err == nil {
+		if m.name == ModeProxy || m.name == ModeHealthy {
+			if rss, err := e.peakRSS(ctx, px); err == nil {
 				r.PeakRSS = rss
 			}
 		}
@@ -151,9 +191,10 @@ type cpuSample struct {
 	ok           bool
 }
 
-func (e *env) cpu() cpuSample {
+// cpuOf samples this process and proxy px.
+func cpuOf(px *proc) cpuSample {
 	b, ok1 := cpuTime(0)
-	p, ok2 := cpuTime(e.proxy.Process.Pid)
+	p, ok2 := cpuTime(px.pid())
 	return cpuSample{bench: b, proxy: p, ok: ok1 && ok2}
 }
 
@@ -282,9 +323,9 @@ func (e *env) bigUpload(ctx context.Context) (*BigUpload, error) {
 		return nil, err
 	}
 	bu := &BigUpload{Size: size, Target: "growth < 64 MiB"}
-	bu.ResetPeaks = e.resetPeakRSS()
+	bu.ResetPeaks = resetPeakRSS(e.proxy)
 	var err error
-	if bu.Before, err = e.peakRSS(ctx); err != nil {
+	if bu.Before, err = e.peakRSS(ctx, e.proxy); err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
@@ -293,7 +334,7 @@ func (e *env) bigUpload(ctx context.Context) (*BigUpload, error) {
 	}
 	bu.Seconds = time.Since(t0).Seconds()
 	bu.MBPerSec = float64(size) / 1e6 / bu.Seconds
-	if bu.After, err = e.peakRSS(ctx); err != nil {
+	if bu.After, err = e.peakRSS(ctx, e.proxy); err != nil {
 		return nil, err
 	}
 	bu.Growth = bu.After - bu.Before

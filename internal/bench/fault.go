@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// slowFront is a fault-injecting node: a TCP forwarder in front of a real
+// Charm node that, while slowed, holds everything sent to the node (each
+// request) for a delay before passing it on. Answers pass untouched.
+type slowFront struct {
+	ln     net.Listener
+	target string
+	delay  atomic.Int64 // time.Duration
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// newSlowFront forwards a loopback port to target (host:port).
+func newSlowFront(target string) (*slowFront, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("slow node front: %w", err)
+	}
+	f := &slowFront{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	f.wg.Add(1)
+	go f.serve()
+	return f, nil
+}
+
+func (f *slowFront) url() string { return "http://" + f.ln.Addr().String() }
+
+func (f *slowFront) setDelay(d time.Duration) { f.delay.Store(int64(d)) }
+
+func (f *slowFront) serve() {
+	defer f.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.wg.Add(1)
+		go f.forward(c)
+	}
+}
+
+func (f *slowFront) track(c net.Conn, add bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !add {
+		delete(f.conns, c)
+		return true
+	}
+	if f.conns == nil {
+		return false // closed
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *slowFront) forward(c net.Conn) {
+	defer f.wg.Done()
+	defer c.Close()
+	up, err := net.DialTimeout("tcp", f.target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if !f.track(c, true) || !f.track(up, true) {
+		return
+	}
+	defer f.track(c, false)
+	defer f.track(up, false)
+	go func() {
+		_, _ = io.Copy(c, up) // answers as they come
+		c.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if d := time.Duration(f.delay.Load()); d > 0 {
+				time.Sleep(d)
+			}
+			if _, werr := up.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// close stops accepting and ends every forwarded connection.
+func (f *slowFront) close() error {
+	err := f.ln.Close()
+	f.mu.Lock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+	f.mu.Unlock()
+	f.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
