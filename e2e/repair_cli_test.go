@@ -21,6 +21,8 @@ func TestRepairAndStatusCommands(t *testing.T) {
 	u := tc.newUser(t)
 	data := randBytes(t, 10<<10)
 	u.put(t, "cli/f", data)
+	// Acked at quorum: let the last replica land before damaging one.
+	identicalOn(t, tc, u, "cli/f", []string{"node1", "node2", "node3"}, 5*time.Second)
 	ep, _ := u.fs.EncryptPath("cli/f")
 	if err := os.Remove(tc.dc.Nodes[0].FilePath(u.id, ep)); err != nil {
 		t.Fatal(err)

@@ -13,8 +13,10 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -567,9 +569,22 @@ func (s *Server) registerHealMetrics() {
 	})
 }
 
-// peakRSS is this process's peak resident set size (Linux reports KiB).
+// peakRSS is this process's peak resident set size. On Linux it is VmHWM:
+// getrusage's maxrss survives exec, so a proxy started by a big process
+// would report its parent's peak (and it can't be reset through
+// /proc/<pid>/clear_refs).
 func peakRSS() int64 {
-	var ru syscall.Rusage
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err == nil {
+					return kb << 10
+				}
+			}
+		}
+	}
+	var ru syscall.Rusage // KiB on Linux
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
 	}
