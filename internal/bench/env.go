@@ -53,6 +53,7 @@ type env struct {
 
 	restoreLogs func()
 	pin         *pinning // nil: not pinned
+	nodeTmp     string   // the in-process nodes' TMPDIR
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -111,6 +112,7 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 		return nil, fmt.Errorf("temp dir: %w", err)
 	}
 	e.scratch = append(e.scratch, tmp)
+	e.nodeTmp = tmp
 	prevTmp, hadTmp := os.LookupEnv("TMPDIR")
 	_ = os.Setenv("TMPDIR", tmp)
 	restore := e.restoreLogs
@@ -195,6 +197,19 @@ type proc struct {
 }
 
 func (px *proc) pid() int { return px.cmd.Process.Pid }
+
+// sweepTmp removes the temporary files the nodes leaked (charm keeps a
+// copy of every upload over 32 MiB): between slices no request is running,
+// and 64 MiB uploads would otherwise fill the disk in a long run.
+func (e *env) sweepTmp() {
+	ents, err := os.ReadDir(e.nodeTmp)
+	if err != nil {
+		return
+	}
+	for _, d := range ents {
+		_ = os.RemoveAll(filepath.Join(e.nodeTmp, d.Name()))
+	}
+}
 
 // stopProxy ends a proxy process and waits for it.
 func (e *env) stopProxy(px *proc) {

@@ -163,6 +163,7 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 			c0 := cpuOf(px)
 			runs[k].slice(ctx, slice, m.op)
 			runs[k].cpu.add(c0, cpuOf(px))
+			e.sweepTmp()
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
