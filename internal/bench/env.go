@@ -199,15 +199,18 @@ type proc struct {
 func (px *proc) pid() int { return px.cmd.Process.Pid }
 
 // sweepTmp removes the temporary files the nodes leaked (charm keeps a
-// copy of every upload over 32 MiB): between slices no request is running,
-// and 64 MiB uploads would otherwise fill the disk in a long run.
+// copy of every upload over 32 MiB), or 64 MiB uploads would fill the disk
+// in a long run. Only files untouched for a while: a write the proxy
+// finishes in the background may still be reading its own.
 func (e *env) sweepTmp() {
 	ents, err := os.ReadDir(e.nodeTmp)
 	if err != nil {
 		return
 	}
 	for _, d := range ents {
-		_ = os.RemoveAll(filepath.Join(e.nodeTmp, d.Name()))
+		if fi, err := d.Info(); err == nil && time.Since(fi.ModTime()) > 10*time.Second {
+			_ = os.RemoveAll(filepath.Join(e.nodeTmp, d.Name()))
+		}
 	}
 }
 
