@@ -16,6 +16,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e temp dir:", err)
 		os.Exit(1)
 	}
+	// Like /tmp: the PostgreSQL the tests start runs as another user.
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e temp dir:", err)
+		os.Exit(1)
+	}
 	os.Setenv("TMPDIR", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
