@@ -641,6 +641,45 @@ func TestClientDisconnectMidUpload(t *testing.T) {
 	}
 }
 
+// TestSmallUploadCut: a small upload (sent to the nodes from one buffer) is
+// read whole before any node is asked, so a client that leaves midway costs
+// the nodes nothing.
+func TestSmallUploadCut(t *testing.T) {
+	body, ctype := multipartBody(t, 4<<10, 5)
+	c := newCluster(t, 2, nil, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write(body[:len(body)/2])
+		time.Sleep(100 * time.Millisecond) // the proxy is waiting for the rest
+		cancel()
+		_ = pw.CloseWithError(errors.New("client gone"))
+	}()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url+"/v1/fs/small/cut?mode=420", pr)
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Authorization", goodToken)
+	req.Header.Set("Content-Type", ctype)
+	if resp, err := c.client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a cut upload was answered %s", resp.Status)
+	}
+	time.Sleep(100 * time.Millisecond) // anything the proxy would still send
+	for i, f := range c.fakes {
+		if n := f.reqs.Load(); n != 0 {
+			t.Errorf("node%d got %d requests for a cut upload", i+1, n)
+		}
+	}
+	if r := c.upload("small/ok", body, ctype); r.status != 200 {
+		t.Fatalf("whole small upload: %d %q", r.status, r.body)
+	}
+	for i, f := range c.fakes {
+		if got, ok := f.file("small/ok"); !ok || !bytes.Equal(got, body) {
+			t.Errorf("node%d: small upload stored %d bytes, want the %d sent", i+1, len(got), len(body))
+		}
+	}
+}
+
 // TestMalformedChunkedUpload: a chunked body whose framing breaks midway is
 // the client's error: 400, and no node keeps the part it received.
 func TestMalformedChunkedUpload(t *testing.T) {
