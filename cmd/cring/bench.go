@@ -24,6 +24,7 @@ type benchFlags struct {
 	bigUpload string
 	json      bool
 	pinProxy  bool
+	slowDelay time.Duration
 }
 
 func newBenchCmd() *cobra.Command {
@@ -60,6 +61,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl.StringVar(&f.dir, "dir", "", "where the cluster's data (removed afterwards) and the proxy's log (kept) go (default: a temporary directory, removed afterwards)")
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
+	fl.DurationVar(&f.slowDelay, "slow-delay", 200*time.Millisecond, "how late the slowed node answers in read-slow and upload-slow")
 	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
 	return cmd
 }
@@ -67,6 +69,9 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 func (f *benchFlags) options() (bench.Options, error) {
 	if f.nodes < 1 {
 		return bench.Options{}, fmt.Errorf("--nodes must be at least 1, got %d", f.nodes)
+	}
+	if f.slowDelay <= 0 {
+		return bench.Options{}, fmt.Errorf("--slow-delay must be positive, got %s", f.slowDelay)
 	}
 	if f.duration <= 0 {
 		return bench.Options{}, fmt.Errorf("--duration must be positive, got %s", f.duration)
@@ -96,6 +101,7 @@ func (f *benchFlags) options() (bench.Options, error) {
 		BigUpload: big,
 		Progress:  os.Stderr,
 		PinProxy:  f.pinProxy,
+		SlowDelay: f.slowDelay,
 	}, nil
 }
 

@@ -54,6 +54,7 @@ func TestRunSmoke(t *testing.T) {
 		WorkloadUploadLarge: {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadReadSmall:   {ModeDirect, ModeProxy},
 		WorkloadReadSlow:    {ModeHealthy, ModeProxy},
+		WorkloadUploadSlow:  {ModeHealthy, ModeProxy},
 		WorkloadList:        {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadMixed:       {ModeDirect, ModeLimit, ModeProxy},
 	}
@@ -90,7 +91,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q", s)
 		}

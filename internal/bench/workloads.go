@@ -68,40 +68,52 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		}
 		modes = []mode{{ModeDirect, read(direct[0])}, {ModeProxy, read(e.proxyURL)}}
 
-	case WorkloadReadSlow:
+	case WorkloadReadSlow, WorkloadUploadSlow:
 		// Its own proxy, in front of a fault-injecting node and the
 		// others, so the rest of the workloads don't pay for the extra hop.
-		w.Title = fmt.Sprintf("read %s ×%d, 1 node +%s", FormatSize(o.SmallSize), o.SmallConc, o.SlowDelay)
-		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
-		files, err := e.readSet(ctx)
-		if err != nil {
-			return nil, err
-		}
 		front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
 		if err != nil {
 			return nil, err
 		}
 		defer front.close()
-		nodes := append([]string{front.url()}, e.nodes[1:]...)
 		ports, err := devcluster.FreePorts("127.0.0.1", 1)
 		if err != nil {
 			return nil, err
 		}
-		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-read-slow.log"); err != nil {
+		nodes := append([]string{front.url()}, e.nodes[1:]...)
+		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-"+name+".log"); err != nil {
 			return nil, err
 		}
 		defer e.stopProxy(px)
-		read := func(delay time.Duration) op {
-			return func(ctx context.Context, wk *worker) (int64, error) {
-				front.setDelay(delay) // modes take turns: each sets its own
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
+		var do op
+		if name == WorkloadReadSlow {
+			w.Title = fmt.Sprintf("read %s ×%d, 1 node +%s", FormatSize(o.SmallSize), o.SmallConc, o.SlowDelay)
+			files, err := e.readSet(ctx)
+			if err != nil {
+				return nil, err
+			}
+			do = func(ctx context.Context, wk *worker) (int64, error) {
 				n, err := e.get(ctx, px.url, files[wk.rng.IntN(len(files))])
 				if err == nil && n != o.SmallSize {
 					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
 				}
 				return n, err
 			}
+		} else {
+			w.Title = fmt.Sprintf("upload %s ×%d, 1 node +%s", FormatSize(o.SmallSize), o.SmallConc, o.SlowDelay)
+			paths := newPaths("bench/"+name, 0)
+			do = func(ctx context.Context, wk *worker) (int64, error) {
+				return o.SmallSize, e.upload(ctx, px.url, paths.next(wk), o.SmallSize)
+			}
 		}
-		modes = []mode{{ModeHealthy, read(0)}, {ModeProxy, read(o.SlowDelay)}}
+		withDelay := func(d time.Duration) op {
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				front.setDelay(d) // modes take turns: each sets its own
+				return do(ctx, wk)
+			}
+		}
+		modes = []mode{{ModeHealthy, withDelay(0)}, {ModeProxy, withDelay(o.SlowDelay)}}
 
 	case WorkloadList:
 		w.Title = fmt.Sprintf("list %d entries ×%d", o.ListEntries, o.ListConc)

@@ -97,6 +97,7 @@ type Proxy struct {
 	lat        *latencies
 	backup     Backup
 	postQuorum time.Duration
+	maxTails   int // background writes per node (maxTailsPerNode; tests lower it)
 	bufs       sync.Pool
 	seqLocks   keyedMutex
 }
@@ -146,6 +147,7 @@ func New(o Options) (*Proxy, error) {
 		backup:     o.Backup,
 	}
 	p.lat = newLatencies(len(p.nodes))
+	p.maxTails = maxTailsPerNode
 	if p.postQuorum <= 0 {
 		p.postQuorum = 10 * time.Second
 	}
@@ -464,9 +466,16 @@ func (k *keyedMutex) lock(key string) func() {
 // a partial copy until it is done. Entries go away when their last write
 // ends, so it never grows with the keys ever written.
 type keyedWait struct {
-	mu   sync.Mutex
-	keys map[string]*waitEntry
+	mu    sync.Mutex
+	keys  map[string]*waitEntry
+	tails map[int]int // node → background writes running there, all keys
 }
+
+// maxTailsPerNode bounds the background writes to one node: a node that
+// stalls after taking whole bodies would otherwise hold a connection (and
+// its buffers) per write for the post-quorum timeout, so memory would grow
+// with the write rate. Writes over the bound are cancelled and hinted.
+const maxTailsPerNode = 256
 
 type waitEntry struct {
 	n     int
@@ -474,11 +483,15 @@ type waitEntry struct {
 	done  chan struct{}
 }
 
-func (k *keyedWait) add(key string, nodes []int) (done func()) {
+// add records background writes of key to nodes, admitting at most limit
+// per node at a time; it returns the nodes admitted (the caller cancels the
+// others) and a func to call when they are done.
+func (k *keyedWait) add(key string, nodes []int, limit int) (admitted []int, done func()) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keys == nil {
 		k.keys = map[string]*waitEntry{}
+		k.tails = map[int]int{}
 	}
 	e, ok := k.keys[key]
 	if !ok {
@@ -487,14 +500,22 @@ func (k *keyedWait) add(key string, nodes []int) (done func()) {
 	}
 	e.n++
 	for _, i := range nodes {
+		if k.tails[i] >= limit {
+			continue
+		}
+		k.tails[i]++
 		e.nodes[i]++
+		admitted = append(admitted, i)
 	}
-	return func() {
+	return admitted, func() {
 		k.mu.Lock()
 		defer k.mu.Unlock()
-		for _, i := range nodes {
+		for _, i := range admitted {
 			if e.nodes[i]--; e.nodes[i] == 0 {
 				delete(e.nodes, i)
+			}
+			if k.tails[i]--; k.tails[i] == 0 {
+				delete(k.tails, i)
 			}
 		}
 		if e.n--; e.n == 0 {

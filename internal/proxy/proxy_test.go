@@ -680,6 +680,62 @@ func TestSmallUploadCut(t *testing.T) {
 	}
 }
 
+// missHealer counts hinted writes per node.
+type missHealer struct {
+	nopHealer
+	mu     sync.Mutex
+	missed map[string]int
+}
+
+func (h *missHealer) Missed(_, _, node string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.missed[node]++
+}
+
+// TestBackgroundWritesBounded: a replica that takes whole bodies and then
+// never answers holds at most maxTails writes in the background; the writes
+// over that are cancelled and hinted, and every write is still acked at W.
+func TestBackgroundWritesBounded(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	const limit, writes = 3, 10
+	c.p.maxTails = limit
+	h := &missHealer{missed: map[string]int{}}
+	c.p.healer = h
+	stuck := c.fakes[2]
+	var held, most atomic.Int64
+	stuck.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost {
+			return false
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		n := held.Add(1)
+		defer held.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		select {
+		case <-r.Context().Done():
+		case <-f.quit:
+		}
+		return true
+	})
+	body, ctype := multipartBody(t, 1024, 6)
+	for k := range writes {
+		if r := c.upload(fmt.Sprintf("tails/f%d", k), body, ctype); r.status != 200 {
+			t.Fatalf("write %d: %d %q", k, r.status, r.body)
+		}
+	}
+	name := c.p.nodes[2].Name
+	waitFor(t, 5*time.Second, "the writes over the bound cancelled and hinted", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return held.Load() == limit && h.missed[name] == writes-limit
+	})
+	if m := most.Load(); m > limit+1 { // one may arrive before its cancel
+		t.Errorf("%d writes held on the stuck node at once, bound %d", m, limit)
+	}
+}
+
 // TestMalformedChunkedUpload: a chunked body whose framing breaks midway is
 // the client's error: 400, and no node keeps the part it received.
 func TestMalformedChunkedUpload(t *testing.T) {

@@ -142,8 +142,10 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	results := make(chan outcome, len(targets)+len(extra))
 	reps := make([]*replica, len(targets))
 	var bodyErr error
+	cancels := make(map[int]context.CancelCauseFunc, len(targets)+len(extra))
 	for k, i := range targets {
 		nctx, cancel := context.WithCancelCause(nodeCtx)
+		cancels[i] = cancel
 		var body io.Reader
 		if small != nil {
 			body = bytes.NewReader(small)
@@ -161,6 +163,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	for _, i := range extra {
 		nctx, cancel := context.WithCancelCause(nodeCtx)
+		cancels[i] = cancel
 		go func() {
 			defer cancel(nil)
 			results <- p.roundTrip(nctx, i, r, nil, nil, cancel)
@@ -218,7 +221,12 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				still = append(still, i)
 			}
 		}
-		done := p.inflight.add(key, still)
+		admitted, done := p.inflight.add(key, still, p.maxTails)
+		for _, i := range still {
+			if !slices.Contains(admitted, i) {
+				cancels[i](errTooManyTails) // hinted like any replica that failed
+			}
+		}
 		go func() {
 			defer done()
 			t := time.AfterFunc(p.postQuorum, func() { cancelAll(errors.New("post-quorum timeout")) })
@@ -382,7 +390,10 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 	return p.keep(ctx, i, resp, cancel)
 }
 
-var errAnswered = errors.New("node answered")
+var (
+	errAnswered     = errors.New("node answered")
+	errTooManyTails = errors.New("too many writes still running on the node")
+)
 
 // pump reads the client's body once and hands every chunk to each live
 // replica, waiting for all of them before reusing the buffer, so memory stays
