@@ -56,7 +56,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.nodes, "nodes", 3, "number of Charm nodes")
-	fl.DurationVar(&f.duration, "duration", 5*time.Second, "measured time per workload and mode")
+	fl.DurationVar(&f.duration, "duration", 5*time.Second, "measured time per workload and mode (large uploads: 4x)")
 	fl.StringSliceVar(&f.workloads, "workloads", nil, "comma-separated subset to run (default all: "+strings.Join(bench.Workloads(), ",")+")")
 	fl.StringVar(&f.dir, "dir", "", "where the cluster's data (removed afterwards) and the proxy's log (kept) go (default: a temporary directory, removed afterwards)")
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")

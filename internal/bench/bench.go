@@ -51,10 +51,13 @@ const (
 	ModeHealthy = "healthy"
 )
 
+// largeRuns: large uploads are measured this many times --duration.
+const largeRuns = 4
+
 // Options shape a run. Zero values take the defaults in brackets.
 type Options struct {
 	Nodes     int           // Charm nodes [3]
-	Duration  time.Duration // measured time per workload and mode [5s]
+	Duration  time.Duration // measured time per workload and mode [5s; large uploads 4x]
 	Rounds    int           // modes take turns this many times within Duration [5, fewer when Duration < 5s]
 	Warmup    time.Duration // unmeasured time before each measurement [Duration/5, at most 1s]
 	Workloads []string      // subset of Workloads() to run [all]
