@@ -10,28 +10,32 @@ import (
 )
 
 // Hedged reads ("The Tail at Scale"): when the replica asked first has not
-// answered within the recent p95 of reads, the next one is asked too (at most
-// for one read in twenty); the
-// first good answer wins and the other request is cancelled, unless its
-// answer is about to arrive anyway: a small answer that comes within a short
-// grace is read to the end instead, so its keep-alive connection survives
-// (cancelling an HTTP/1.1 request closes the connection, and on a busy
-// cluster the redial costs more than the hedge saved).
+// answered within its recent p95, the next one is asked too (at most for one
+// read in twenty); the first good answer wins and the other request is
+// cancelled, unless its answer is about to arrive anyway: a small answer
+// that comes within a short grace is read to the end instead, so its
+// keep-alive connection survives (cancelling an HTTP/1.1 request closes the
+// connection, and on a busy cluster the redial costs more than the hedge
+// saved).
 //
-// A replica that is consistently much slower than the others is asked last
-// rather than first, with a probe now and then to notice when it recovers:
-// hedging alone can't help when one node in three is slow on every request.
+// A replica's p95 only counts answers that completed: a request cancelled
+// because the hedge won would otherwise teach a slow replica to be waited
+// for longer each time. A replica that is consistently much slower than the
+// others is asked last rather than first, with a probe now and then (a read
+// that is asked of it first, hedge paid in advance) to notice when it
+// recovers: hedging alone can't help when one node in three is slow on every
+// request.
 
 // latencies keeps recent read answer times, and the hedging budget.
 type latencies struct {
 	mu     sync.Mutex
-	all    window // completed answers of every node: the hedge delay
-	p95    time.Duration
 	nodes  []nodeLatency
 	tokens float64 // hedges allowed now: hedgeShare per read, up to hedgeBurst
 }
 
 type nodeLatency struct {
+	answers   window // completed answers: the hedge delay
+	p95       time.Duration
 	recent    window // answers, and lower bounds for cancelled ones: the order
 	median    time.Duration
 	lastProbe time.Time
@@ -88,8 +92,9 @@ const (
 )
 
 func newLatencies(n int) *latencies {
-	l := &latencies{all: newWindow(64), nodes: make([]nodeLatency, n), tokens: hedgeBurst}
+	l := &latencies{nodes: make([]nodeLatency, n), tokens: hedgeBurst}
 	for i := range l.nodes {
+		l.nodes[i].answers = newWindow(64)
 		// Short, so a node that recovers is asked first again after a
 		// few good probes.
 		l.nodes[i].recent = newWindow(minOrderSamples)
@@ -101,9 +106,10 @@ func newLatencies(n int) *latencies {
 func (l *latencies) observe(i int, d time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.all.add(d)
-	if l.all.n%8 == 0 && l.all.n >= minHedgeSamples {
-		l.p95 = l.all.quantile(0.95)
+	nl := &l.nodes[i]
+	nl.answers.add(d)
+	if nl.answers.n%8 == 0 && nl.answers.n >= minHedgeSamples {
+		nl.p95 = nl.answers.quantile(0.95)
 	}
 	l.record(i, d)
 }
@@ -123,15 +129,16 @@ func (l *latencies) record(i int, d time.Duration) {
 	nl.median = nl.recent.quantile(0.5)
 }
 
-// hedgeAfter is how long to wait on the first replica before asking the
-// next: the recent p95 of reads, at least hedgeFloor.
-func (l *latencies) hedgeAfter() (time.Duration, bool) {
+// hedgeAfter is how long to wait on node i before asking the next replica:
+// its recent p95, at least hedgeFloor.
+func (l *latencies) hedgeAfter(i int) (time.Duration, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.all.n < minHedgeSamples {
+	nl := &l.nodes[i]
+	if nl.answers.n < minHedgeSamples {
 		return 0, false
 	}
-	return max(l.p95, hedgeFloor), true
+	return max(nl.p95, hedgeFloor), true
 }
 
 // spend takes one hedge from the budget, if there is one left.
@@ -146,14 +153,15 @@ func (l *latencies) spend() bool {
 }
 
 // order puts candidates that are much slower than the fastest one last,
-// keeping preference order otherwise; one of them is left in place now and
-// then as a probe.
-func (l *latencies) order(cands []int) []int {
+// keeping preference order otherwise. Now and then one of them is left in
+// place as a probe, with its hedge paid from the budget up front (prepaid):
+// probes are as frequent as the budget allows, and each can be hedged.
+func (l *latencies) order(cands []int) (out []int, prepaid bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.tokens = min(l.tokens+hedgeShare, hedgeBurst) // one read, one share
 	if len(cands) < 2 {
-		return cands
+		return cands, false
 	}
 	best := time.Duration(-1)
 	for _, i := range cands {
@@ -163,7 +171,7 @@ func (l *latencies) order(cands []int) []int {
 		}
 	}
 	if best < 0 {
-		return cands
+		return cands, false
 	}
 	limit := max(best*slowFactor, hedgeFloor)
 	now := time.Now()
@@ -174,7 +182,9 @@ func (l *latencies) order(cands []int) []int {
 			fast = append(fast, i)
 			continue
 		}
-		if now.Sub(nl.lastProbe) >= probeEvery {
+		if !prepaid && now.Sub(nl.lastProbe) >= probeEvery && l.tokens >= 1 {
+			l.tokens--
+			prepaid = true
 			nl.lastProbe = now
 			fast = append(fast, i)
 			continue
@@ -182,9 +192,9 @@ func (l *latencies) order(cands []int) []int {
 		slow = append(slow, i)
 	}
 	if len(slow) == 0 {
-		return cands
+		return cands, prepaid
 	}
-	return append(fast, slow...)
+	return append(fast, slow...), prepaid
 }
 
 // attempt is one node's answer (headers) to a read.
@@ -209,6 +219,8 @@ type attempts struct {
 	timer    *time.Timer
 	timerSet bool
 	hedged   bool
+	prepaid  bool // a probe: its first hedge is already paid for
+	grace    time.Duration
 }
 
 type flight struct {
@@ -220,7 +232,8 @@ type flight struct {
 func (p *Proxy) newAttempts(ctx context.Context, r *http.Request, cands []int) *attempts {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &attempts{p: p, ctx: ctx, r: r, cands: p.lat.order(cands), results: make(chan attempt, len(cands)),
+	ordered, prepaid := p.lat.order(cands)
+	return &attempts{p: p, ctx: ctx, r: r, cands: ordered, prepaid: prepaid, results: make(chan attempt, len(cands)),
 		inflight: map[int]flight{}, timer: t}
 }
 
@@ -248,9 +261,10 @@ func (a *attempts) launch() {
 	a.timer.Stop()
 	a.timerSet = false
 	if a.next < len(a.cands) && len(a.inflight) < 2 {
-		if d, ok := a.p.lat.hedgeAfter(); ok {
+		if d, ok := a.p.lat.hedgeAfter(i); ok {
 			a.timer.Reset(d)
 			a.timerSet = true
+			a.grace = min(d, maxHedgeGrace)
 		}
 	}
 }
@@ -275,7 +289,8 @@ func (a *attempts) answer() (attempt, bool) {
 			return at, true
 		case <-fire:
 			a.timerSet = false
-			if a.next < len(a.cands) && a.p.lat.spend() {
+			if a.next < len(a.cands) && (a.prepaid || a.p.lat.spend()) {
+				a.prepaid = false
 				a.p.obs.Hedged()
 				a.hedged = true
 				a.launch()
@@ -292,9 +307,9 @@ func (a *attempts) close() {
 	if len(a.inflight) == 0 {
 		return
 	}
-	var grace time.Duration
-	if d, ok := a.p.lat.hedgeAfter(); ok && a.hedged {
-		grace = min(d, maxHedgeGrace)
+	var grace time.Duration // the loser gets as long again as it was given
+	if a.hedged {
+		grace = a.grace
 	}
 	left := a.inflight
 	a.inflight = map[int]flight{}
