@@ -25,6 +25,7 @@ type benchFlags struct {
 	json      bool
 	pinProxy  bool
 	slowDelay time.Duration
+	inProcess bool
 }
 
 func newBenchCmd() *cobra.Command {
@@ -62,6 +63,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.DurationVar(&f.slowDelay, "slow-delay", 200*time.Millisecond, "how late the slowed node answers in read-slow and upload-slow")
+	fl.BoolVar(&f.inProcess, "nodes-in-process", false, "run the nodes inside the bench process instead of as `cring node` processes (cheaper baselines than any real client gets)")
 	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
 	return cmd
 }
@@ -94,14 +96,15 @@ func (f *benchFlags) options() (bench.Options, error) {
 		workloads = append(workloads, w)
 	}
 	return bench.Options{
-		Nodes:     f.nodes,
-		Duration:  f.duration,
-		Workloads: workloads,
-		Dir:       f.dir,
-		BigUpload: big,
-		Progress:  os.Stderr,
-		PinProxy:  f.pinProxy,
-		SlowDelay: f.slowDelay,
+		Nodes:          f.nodes,
+		Duration:       f.duration,
+		Workloads:      workloads,
+		Dir:            f.dir,
+		BigUpload:      big,
+		Progress:       os.Stderr,
+		PinProxy:       f.pinProxy,
+		SlowDelay:      f.slowDelay,
+		NodesInProcess: f.inProcess,
 	}, nil
 }
 

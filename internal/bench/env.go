@@ -125,7 +125,11 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 		}
 	}
 
-	e.logf("starting %d Charm nodes in %s", o.Nodes, e.dir)
+	where := "as `cring node` processes"
+	if o.NodesInProcess {
+		where = "in this process"
+	}
+	e.logf("starting %d Charm nodes %s in %s", o.Nodes, where, e.dir)
 	// Each run gets fresh nodes: results must not depend on what an earlier
 	// run left behind, and the nodes' public URL is this run's proxy port.
 	clusterDir, err := os.MkdirTemp(e.dir, "cluster-")
@@ -133,7 +137,14 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 		return nil, fmt.Errorf("cluster dir: %w", err)
 	}
 	e.scratch = append(e.scratch, clusterDir)
-	e.dc, err = devcluster.New(clusterDir, devcluster.Options{Nodes: o.Nodes, PublicURL: e.proxyURL})
+	dco := devcluster.Options{Nodes: o.Nodes, PublicURL: e.proxyURL}
+	if !o.NodesInProcess {
+		dco.Binary = o.Binary
+		if e.pin != nil {
+			dco.Wrap = e.pin.benchCommand
+		}
+	}
+	e.dc, err = devcluster.New(clusterDir, dco)
 	if err != nil {
 		return nil, err
 	}

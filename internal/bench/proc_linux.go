@@ -70,6 +70,15 @@ func (p *pinning) pinSelf() error {
 	return nil
 }
 
+// benchCommand runs a node process on the bench's CPUs.
+func (p *pinning) benchCommand(name string, args []string) (string, []string) {
+	cpus := make([]string, len(p.bench))
+	for k, c := range p.bench {
+		cpus[k] = strconv.Itoa(c)
+	}
+	return "taskset", append([]string{"-c", strings.Join(cpus, ","), name}, args...)
+}
+
 // command runs the proxy binary on its own CPU.
 func (p *pinning) command(name string, args ...string) (string, []string) {
 	return "taskset", append([]string{"-c", strconv.Itoa(p.proxy), name}, args...)

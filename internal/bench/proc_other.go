@@ -18,6 +18,8 @@ func (*pinning) String() string { return "" }
 
 func (*pinning) command(name string, args ...string) (string, []string) { return name, args }
 
+func (*pinning) benchCommand(name string, args []string) (string, []string) { return name, args }
+
 func setDeathSignal(*exec.Cmd) {}
 
 func cpuTime(int) (time.Duration, bool) { return 0, false }

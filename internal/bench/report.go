@@ -26,6 +26,9 @@ func (r *Report) WriteTable(out io.Writer) error {
 	if r.Machine.Pinned != "" {
 		cpu += " · pinned: " + r.Machine.Pinned
 	}
+	if r.Machine.Nodes == "in-process" {
+		cpu += " · nodes in the bench process"
+	}
 	fmt.Fprintf(&b, "%s\n%s\n\n", title.Render(fmt.Sprintf("cring bench · %d nodes, N=%d W=%d · %s per run", r.Nodes, r.Replicas, r.WriteQuorum, r.Duration)),
 		dim.Render(fmt.Sprintf("%s · %s/%s · %s", cpu, r.Machine.OS, r.Machine.Arch, r.Machine.GoVersion)))
 
@@ -98,7 +101,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 			FormatSize(bu.Size), mib(bu.Before), mib(bu.After), bu.GrowthMiB, verdict, bu.MBPerSec)
 	}
 	b.WriteString("\n" + dim.Render("direct: one node, no replication · limit: the client sends every write to all N replicas itself · proxy: through cring") + "\n")
-	b.WriteString(dim.Render("cpu µs/op: CPU time per operation of the bench process (client and nodes) + the proxy process; cpu busy: both over all CPUs") + "\n")
+	b.WriteString(dim.Render("cpu µs/op: CPU time per operation of the client and the nodes (the bench process, and the node processes if any) + the proxy process; cpu busy: all of them over all CPUs") + "\n")
 	_, err := io.WriteString(out, b.String())
 	return err
 }

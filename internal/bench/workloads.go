@@ -86,6 +86,7 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		}
 		defer e.stopProxy(px)
 		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
+		w.SlowDelayMs = ms(o.SlowDelay)
 		var do op
 		if name == WorkloadReadSlow {
 			w.Title = fmt.Sprintf("read %s ×%d, 1 node +%s", FormatSize(o.SmallSize), o.SmallConc, o.SlowDelay)
@@ -178,9 +179,9 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	resetPeakRSS(px) // where it can't, the peak is the process's so far
 	for range rounds {
 		for k, m := range modes {
-			c0 := cpuOf(px)
+			c0 := e.cpuOf(px)
 			runs[k].slice(ctx, slice, m.op)
-			runs[k].cpu.add(c0, cpuOf(px))
+			runs[k].cpu.add(c0, e.cpuOf(px))
 			e.sweepTmp()
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -210,11 +211,19 @@ type cpuSample struct {
 	ok           bool
 }
 
-// cpuOf samples this process and proxy px.
-func cpuOf(px *proc) cpuSample {
-	b, ok1 := cpuTime(0)
-	p, ok2 := cpuTime(px.pid())
-	return cpuSample{bench: b, proxy: p, ok: ok1 && ok2}
+// cpuOf samples this process with the node processes, if any (the
+// "bench" side), and proxy px.
+func (e *env) cpuOf(px *proc) cpuSample {
+	b, ok := cpuTime(0)
+	for _, n := range e.dc.Nodes {
+		if pid := n.Pid(); pid != 0 {
+			d, nok := cpuTime(pid)
+			b += d
+			ok = ok && nok
+		}
+	}
+	p, pok := cpuTime(px.pid())
+	return cpuSample{bench: b, proxy: p, ok: ok && pok}
 }
 
 // add adds the CPU used between samples c0 and c1.

@@ -1,5 +1,6 @@
 // Package devcluster runs real Charm servers (charm's own server package)
-// in-process: the nodes of a local cluster for tests and `cring dev`. Nodes
+// in-process, or each as its own `cring node` process: the nodes of a local
+// cluster for tests, `cring dev` and `cring bench`. Nodes
 // share one server key pair and public URL, so a token from any node is valid
 // on every node, and each keeps its own sqlite accounts like a stock
 // `charm serve`; SeedUser gives them identical accounts.
@@ -38,6 +39,12 @@ type Options struct {
 	// SharedAccounts makes every node use one sqlite account store, so a
 	// user created through any node exists on all of them.
 	SharedAccounts bool
+	// Binary, when set, runs each node as its own process, `<Binary> node`
+	// (cring node: charm's server with charm's sqlite), instead of in this
+	// one. Not with SharedAccounts.
+	Binary string
+	// Wrap, when set, rewrites a node process's command line (taskset…).
+	Wrap func(name string, args []string) (string, []string)
 }
 
 // Cluster is a set of in-process Charm servers.
@@ -50,6 +57,8 @@ type Cluster struct {
 	Nodes      []*Node
 
 	shared db.DB // the one account store when Options.SharedAccounts
+	binary string
+	wrap   func(name string, args []string) (string, []string)
 }
 
 // Node is one Charm server.
@@ -59,10 +68,12 @@ type Node struct {
 	HTTPPort   int
 	SSHPort    int
 	HealthPort int
+	StatsPort  int // process nodes only
 	DataDir    string
 
-	mu  sync.Mutex
-	srv *server.Server
+	mu   sync.Mutex
+	srv  *server.Server
+	proc *process // when the node runs as its own process
 }
 
 // New prepares a cluster under dir (reusing its key and data when present)
@@ -70,6 +81,9 @@ type Node struct {
 func New(dir string, o Options) (*Cluster, error) {
 	if o.Nodes < 1 {
 		return nil, errors.New("devcluster: need at least one node")
+	}
+	if o.Binary != "" && o.SharedAccounts {
+		return nil, errors.New("devcluster: process nodes keep their own accounts")
 	}
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
@@ -84,6 +98,8 @@ func New(dir string, o Options) (*Cluster, error) {
 		PublicKey:  kp.RawAuthorizedKey(),
 		PrivateKey: kp.RawPrivateKey(),
 		KeyPath:    filepath.Join(dir, ".ssh", "charm_server_ed25519"),
+		binary:     o.Binary,
+		wrap:       o.Wrap,
 	}
 	if o.SharedAccounts {
 		if err := os.MkdirAll(filepath.Join(dir, "accounts"), 0o700); err != nil {
@@ -92,7 +108,7 @@ func New(dir string, o Options) (*Cluster, error) {
 		c.shared = sqlite.NewDB(filepath.Join(dir, "accounts", sqlite.DbName))
 	}
 	for i := range o.Nodes {
-		ports, err := FreePorts(o.Host, 3)
+		ports, err := FreePorts(o.Host, 4)
 		if err != nil {
 			return nil, err
 		}
@@ -102,6 +118,7 @@ func New(dir string, o Options) (*Cluster, error) {
 			HTTPPort:   ports[0],
 			SSHPort:    ports[1],
 			HealthPort: ports[2],
+			StatsPort:  ports[3],
 			DataDir:    filepath.Join(dir, fmt.Sprintf("node%d", i+1)),
 		})
 	}
@@ -182,7 +199,7 @@ func (n *Node) DBPath() string { return filepath.Join(n.DataDir, "db", sqlite.Db
 func (n *Node) Running() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.srv != nil
+	return n.srv != nil || n.proc != nil
 }
 
 // StartAll starts every node.
@@ -199,8 +216,11 @@ func (c *Cluster) StartAll(ctx context.Context) error {
 func (c *Cluster) Start(ctx context.Context, n *Node) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.srv != nil {
+	if n.srv != nil || n.proc != nil {
 		return nil
+	}
+	if c.binary != "" {
+		return c.startProcess(ctx, n)
 	}
 	cfg := server.DefaultConfig()
 	cfg.BindAddr = n.Host
@@ -239,6 +259,11 @@ func (c *Cluster) Start(ctx context.Context, n *Node) error {
 func (c *Cluster) Stop(n *Node) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.proc != nil {
+		n.proc.kill()
+		n.proc = nil
+		return nil
+	}
 	if n.srv == nil {
 		return nil
 	}
