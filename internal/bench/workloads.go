@@ -177,8 +177,13 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		runs[k].reset() // the workers go on from where the warm-up left them
 	}
 	resetPeakRSS(px) // where it can't, the peak is the process's so far
-	for range rounds {
-		for k, m := range modes {
+	for round := range rounds {
+		// Each round starts with the next mode, so what one mode leaves
+		// behind (disk writeback, a proxy's background writes) falls on
+		// every other mode alike, not always on the one after it.
+		for j := range modes {
+			k := (round + j) % len(modes)
+			m := modes[k]
 			c0 := e.cpuOf(px)
 			runs[k].slice(ctx, slice, m.op)
 			runs[k].cpu.add(c0, e.cpuOf(px))
