@@ -33,10 +33,12 @@ func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the proxy against the physical limit of replication on this machine",
-		Long: `Start a local cluster of real Charm servers (in this process) and the proxy
-(this binary's "serve", as its own process), then measure each workload side by
-side: one node direct, the client itself sending every write to all N replicas
-(the limit of N-way replication on this machine), and through the proxy.
+		Long: `Start a local cluster of real Charm servers (this binary's "node", each its own
+process) and the proxy (this binary's "serve", as its own process), then measure
+each workload side by side: one node direct, the client itself sending every
+write to all N replicas (the limit of N-way replication on this machine), and
+through the proxy. read-slow and upload-slow compare the proxy with one node
+answering late against the same proxy with every node healthy.
 
 Workloads: ` + strings.Join(bench.Workloads(), ", ") + `.
 Prints ops/s, MB/s, p50, p99, the proxy's peak RSS and the ratios proxy/limit
@@ -63,7 +65,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.DurationVar(&f.slowDelay, "slow-delay", 200*time.Millisecond, "how late the slowed node answers in read-slow and upload-slow")
-	fl.BoolVar(&f.inProcess, "nodes-in-process", false, "run the nodes inside the bench process instead of as `cring node` processes (cheaper baselines than any real client gets)")
+	fl.BoolVar(&f.inProcess, "nodes-in-process", false, "run the nodes inside the bench process instead of as their own cring node processes (cheaper baselines than any real client gets)")
 	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
 	return cmd
 }
