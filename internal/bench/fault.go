@@ -51,18 +51,23 @@ func (f *slowFront) serve() {
 	}
 }
 
-func (f *slowFront) track(c net.Conn, add bool) bool {
+// track registers a forwarded connection pair so close can end it; false
+// once the front is closed.
+func (f *slowFront) track(c, up net.Conn) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !add {
-		delete(f.conns, c)
-		return true
-	}
 	if f.conns == nil {
-		return false // closed
+		return false
 	}
-	f.conns[c] = struct{}{}
+	f.conns[c], f.conns[up] = struct{}{}, struct{}{}
 	return true
+}
+
+func (f *slowFront) untrack(c, up net.Conn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.conns, c)
+	delete(f.conns, up)
 }
 
 func (f *slowFront) forward(c net.Conn) {
@@ -73,11 +78,10 @@ func (f *slowFront) forward(c net.Conn) {
 		return
 	}
 	defer up.Close()
-	if !f.track(c, true) || !f.track(up, true) {
+	if !f.track(c, up) {
 		return
 	}
-	defer f.track(c, false)
-	defer f.track(up, false)
+	defer f.untrack(c, up)
 	go func() {
 		_, _ = io.Copy(c, up) // answers as they come
 		c.Close()

@@ -175,6 +175,7 @@ func (l *latencies) order(cands []int) (out []int, prepaid bool) {
 	}
 	limit := max(best*slowFactor, hedgeFloor)
 	now := time.Now()
+	var probe []int
 	var fast, slow []int
 	for _, i := range cands {
 		nl := &l.nodes[i]
@@ -182,19 +183,20 @@ func (l *latencies) order(cands []int) (out []int, prepaid bool) {
 			fast = append(fast, i)
 			continue
 		}
-		if !prepaid && now.Sub(nl.lastProbe) >= probeEvery && l.tokens >= 1 {
+		// A probe is asked first, whatever its place: asked later it
+		// would usually not be asked at all, and learn nothing.
+		if probe == nil && now.Sub(nl.lastProbe) >= probeEvery && l.tokens >= 1 {
 			l.tokens--
-			prepaid = true
 			nl.lastProbe = now
-			fast = append(fast, i)
+			probe = []int{i}
 			continue
 		}
 		slow = append(slow, i)
 	}
-	if len(slow) == 0 {
-		return cands, prepaid
+	if probe == nil && len(slow) == 0 {
+		return cands, false
 	}
-	return append(fast, slow...), prepaid
+	return append(append(probe, fast...), slow...), probe != nil
 }
 
 // attempt is one node's answer (headers) to a read.

@@ -106,6 +106,45 @@ func TestSlowReplicaAskedLast(t *testing.T) {
 	waitFor(t, 10*time.Second, "the recovered replica asked first again", func() bool { return read() == "copy 0" })
 }
 
+// TestOrder: a much slower replica goes last; when a probe is due (and the
+// budget has a hedge for it) it goes first, wherever it was.
+func TestOrder(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		slow        int // node with a slow median
+		probeDue    bool
+		tokens      float64
+		want        []int
+		wantPrepaid bool
+	}{
+		{"slow first, no probe", 0, false, hedgeBurst, []int{1, 2, 0}, false},
+		{"slow last, probe due", 2, true, hedgeBurst, []int{2, 0, 1}, true},
+		{"slow in the middle, probe due", 1, true, hedgeBurst, []int{1, 0, 2}, true},
+		{"probe due, no budget", 1, true, 0, []int{0, 2, 1}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLatencies(3)
+			for i := range 3 {
+				d := time.Millisecond
+				if i == tt.slow {
+					d = 50 * time.Millisecond
+				}
+				for range minOrderSamples {
+					l.record(i, d)
+				}
+			}
+			if !tt.probeDue {
+				l.nodes[tt.slow].lastProbe = time.Now()
+			}
+			l.tokens = tt.tokens
+			got, prepaid := l.order([]int{0, 1, 2})
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) || prepaid != tt.wantPrepaid {
+				t.Errorf("order = %v prepaid %v, want %v %v", got, prepaid, tt.want, tt.wantPrepaid)
+			}
+		})
+	}
+}
+
 // TestReadSkipsReplicaStillWriting: a write is answered at quorum while the
 // last replica is still writing the file in place; a read right after must
 // not be served that replica's partial copy.
