@@ -31,13 +31,14 @@ func TestHedgedRead(t *testing.T) {
 	for k, i := range pref {
 		c.fakes[i].put(p, entry{data: []byte(fmt.Sprintf("copy %d", k)), mode: "420", modtime: modtime})
 	}
-	// A history of fast answers from every node.
+	// A history of fast answers from every node. A loaded machine may
+	// hedge a few warm-up reads too, and then the second copy may win:
+	// count hedges from the end of the warm-up.
 	for range 3 * minHedgeSamples {
-		if r := c.call(http.MethodGet, "/v1/fs/"+p, nil, ""); r.status != 200 || string(r.body) != "copy 0" {
+		if r := c.call(http.MethodGet, "/v1/fs/"+p, nil, ""); r.status != 200 || (string(r.body) != "copy 0" && string(r.body) != "copy 1") {
 			t.Fatalf("warm-up read: %d %q", r.status, r.body)
 		}
 	}
-	// (A loaded machine may hedge a few warm-up reads too: count from here.)
 	before := obs.hedged.Load()
 	// The first replica turns slow.
 	var cancelled atomic.Int64
