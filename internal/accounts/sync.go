@@ -98,7 +98,7 @@ func Sync(ctx context.Context, paths []string, dryRun bool) (*SyncReport, error)
 			return nil, fmt.Errorf("lock %s: %w", p, err)
 		}
 		s.open = true
-		snap, err := readSnapshot(ctx, conn)
+		snap, err := ReadSnapshot(ctx, SQLRows(conn))
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", p, err)
 		}
@@ -147,74 +147,16 @@ func sqliteValue(t *time.Time) any {
 	return t.UTC()
 }
 
-// applySQLite adds to one charm sqlite database what union has and it lacks.
-func applySQLite(ctx context.Context, q execQuerier, union *Snapshot) (Changes, error) {
+// applySQLite adds to one charm sqlite database (q: a connection in a
+// write transaction) what union has and it lacks.
+func applySQLite(ctx context.Context, q *sql.Conn, union *Snapshot) (Changes, error) {
 	var ch Changes
-	type row struct {
-		id               int64
-		name, email, bio string
-	}
-	users := map[string]*row{}
-	err := each(ctx, q, `SELECT id, charm_id, name, email, bio FROM charm_user`, func(r *sql.Rows) error {
-		var charmID string
-		var name, email, bio sql.NullString
-		x := &row{}
-		if err := r.Scan(&x.id, &charmID, &name, &email, &bio); err != nil {
-			return err
-		}
-		x.name, x.email, x.bio = name.String, email.String, bio.String
-		users[charmID] = x
-		return nil
-	})
+	ids, err := ReadIDs(ctx, SQLRows(q))
 	if err != nil {
 		return ch, err
 	}
-	keys := map[string]int64{}
-	if err := each(ctx, q, `SELECT id, public_key FROM public_key`, func(r *sql.Rows) error {
-		var id int64
-		var k string
-		if err := r.Scan(&id, &k); err != nil {
-			return err
-		}
-		keys[k] = id
-		return nil
-	}); err != nil {
-		return ch, err
-	}
-	type ekID struct {
-		key int64
-		gid string
-	}
-	eks := map[ekID]bool{}
-	if err := each(ctx, q, `SELECT public_key_id, global_id FROM encrypt_key`, func(r *sql.Rows) error {
-		var id ekID
-		if err := r.Scan(&id.key, &id.gid); err != nil {
-			return err
-		}
-		eks[id] = true
-		return nil
-	}); err != nil {
-		return ch, err
-	}
-	type seqID struct {
-		user int64
-		name string
-	}
-	seqs := map[seqID]uint64{}
-	if err := each(ctx, q, `SELECT user_id, name, seq FROM named_seq`, func(r *sql.Rows) error {
-		var id seqID
-		var v int64
-		if err := r.Scan(&id.user, &id.name, &v); err != nil {
-			return err
-		}
-		seqs[id] = uint64(v)
-		return nil
-	}); err != nil {
-		return ch, err
-	}
-
 	for _, u := range union.Users {
-		x := users[u.CharmID]
+		x := ids.Users[u.CharmID]
 		if x == nil {
 			res, err := q.ExecContext(ctx, `INSERT INTO charm_user (charm_id, name, email, bio, created_at) VALUES (?, ?, ?, ?, coalesce(?, current_timestamp))`,
 				u.CharmID, nullIfEmpty(u.Name), nullIfEmpty(u.Email), nullIfEmpty(u.Bio), sqliteValue(u.CreatedAt))
@@ -225,68 +167,61 @@ func applySQLite(ctx context.Context, q execQuerier, union *Snapshot) (Changes, 
 			if err != nil {
 				return ch, err
 			}
-			x = &row{id: id, name: u.Name, email: u.Email, bio: u.Bio}
-			users[u.CharmID] = x
+			x = &UserRow{ID: id, Name: u.Name, Email: u.Email, Bio: u.Bio}
+			ids.Users[u.CharmID] = x
 			ch.Users++
 		} else {
-			updated := false
-			for _, f := range []struct {
-				col       string
-				have, add string
-			}{{"name", x.name, u.Name}, {"email", x.email, u.Email}, {"bio", x.bio, u.Bio}} {
-				if f.have != "" || f.add == "" {
-					continue
+			unset := x.Unset(u)
+			for _, f := range unset {
+				if _, err := q.ExecContext(ctx, `UPDATE charm_user SET `+f[0]+` = ? WHERE id = ?`, f[1], x.ID); err != nil {
+					return ch, fmt.Errorf("set %s of %s: %w", f[0], u.CharmID, err)
 				}
-				if _, err := q.ExecContext(ctx, `UPDATE charm_user SET `+f.col+` = ? WHERE id = ?`, f.add, x.id); err != nil {
-					return ch, fmt.Errorf("set %s of %s: %w", f.col, u.CharmID, err)
-				}
-				updated = true
 			}
-			if updated {
+			if len(unset) > 0 {
 				ch.UsersUpdated++
 			}
 		}
 		for _, k := range u.Keys {
-			kid, ok := keys[k.Key]
+			kid, ok := ids.Keys[k.Key]
 			if !ok {
 				res, err := q.ExecContext(ctx, `INSERT INTO public_key (user_id, public_key, created_at) VALUES (?, ?, coalesce(?, current_timestamp))`,
-					x.id, k.Key, sqliteValue(k.CreatedAt))
+					x.ID, k.Key, sqliteValue(k.CreatedAt))
 				if err != nil {
 					return ch, fmt.Errorf("add key of %s: %w", u.CharmID, err)
 				}
 				if kid, err = res.LastInsertId(); err != nil {
 					return ch, err
 				}
-				keys[k.Key] = kid
+				ids.Keys[k.Key] = kid
 				ch.Keys++
 			}
 			for _, e := range k.EncryptKeys {
-				if eks[ekID{kid, e.GlobalID}] {
+				if ids.EncryptKeys[EncryptKeyID{kid, e.GlobalID}] {
 					continue
 				}
 				if _, err := q.ExecContext(ctx, `INSERT INTO encrypt_key (public_key_id, global_id, encrypted_key, created_at) VALUES (?, ?, ?, coalesce(?, current_timestamp))`,
 					kid, e.GlobalID, e.EncryptedKey, sqliteValue(e.CreatedAt)); err != nil {
 					return ch, fmt.Errorf("add encrypt key %s of %s: %w", e.GlobalID, u.CharmID, err)
 				}
-				eks[ekID{kid, e.GlobalID}] = true
+				ids.EncryptKeys[EncryptKeyID{kid, e.GlobalID}] = true
 				ch.EncryptKeys++
 			}
 		}
 		for name, v := range u.Seqs {
-			have, ok := seqs[seqID{x.id, name}]
+			have, ok := ids.Seqs[SeqID{x.ID, name}]
 			switch {
 			case !ok:
-				if _, err := q.ExecContext(ctx, `INSERT INTO named_seq (user_id, name, seq) VALUES (?, ?, ?)`, x.id, name, int64(v)); err != nil {
+				if _, err := q.ExecContext(ctx, `INSERT INTO named_seq (user_id, name, seq) VALUES (?, ?, ?)`, x.ID, name, int64(v)); err != nil {
 					return ch, fmt.Errorf("add seq %s of %s: %w", name, u.CharmID, err)
 				}
 			case have < v:
-				if _, err := q.ExecContext(ctx, `UPDATE named_seq SET seq = ? WHERE user_id = ? AND name = ?`, int64(v), x.id, name); err != nil {
+				if _, err := q.ExecContext(ctx, `UPDATE named_seq SET seq = ? WHERE user_id = ? AND name = ?`, int64(v), x.ID, name); err != nil {
 					return ch, fmt.Errorf("raise seq %s of %s: %w", name, u.CharmID, err)
 				}
 			default:
 				continue
 			}
-			seqs[seqID{x.id, name}] = v
+			ids.Seqs[SeqID{x.ID, name}] = v
 			ch.Seqs++
 		}
 	}
