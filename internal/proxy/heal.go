@@ -125,36 +125,47 @@ func (c *captured) Write(b []byte) (int, error) {
 }
 
 // tombstoneTimes lists a user's tombstones on the given nodes: name → the
-// newest modification time any node has for it.
-func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) map[string]time.Time {
+// newest modification time any node has for it, and how many nodes' were
+// read (a node without any counts as read).
+func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) (map[string]time.Time, int) {
 	out := map[string]time.Time{}
 	if p.noTombs.fresh(user) {
-		return out
+		return out, len(p.nodes)
 	}
 	req := r.Clone(ctx)
 	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
-	none := true
-	for _, o := range p.sendAll(ctx, nodes, req, http.MethodGet, nil) {
-		if o.status != http.StatusNotFound {
-			none = false
-		}
-		if !o.ok() || !isJSON(o.header) {
-			continue
-		}
-		var d charm.FileInfo
-		if json.Unmarshal(o.body, &d) != nil {
-			continue
-		}
-		for _, f := range d.Files {
-			if f.ModTime.After(out[f.Name]) {
-				out[f.Name] = f.ModTime
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	read, none := 0, true
+	for _, i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, o := p.list(ctx, i, req)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case d != nil:
+				read++
+				none = false
+				for _, f := range d.Files {
+					if f.ModTime.After(out[f.Name]) {
+						out[f.Name] = f.ModTime
+					}
+				}
+			case o.status == http.StatusNotFound:
+				read++
+			default:
+				none = false
+				p.log.Warn("tombstones unreadable", "node", p.nodes[i].Name, "user", user, "err", o.String())
 			}
-		}
+		}()
 	}
+	wg.Wait()
 	if none && len(nodes) == len(p.nodes) {
 		p.noTombs.set(user) // every node says: no tombstones at all
 	}
-	return out
+	return out, read
 }
 
 // userSet remembers, briefly, users known to have no tombstones, so their
@@ -211,33 +222,41 @@ func dropDeleted(dir *charm.FileInfo, dirPath string, tombs map[string]time.Time
 	dir.Files = kept
 }
 
-// deletedSince reports whether path has a tombstone newer than modTime,
-// asking the tombstone's replicas in order.
-func (p *Proxy) deletedSince(r *http.Request, ref fileRef, modTime time.Time) bool {
+// deletion is what the tombstones say of a copy.
+type deletion int
+
+const (
+	live    deletion = iota
+	deleted          // a tombstone at least as new as the copy
+	unsure           // too few nodes answered to rule a delete out
+)
+
+// deletedSince asks every healthy node for path's tombstone (one small file
+// each, however many the user has) and compares it with a copy's
+// modification time. Last-Modified has whole seconds, as the copy's has.
+func (p *Proxy) deletedSince(r *http.Request, ref fileRef, modTime time.Time) deletion {
 	ctx, cancel := context.WithTimeout(r.Context(), p.stall)
 	defer cancel()
-	tref := fileRef{ref.user, tombstone.Path(ref.path)}
 	req := r.Clone(ctx)
-	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
-	for _, i := range p.ring.Preference(tref.key()) {
-		if !p.health.Healthy(i) {
-			continue
-		}
-		o := p.send(ctx, i, req, http.MethodGet, nil)
-		if !o.ok() || !isJSON(o.header) {
-			continue
-		}
-		var d charm.FileInfo
-		if json.Unmarshal(o.body, &d) != nil {
-			continue
-		}
-		for _, f := range d.Files {
-			if f.Name == tombstone.Name(ref.path) && !modTime.After(f.ModTime) {
-				return true
+	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Path(ref.path)}
+	answered := 0
+	for _, o := range p.sendAll(ctx, p.healthyNodes(), req, http.MethodGet, nil) {
+		switch {
+		case o.status == http.StatusNotFound:
+			answered++
+		case o.ok():
+			t, err := http.ParseTime(o.header.Get("Last-Modified"))
+			if err != nil || !modTime.After(t) {
+				return deleted // a tombstone of unknown age counts as newer
 			}
+			answered++
 		}
 	}
-	return false
+	// A tombstone acknowledged at W is on W nodes.
+	if answered < len(p.nodes)-p.w+1 {
+		return unsure
+	}
+	return live
 }
 
 // recentTombstones remembers the keys this proxy deleted lately, so a quick

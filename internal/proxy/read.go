@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -75,10 +74,17 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				// stale copy of a file that was deleted.
 				p.healer.Suspect(ref.user, ref.path)
 				lm, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
-				if p.deletedSince(r, ref, lm) {
+				switch p.deletedSince(r, ref, lm) {
+				case deleted:
 					resp.Body.Close()
 					cancel(nil)
 					relay(w, *notFound)
+					return
+				case unsure:
+					resp.Body.Close()
+					cancel(nil)
+					p.obs.QuorumFailure("read")
+					writeError(w, http.StatusServiceUnavailable, "a replica lacks this file and too few nodes answered to tell whether it was deleted")
 					return
 				}
 			}
@@ -194,6 +200,7 @@ type listings struct {
 	mode        string
 	tombs       map[string]time.Time
 	tombsAsked  bool
+	tombsRead   int // nodes whose tombstones were read (or that have none)
 }
 
 // gatherListings asks nodes for the directory. When some keys are not on
@@ -208,9 +215,9 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := p.tombstoneTimes(ctx, r, ref.user, p.healthyNodes())
+			t, n := p.tombstoneTimes(ctx, r, ref.user, p.healthyNodes())
 			l.mu.Lock()
-			l.tombs = t
+			l.tombs, l.tombsRead = t, n
 			l.mu.Unlock()
 		}()
 	}
@@ -218,19 +225,11 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o := p.send(ctx, i, r, http.MethodGet, nil)
-			var d *charm.FileInfo
-			ok := o.ok() && isJSON(o.header)
-			if ok {
-				var derr error
-				if d, derr = decodeListing(bytes.NewReader(o.body)); derr != nil {
-					ok = false
-				}
-			}
+			d, o := p.list(ctx, i, r)
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			switch {
-			case ok:
+			case d != nil:
 				l.lists = append(l.lists, d)
 				l.answered = append(l.answered, i)
 				if l.mode == "" {
@@ -265,8 +264,18 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 	}
 	merged, everywhere := mergeDirs(l.lists)
 	agreed := everywhere && len(l.lists) >= len(p.nodes)-p.w+1
-	if !l.tombsAsked && !agreed && !tombstone.Reserved(ref.path) {
-		l.tombs = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
+	if !agreed && !tombstone.Reserved(ref.path) {
+		if !l.tombsAsked {
+			l.tombs, l.tombsRead = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
+		}
+		// A tombstone acknowledged at W is on W nodes: reading fewer than
+		// node count − W + 1 nodes' tombstones may miss a delete.
+		if l.tombsRead < len(p.nodes)-p.w+1 {
+			p.obs.QuorumFailure("list")
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+				"listing incomplete: deletes known to %d of %d nodes could not be read", len(p.nodes)-l.tombsRead, len(p.nodes)))
+			return
+		}
 	}
 	dropDeleted(merged, ref.path, l.tombs)
 	w.Header().Set("Content-Type", "application/json")
@@ -274,6 +283,36 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 		w.Header().Set("X-File-Mode", l.mode)
 	}
 	_ = json.NewEncoder(w).Encode(merged)
+}
+
+// list asks node i for the directory at r's path: the listing when the
+// node answers with one (read as it streams, up to maxListing: a large
+// directory is larger than the answers send keeps), else its answer as send
+// keeps it. A listing that can't be read is an error, never a shorter one.
+func (p *Proxy) list(ctx context.Context, i int, r *http.Request) (*charm.FileInfo, outcome) {
+	nctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req, err := p.newNodeRequest(nctx, i, r, http.MethodGet, nil)
+	if err != nil {
+		return nil, outcome{node: i, err: err}
+	}
+	resp, err := p.transport.RoundTrip(req)
+	if err != nil {
+		p.nodeFailed(ctx, i, err)
+		return nil, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 || !isJSON(resp.Header) {
+		return nil, p.keep(ctx, i, resp, cancel)
+	}
+	defer resp.Body.Close()
+	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
+	d, err := decodeListing(resp.Body)
+	t.Stop()
+	if err != nil {
+		p.nodeFailed(ctx, i, err)
+		return nil, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+	}
+	return d, outcome{node: i, status: resp.StatusCode, header: resp.Header}
 }
 
 func decodeListing(rd io.Reader) (*charm.FileInfo, error) {
