@@ -80,7 +80,14 @@ func (h *Healer) gather(ctx context.Context, user, p string) *view {
 			}
 		}
 		if !tombstone.Reserved(p) {
-			if t, err := h.api.list(ctx, n.URL, user, tombstone.Dir); err == nil {
+			t, err := h.api.list(ctx, n.URL, user, tombstone.Dir)
+			if err != nil && !errors.Is(err, errNotFound) {
+				// Its tombstones unread, a copy elsewhere might be one
+				// this node knows was deleted: don't act on it.
+				v.unknown[i] = true
+				continue
+			}
+			if err == nil {
 				for _, f := range t.Files {
 					if f.Name == tombstone.Name(p) && f.ModTime.After(v.tomb) {
 						v.tomb = f.ModTime
@@ -178,6 +185,13 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		return res
 	}
 
+	if len(v.unknown) >= v.m.w {
+		// A delete acknowledged at W may have left its tombstone only on
+		// the nodes not asked, and a copy made now would be newer than
+		// that tombstone: the file would be back for good.
+		res.Err = fmt.Sprintf("%d nodes unreachable, a delete may be known only to them", len(v.unknown))
+		return res
+	}
 	if err := h.hashIfNeeded(ctx, v, live, deep); err != nil {
 		res.Err = err.Error()
 		return res

@@ -175,8 +175,19 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 			unknown[i] = true
 			continue
 		}
+		d, err := h.api.list(ctx, n.URL, user, tombstone.Dir)
+		if err != nil && !errors.Is(err, errNotFound) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Without its tombstones, a deleted file elsewhere would look
+			// like one to copy back.
+			h.log.Warn("scan: cannot list tombstones", "node", n.Name, "user", user, "err", err)
+			unknown[i] = true
+			continue
+		}
 		trees[i] = files
-		if d, err := h.api.list(ctx, n.URL, user, tombstone.Dir); err == nil {
+		if err == nil {
 			for _, f := range d.Files {
 				if f.ModTime.After(tombs[f.Name]) {
 					tombs[f.Name] = f.ModTime
