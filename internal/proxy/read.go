@@ -83,6 +83,10 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				case unsure:
 					resp.Body.Close()
 					cancel(nil)
+					if p.complete(ref.user, []int{notFound.node}) {
+						relay(w, *notFound) // it has every write and delete
+						return
+					}
 					p.obs.QuorumFailure("read")
 					writeError(w, http.StatusServiceUnavailable, "a replica lacks this file and too few nodes answered to tell whether it was deleted")
 					return
@@ -269,8 +273,9 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 			l.tombs, l.tombsRead = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
 		}
 		// A tombstone acknowledged at W is on W nodes: reading fewer than
-		// node count − W + 1 nodes' tombstones may miss a delete.
-		if l.tombsRead < len(p.nodes)-p.w+1 {
+		// node count − W + 1 nodes' tombstones may miss a delete (unless a
+		// node that answered has every delete, see complete).
+		if l.tombsRead < len(p.nodes)-p.w+1 && !p.complete(ref.user, l.answered) {
 			p.obs.QuorumFailure("list")
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 				"listing incomplete: deletes known to %d of %d nodes could not be read", len(p.nodes)-l.tombsRead, len(p.nodes)))
