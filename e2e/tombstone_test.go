@@ -102,7 +102,8 @@ func TestRepairWaitsForTombstones(t *testing.T) {
 		tc.start(i)
 	}
 	tc.waitReady(5)
-	waitFor(t, 15*time.Second, func() bool { return len(tc.onDisk(t, u, name)) == 0 })
+	// The hint for x is retried with backoff (1, 2, 4, 8 s...).
+	waitFor(t, 30*time.Second, func() bool { return len(tc.onDisk(t, u, name)) == 0 })
 	if _, err := u.fs.ReadFile(name); err == nil {
 		t.Fatal("deleted file readable")
 	}
