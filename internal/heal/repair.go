@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cring-dev/cring/internal/stall"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -391,20 +392,5 @@ func (h *Healer) remove(ctx context.Context, v *view, node int, dry bool, res *R
 
 // idle cancels a transfer when the node sends nothing for the stall timeout.
 func (h *Healer) idle(r io.Reader, cancel context.CancelCauseFunc) io.Reader {
-	return &idleReader{r: r, d: h.stall, t: time.AfterFunc(h.stall, func() { cancel(errors.New("node stalled")) })}
-}
-
-type idleReader struct {
-	r io.Reader
-	d time.Duration
-	t *time.Timer
-}
-
-func (i *idleReader) Read(b []byte) (int, error) {
-	n, err := i.r.Read(b)
-	i.t.Reset(i.d)
-	if err != nil {
-		i.t.Stop()
-	}
-	return n, err
+	return stall.NewReader(r, h.stall, cancel, errors.New("node stalled"))
 }

@@ -280,8 +280,8 @@ var (
 		_, _ = io.Copy(io.Discard, r.Body)
 		replyJSON(w, http.StatusNotFound, message("missing user for id"))
 	})
-	// stall reads part of the body, then neither reads nor answers.
-	stall = onPost(func(f *fake, _ http.ResponseWriter, r *http.Request) {
+	// stallMidBody reads part of the body, then neither reads nor answers.
+	stallMidBody = onPost(func(f *fake, _ http.ResponseWriter, r *http.Request) {
 		_, _ = io.CopyN(io.Discard, r.Body, 256<<10)
 		f.block(r)
 	})
@@ -516,7 +516,7 @@ func TestWriteFailureShapes(t *testing.T) {
 		status int
 		within time.Duration
 	}{
-		{"staller dropped", []shape{stall, nil, nil}, 200, 5 * time.Second},
+		{"staller dropped", []shape{stallMidBody, nil, nil}, 200, 5 * time.Second},
 		{"silent after body", []shape{nil, silent, nil}, 200, headerTimeout + 3*time.Second},
 		{"liar", []shape{nil, nil, lie}, 200, 5 * time.Second},
 		{"two liars", []shape{lie, nil, lie}, 503, 5 * time.Second},
@@ -524,7 +524,7 @@ func TestWriteFailureShapes(t *testing.T) {
 		{"two resets", []shape{reset, reset, nil}, 503, 5 * time.Second},
 		{"garbage", []shape{garbage, nil, nil}, 200, 5 * time.Second},
 		{"two garbage", []shape{nil, garbage, garbage}, 503, 5 * time.Second},
-		{"staller and liar", []shape{stall, lie, nil}, 503, 5 * time.Second},
+		{"staller and liar", []shape{stallMidBody, lie, nil}, 503, 5 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	charm "github.com/charmbracelet/charm/proto"
 
+	"github.com/cring-dev/cring/internal/stall"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -144,9 +145,9 @@ func isJSON(h http.Header) bool {
 func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
 	ctx := r.Context()
 	l := &listings{mode: resp.Header.Get("X-File-Mode"), unreachable: unreachable}
-	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
-	dir, err := decodeListing(resp.Body)
-	t.Stop()
+	sr := stall.NewReader(resp.Body, p.stall, cancel, errStalled)
+	dir, err := decodeListing(sr)
+	sr.Stop()
 	resp.Body.Close()
 	if err != nil {
 		// A broken listing costs that node, like any other failure.
@@ -310,9 +311,9 @@ func (p *Proxy) list(ctx context.Context, i int, r *http.Request) (*charm.FileIn
 		return nil, p.keep(ctx, i, resp, cancel)
 	}
 	defer resp.Body.Close()
-	t := time.AfterFunc(p.stall, func() { cancel(errStalled) })
-	d, err := decodeListing(resp.Body)
-	t.Stop()
+	sr := stall.NewReader(resp.Body, p.stall, cancel, errStalled)
+	d, err := decodeListing(sr)
+	sr.Stop()
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
 		return nil, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}

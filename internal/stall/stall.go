@@ -1,0 +1,36 @@
+// Package stall cancels a transfer when the other side goes silent: a
+// timeout on silence, not on the whole transfer, so a large answer that
+// keeps arriving on a busy machine is never cut.
+package stall
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Reader reads from r and calls cancel with cause when no Read has returned
+// for d. Stop it once done reading (a decoder may stop before EOF).
+type Reader struct {
+	r io.Reader
+	d time.Duration
+	t *time.Timer
+}
+
+// NewReader starts the clock.
+func NewReader(r io.Reader, d time.Duration, cancel context.CancelCauseFunc, cause error) *Reader {
+	return &Reader{r: r, d: d, t: time.AfterFunc(d, func() { cancel(cause) })}
+}
+
+func (s *Reader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if err != nil {
+		s.t.Stop()
+	} else {
+		s.t.Reset(s.d)
+	}
+	return n, err
+}
+
+// Stop stops the clock.
+func (s *Reader) Stop() { s.t.Stop() }
