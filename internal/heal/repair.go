@@ -84,7 +84,9 @@ func (h *Healer) gather(ctx context.Context, user, p string) *view {
 			t, err := h.api.list(ctx, n.URL, user, tombstone.Dir)
 			if err != nil && !errors.Is(err, errNotFound) {
 				// Its tombstones unread, a copy elsewhere might be one
-				// this node knows was deleted: don't act on it.
+				// this node knows was deleted: count it unasked, its own
+				// copy included, as scans do.
+				delete(v.copies, i)
 				v.unknown[i] = true
 				continue
 			}
