@@ -37,7 +37,12 @@ import (
 // resets, garbage). Happy paths against real Charm servers live elsewhere.
 
 const (
-	stallTimeout  = 300 * time.Millisecond
+	// stallTimeout is how long a node may take no chunk before it loses the
+	// request. 300 ms dropped healthy in-process fakes on a loaded 2-core
+	// machine under -race (a goroutine not scheduled for that long), failing
+	// writes that should succeed; a second is still far below the tests'
+	// bounds.
+	stallTimeout  = time.Second
 	headerTimeout = 2 * time.Second // the node transport's ResponseHeaderTimeout, as in serve
 	clientTimeout = 10 * time.Second
 	user          = "u1"
@@ -707,16 +712,14 @@ func TestBackgroundWritesBounded(t *testing.T) {
 	h := &missHealer{missed: map[string]int{}}
 	c.p.healer = h
 	stuck := c.fakes[2]
-	var held, most atomic.Int64
+	var held atomic.Int64
 	stuck.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodPost {
 			return false
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
-		n := held.Add(1)
+		held.Add(1)
 		defer held.Add(-1)
-		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
-		}
 		select {
 		case <-r.Context().Done():
 		case <-f.quit:
@@ -724,20 +727,36 @@ func TestBackgroundWritesBounded(t *testing.T) {
 		return true
 	})
 	body, ctype := multipartBody(t, 1024, 6)
+	name := c.p.nodes[2].Name
 	for k := range writes {
 		if r := c.upload(fmt.Sprintf("tails/f%d", k), body, ctype); r.status != 200 {
 			t.Fatalf("write %d: %d %q", k, r.status, r.body)
 		}
+		// Every write reaches the stuck node before the proxy knows whether
+		// it may stay there, so for a moment one more than the bound can be
+		// held; what must hold is that the extra one is let go. (Counting
+		// the peak instead raced with the node noticing the cancel on a
+		// loaded machine.)
+		want := int64(min(k+1, limit))
+		waitFor(t, 5*time.Second, fmt.Sprintf("after write %d, %d writes held on the stuck node", k, want), func() bool {
+			return held.Load() == want
+		})
 	}
-	name := c.p.nodes[2].Name
-	waitFor(t, 5*time.Second, "the writes over the bound cancelled and hinted", func() bool {
+	waitFor(t, 5*time.Second, "the writes over the bound hinted", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		return held.Load() == limit && h.missed[name] == writes-limit
+		return h.missed[name] == writes-limit
 	})
-	if m := most.Load(); m > limit+1 { // one may arrive before its cancel
-		t.Errorf("%d writes held on the stuck node at once, bound %d", m, limit)
+	if got := c.p.inflight.tailsOn(2); got != limit {
+		t.Errorf("proxy counts %d background writes on the stuck node, bound %d", got, limit)
 	}
+}
+
+// tailsOn counts the background writes running on node i.
+func (k *keyedWait) tailsOn(i int) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.tails[i]
 }
 
 // TestMalformedChunkedUpload: a chunked body whose framing breaks midway is
@@ -1193,8 +1212,8 @@ func TestReadStallMidBody(t *testing.T) {
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("read %d bytes, ended with %v; want the connection aborted", n, err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("aborted after %v, want within 2s", d)
+	if d := time.Since(start); d > stallTimeout+3*time.Second {
+		t.Errorf("aborted after %v, want within the stall timeout (%v) and a margin", d, stallTimeout)
 	}
 	// Still serving.
 	small, ctype := multipartBody(t, 1024, 6)
