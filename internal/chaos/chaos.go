@@ -1,0 +1,485 @@
+// Package chaos is a seeded, Jepsen-style chaos run of a whole cring
+// cluster: real node processes (stock `charm serve` or `cring node`) behind
+// fault-injecting TCP fronts (toxiproxy), two `cring serve` processes on
+// one configuration, and clients writing, overwriting, deleting, reading and
+// listing through both while a schedule drawn from the seed kills, stops,
+// slows, blackholes and resets nodes and kills proxies. When the faults end
+// and the cluster has had time to converge by itself, every key is read
+// through both proxies and judged against the history of every
+// acknowledged operation: lost writes, resurrected deletes, bytes nobody
+// wrote, keys not on exactly N replicas, crashes and hangs are failures.
+// See docs/chaos.md.
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Kind is what kind of node the cluster runs.
+type Kind string
+
+// Node kinds.
+const (
+	KindStock     Kind = "stock"      // charm serve v0.12.6, sqlite accounts seeded identically
+	KindCringNode Kind = "cring-node" // cring node, sqlite accounts seeded identically
+)
+
+// Options shape a run. Zero values take the defaults.
+type Options struct {
+	Seed     uint64
+	Duration time.Duration // fault period (90s)
+	Nodes    int           // 5
+	Proxies  int           // 2
+	Kind     Kind          // stock
+	// CringBin is the cring binary: `cring serve` for the proxies and
+	// `cring node` for cring-node clusters. Required.
+	CringBin string
+	// CharmBin is the charm binary for stock nodes (`charm serve`).
+	CharmBin string
+	// Dir is the work directory (data, logs, history); "" makes a
+	// temporary one. It is removed after the run unless Keep.
+	Dir  string
+	Keep bool
+
+	Replicas, WriteQuorum int // 3, 2
+	Dirs, FilesPerDir     int // key space: 5 directories of 8 files
+	Rate                  float64
+	Workers               int           // concurrent client operations (8)
+	ScanInterval          time.Duration // the proxies' anti-entropy scans (10s)
+	ConvergeTimeout       time.Duration // how long the healed cluster may take to converge (60s)
+	HangAfter             time.Duration // a client op this long is a hang (30s)
+	Faults                []FaultKind   // kinds to draw from (all)
+
+	// Logf receives progress lines; nil is quiet.
+	Logf func(format string, args ...any)
+}
+
+func (o *Options) logf(format string, args ...any) {
+	if o.Logf != nil {
+		o.Logf(format, args...)
+	}
+}
+
+func (o Options) withDefaults() Options {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.Nodes, 5)
+	def(&o.Proxies, 2)
+	def(&o.Replicas, 3)
+	def(&o.WriteQuorum, 2)
+	def(&o.Dirs, 5)
+	def(&o.FilesPerDir, 8)
+	def(&o.Workers, 8)
+	for _, d := range []struct {
+		v *time.Duration
+		d time.Duration
+	}{{&o.Duration, 90 * time.Second}, {&o.ScanInterval, 10 * time.Second}, {&o.ConvergeTimeout, 60 * time.Second}, {&o.HangAfter, 30 * time.Second}} {
+		if *d.v == 0 {
+			*d.v = d.d
+		}
+	}
+	if o.Rate == 0 {
+		o.Rate = 30
+	}
+	if o.Kind == "" {
+		o.Kind = KindStock
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	switch {
+	case o.Kind != KindStock && o.Kind != KindCringNode:
+		return fmt.Errorf("node kind %q: want stock or cring-node", o.Kind)
+	case o.CringBin == "":
+		return errors.New("no cring binary")
+	case o.Kind == KindStock && o.CharmBin == "":
+		return errors.New("stock nodes need the charm binary")
+	case o.Nodes < o.Replicas || o.Replicas < o.WriteQuorum || o.WriteQuorum < 1:
+		return fmt.Errorf("want write quorum ≤ replicas ≤ nodes, got W=%d N=%d nodes=%d", o.WriteQuorum, o.Replicas, o.Nodes)
+	case o.Proxies < 1:
+		return errors.New("need at least one proxy")
+	case o.Duration < 10*time.Second:
+		return fmt.Errorf("fault period %s: want at least 10s", o.Duration)
+	case o.Rate <= 0 || o.Workers < 1:
+		return errors.New("rate and workers must be positive")
+	}
+	return nil
+}
+
+// maxImpaired is how many nodes may be impaired at once: two, and never
+// so many that no write quorum is left anywhere.
+func (o Options) maxImpaired() int { return max(1, min(2, o.Nodes-o.WriteQuorum)) }
+
+// Report is what a run found.
+type Report struct {
+	Seed     uint64        `json:"seed"`
+	Nodes    int           `json:"nodes"`
+	Kind     Kind          `json:"kind"`
+	Duration time.Duration `json:"duration"`
+	Plan     []Fault       `json:"plan"`
+
+	Ops, Acked, Failed, Unknown int
+	Skipped                     int // client ticks dropped with every worker busy
+	StaleReads                  int // reads during the run that returned a superseded version (information)
+
+	Converged    bool          `json:"converged"`
+	ConvergeTime time.Duration `json:"converge_time"` // from the end of the faults
+	Findings     []Finding     `json:"findings"`
+	Dir          string        `json:"dir,omitempty"` // the kept work dir
+}
+
+// Count is how many findings of class there are.
+func (r *Report) Count(class Class) int {
+	n := 0
+	for _, f := range r.Findings {
+		if f.Class == class {
+			n++
+		}
+	}
+	return n
+}
+
+// Pass reports whether the run found nothing wrong.
+func (r *Report) Pass() bool { return len(r.Findings) == 0 && r.Converged }
+
+// Summary is the one-line result.
+func (r *Report) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos seed=%d nodes=%d kind=%s ops=%d acked=%d", r.Seed, r.Nodes, r.Kind, r.Ops, r.Acked)
+	for _, c := range Classes {
+		fmt.Fprintf(&b, " %s=%d", summaryLabel[c], r.Count(c))
+	}
+	if r.Converged {
+		fmt.Fprintf(&b, " converged=%.1fs", r.ConvergeTime.Seconds())
+	} else {
+		fmt.Fprintf(&b, " converged=no(%.0fs)", r.ConvergeTime.Seconds())
+	}
+	if r.Pass() {
+		b.WriteString(" PASS")
+	} else {
+		b.WriteString(" FAIL")
+	}
+	return b.String()
+}
+
+// summaryLabel is each class's name in the summary line.
+var summaryLabel = map[Class]string{Lost: "lost", Resurrected: "resurrected", Wrong: "wrong", NotN: "not-N",
+	Split: "split", Unreadable: "unreadable", Crash: "crashes", Hang: "hangs"}
+
+// WriteDetails writes the plan and every finding with its key's history.
+func (r *Report) WriteDetails(w io.Writer) {
+	fmt.Fprintf(w, "fault plan (seed %d, %s):\n", r.Seed, r.Duration)
+	for _, f := range r.Plan {
+		fmt.Fprintf(w, "  %s\n", f)
+	}
+	fmt.Fprintf(w, "ops: %d total, %d acknowledged, %d failed, %d unknown; %d ticks skipped (workers busy); %d stale reads during faults (information)\n",
+		r.Ops, r.Acked, r.Failed, r.Unknown, r.Skipped, r.StaleReads)
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "%s %s: %s\n", strings.ToUpper(string(f.Class)), f.Key, f.Detail)
+		for _, o := range f.Ops {
+			fmt.Fprintf(w, "    %s\n", o)
+		}
+	}
+	if r.Dir != "" {
+		fmt.Fprintf(w, "work dir kept: %s (logs/, history.jsonl, report.txt)\n", r.Dir)
+	}
+}
+
+// Run starts the cluster, runs the clients through the fault plan, heals,
+// waits for convergence and checks every key. The error is for a run that
+// could not be carried out; what the run found is in the report.
+func Run(ctx context.Context, o Options) (rep Report, err error) {
+	o = o.withDefaults()
+	if err := o.validate(); err != nil {
+		return Report{}, fmt.Errorf("chaos: %w", err)
+	}
+	dir, cleanup, err := workDir(o)
+	if err != nil {
+		return Report{}, err
+	}
+	defer func() {
+		if o.Keep {
+			rep.Dir = dir
+		}
+		cleanup()
+	}()
+	rep = Report{Seed: o.Seed, Nodes: o.Nodes, Kind: o.Kind, Duration: o.Duration,
+		Plan: Plan(o.Seed, o.Duration, o.Nodes, o.Proxies, o.maxImpaired(), o.Faults)}
+
+	c, err := startCluster(ctx, o, dir)
+	if err != nil {
+		return rep, fmt.Errorf("chaos: start cluster: %w", err)
+	}
+	defer c.close()
+	a := newAPI(c.jwt)
+	defer a.close()
+	if err := c.waitReady(ctx, a); err != nil {
+		return rep, fmt.Errorf("chaos: %w", err)
+	}
+
+	ks := keySpace{dirs: o.Dirs, perDir: o.FilesPerDir}
+	hist := &history{}
+	t0 := time.Now()
+	if err := c.faultPeriod(ctx, o, a, ks, hist, &rep, t0); err != nil {
+		return rep, err
+	}
+	healed := time.Now()
+	o.logf("faults over: healing every node, front and proxy")
+	if err := c.heal(ctx); err != nil {
+		return rep, fmt.Errorf("chaos: heal: %w", err)
+	}
+	if err := c.waitReady(ctx, a); err != nil {
+		return rep, fmt.Errorf("chaos: after healing: %w", err)
+	}
+	notN, err := c.converge(ctx, a, o, healed, &rep)
+	if err != nil {
+		return rep, err
+	}
+	finals := c.finalReads(ctx, a, ks)
+	ops := hist.snapshot()
+	rep.Ops, rep.Acked, rep.Failed, rep.Unknown = counts(ops)
+	rep.Findings, rep.StaleReads = Check(t0, ks.keys(), ops, finals)
+	rep.Findings = append(rep.Findings, notN...)
+	rep.Findings = append(rep.Findings, hangs(t0, ops, o.HangAfter)...)
+	rep.Findings = append(rep.Findings, c.crashFindings()...)
+	sortFindings(rep.Findings)
+	if err := writeArtifacts(dir, &rep, ops, finals); err != nil {
+		o.logf("could not write the run's artifacts: %v", err)
+	}
+	return rep, nil
+}
+
+// faultPeriod runs the clients and the fault plan side by side for the
+// fault period, printing progress every 10 seconds.
+func (c *cluster) faultPeriod(ctx context.Context, o Options, a *api, ks keySpace, hist *history, rep *Report, t0 time.Time) error {
+	o.logf("fault period: %s, %d faults planned, %.0f ops/s over %d keys through %d proxies", o.Duration, len(rep.Plan), o.Rate, len(ks.keys()), len(c.proxies))
+	fctx, cancel := context.WithDeadline(ctx, t0.Add(o.Duration))
+	defer cancel()
+	var urls []string
+	for _, p := range c.proxies {
+		urls = append(urls, p.url)
+	}
+	wl := &workload{o: o, ks: ks, api: a, proxies: urls, hist: hist}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); wl.run(fctx) }()
+	go func() { defer wg.Done(); c.progress(fctx, o, hist, t0) }()
+	// The plan ends within the period; its last steps (restarts) run to
+	// completion even when they end it.
+	ex := &executor{c: c, o: o, start: t0}
+	err := ex.run(ctx, rep.Plan)
+	if err != nil {
+		cancel() // the run is void: stop the clients now
+	}
+	<-fctx.Done()
+	wg.Wait()
+	rep.Skipped = wl.skipped
+	if err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	return ctx.Err()
+}
+
+// progress logs the counts and what is impaired every 10 seconds.
+func (c *cluster) progress(ctx context.Context, o Options, hist *history, t0 time.Time) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		total, ok, failed, unknown := counts(hist.snapshot())
+		o.logf("%3.0fs: %d ops, %d acked, %d failed, %d unknown; %s", time.Since(t0).Seconds(), total, ok, failed, unknown, c.impaired())
+	}
+}
+
+// waitReady waits until every proxy sees every node healthy and answers an
+// authenticated request (so it has the nodes' key set).
+func (c *cluster) waitReady(ctx context.Context, a *api) error {
+	for _, p := range c.proxies {
+		err := poll(ctx, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+			var st struct {
+				Healthy int `json:"healthy"`
+			}
+			if err := getJSON(ctx, a, p.admin+"/readyz", &st); err != nil || st.Healthy != len(c.nodes) {
+				return false, nil
+			}
+			status, _, _, err := a.do(ctx, http.MethodGet, p.url, "", nil)
+			return err == nil && (status == http.StatusOK || status == http.StatusNotFound), nil
+		})
+		if err != nil {
+			return fmt.Errorf("%s not ready with %d healthy nodes: %w", p.name, len(c.nodes), err)
+		}
+	}
+	return nil
+}
+
+func getJSON(ctx context.Context, a *api, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// converge polls the nodes directly until every file is on exactly its N
+// replicas with identical bytes, or the deadline; it returns the files
+// still misplaced then.
+func (c *cluster) converge(ctx context.Context, a *api, o Options, healed time.Time, rep *Report) ([]Finding, error) {
+	names := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		names[i] = n.name
+	}
+	pl, err := newPlacement(names, o.Replicas, c.user)
+	if err != nil {
+		return nil, fmt.Errorf("chaos: placement: %w", err)
+	}
+	o.logf("waiting up to %s for every key to be on exactly its %d replicas", o.ConvergeTimeout, o.Replicas)
+	var last []Finding
+	var lastErr error
+	perr := poll(ctx, o.ConvergeTimeout, time.Second, func(ctx context.Context) (bool, error) {
+		cs, err := c.snapshot(ctx, a)
+		if err != nil {
+			lastErr = err
+			return false, nil
+		}
+		last, lastErr = pl.misplaced(cs, names), nil
+		return len(last) == 0, nil
+	})
+	rep.ConvergeTime = time.Since(healed)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	rep.Converged = perr == nil
+	if rep.Converged {
+		o.logf("converged %.1fs after the faults ended", rep.ConvergeTime.Seconds())
+		return nil, nil
+	}
+	if lastErr != nil {
+		return []Finding{{Class: NotN, Key: "(cluster)", Detail: "could not read every node: " + lastErr.Error()}}, nil
+	}
+	o.logf("not converged after %s: %d files misplaced", o.ConvergeTimeout, len(last))
+	return last, nil
+}
+
+// finalReads reads every key and lists every directory through every proxy.
+func (c *cluster) finalReads(ctx context.Context, a *api, ks keySpace) []Observation {
+	var out []Observation
+	for _, p := range c.proxies {
+		for _, k := range ks.keys() {
+			obs := Observation{Key: k, Via: p.name + " read"}
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			status, _, body, err := a.do(rctx, http.MethodGet, p.url, k, nil)
+			cancel()
+			switch {
+			case err != nil:
+				obs.Err = err.Error()
+			case status == http.StatusOK:
+				obs.Present, obs.Data = true, body
+				if obs.Data == nil {
+					obs.Data = []byte{}
+				}
+			case status != http.StatusNotFound:
+				obs.Err = fmt.Sprintf("%d %s", status, errMessage(body))
+			}
+			out = append(out, obs)
+		}
+		for d, dir := range ks.listDirs() {
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			status, _, body, err := a.do(rctx, http.MethodGet, p.url, dir, nil)
+			cancel()
+			var names []string
+			if err == nil && status == http.StatusOK {
+				names, err = listing(body)
+			} else if err == nil && status != http.StatusNotFound {
+				err = fmt.Errorf("%d %s", status, errMessage(body))
+			}
+			for j := range ks.perDir {
+				k := ks.key(d, j)
+				obs := Observation{Key: k, Via: p.name + " list"}
+				if err != nil {
+					obs.Err = err.Error()
+				} else {
+					obs.Present = slices.Contains(names, path.Base(k))
+				}
+				out = append(out, obs)
+			}
+		}
+	}
+	return out
+}
+
+// workDir makes the run's directory and says how to clean it up.
+func workDir(o Options) (string, func(), error) {
+	if o.Dir != "" {
+		if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+			return "", nil, fmt.Errorf("chaos: work dir: %w", err)
+		}
+		if o.Keep {
+			return o.Dir, func() {}, nil
+		}
+		return o.Dir, func() { _ = os.RemoveAll(o.Dir) }, nil
+	}
+	dir, err := os.MkdirTemp("", fmt.Sprintf("cring-chaos-%d-", o.Seed))
+	if err != nil {
+		return "", nil, fmt.Errorf("chaos: work dir: %w", err)
+	}
+	if o.Keep {
+		return dir, func() {}, nil
+	}
+	return dir, func() { _ = os.RemoveAll(dir) }, nil
+}
+
+// writeArtifacts keeps the history and the final observations (one JSON
+// value per line) and the report in the work dir, for a kept run:
+// history.jsonl and finals.jsonl are what Check takes.
+func writeArtifacts(dir string, rep *Report, ops []*Op, finals []Observation) error {
+	if err := writeJSONL(filepath.Join(dir, "history.jsonl"), ops); err != nil {
+		return err
+	}
+	if err := writeJSONL(filepath.Join(dir, "finals.jsonl"), finals); err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString(rep.Summary() + "\n")
+	rep.WriteDetails(&b)
+	return os.WriteFile(filepath.Join(dir, "report.txt"), []byte(b.String()), 0o600)
+}
+
+func writeJSONL[T any](path string, vs []T) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, v := range vs {
+		if err := enc.Encode(v); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return f.Close()
+}
