@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cring-dev/cring/internal/chaos"
+)
+
+// chaosInSuite puts the short chaos runs (TestChaos, one fixed seed per node
+// kind) in the default `go test ./...`. It is false while today's code
+// still loses acknowledged writes and resurrects deletes under these runs
+// (see docs/chaos.md); set it to true once they pass. Without it they run
+// on demand: go test ./e2e -run TestChaos -chaos.run
+const chaosInSuite = false
+
+var (
+	chaosRun      = flag.Bool("chaos.run", false, "run TestChaos's short runs even while chaosInSuite is false")
+	chaosSeeds    = flag.Int("chaos.seeds", 0, "long runs: this many seeds per node kind, from -chaos.seed (replaces the short runs)")
+	chaosSeed     = flag.Uint64("chaos.seed", 1, "long runs: the first seed")
+	chaosDuration = flag.Duration("chaos.duration", 150*time.Second, "long runs: the fault period of each run")
+	chaosKinds    = flag.String("chaos.kinds", "stock,cring-node", "long runs: node kinds, comma-separated")
+	chaosKeep     = flag.String("chaos.keep", "", "keep every run's work dir (data, logs, history.jsonl, report.txt) under this directory")
+)
+
+// TestChaos: a seeded chaos run per node kind — five real nodes behind
+// fault fronts, two cring serve processes, clients through both while nodes
+// are killed, stopped, slowed, blackholed and reset and proxies killed —
+// must lose no acknowledged write, resurrect no acknowledged delete, return
+// only bytes that were written, converge to exactly N copies within a
+// minute of the faults ending, crash nothing and hang no request. Each run
+// takes under three minutes. With -chaos.seeds=N it runs N seeds per kind
+// with -chaos.duration each instead (long runs, by hand).
+func TestChaos(t *testing.T) {
+	type run struct {
+		kind     chaos.Kind
+		seed     uint64
+		duration time.Duration
+	}
+	runs := []run{
+		{chaos.KindStock, 1, 75 * time.Second},
+		{chaos.KindCringNode, 2, 75 * time.Second},
+	}
+	if *chaosSeeds > 0 {
+		runs = nil
+		for _, k := range strings.Split(*chaosKinds, ",") {
+			for i := range *chaosSeeds {
+				runs = append(runs, run{chaos.Kind(strings.TrimSpace(k)), *chaosSeed + uint64(i), *chaosDuration})
+			}
+		}
+	} else if !chaosInSuite && !*chaosRun {
+		t.Skip("chaos runs are out of the default suite until they pass (chaosInSuite); run them with -chaos.run")
+	}
+	if testing.Short() {
+		t.Skip("chaos runs take minutes")
+	}
+	cringBin := cringBinary(t)
+	charmBin := charmCLI(t)
+	for _, r := range runs {
+		t.Run(fmt.Sprintf("%s/seed=%d", r.kind, r.seed), func(t *testing.T) {
+			o := chaos.Options{
+				Seed: r.seed, Duration: r.duration, Kind: r.kind,
+				CringBin: cringBin, CharmBin: charmBin,
+				Dir:  t.TempDir(),
+				Logf: t.Logf,
+			}
+			if *chaosKeep != "" {
+				o.Dir = filepath.Join(*chaosKeep, fmt.Sprintf("%s-%d", r.kind, r.seed))
+				o.Keep = true
+			}
+			rep, err := chaos.Run(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(rep.Summary())
+			if !rep.Pass() {
+				var b strings.Builder
+				rep.WriteDetails(&b)
+				t.Errorf("%s\n%s", rep.Summary(), b.String())
+			}
+		})
+	}
+}
