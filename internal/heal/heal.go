@@ -67,6 +67,7 @@ type Healer struct {
 	limiter  func(context.Context)
 	suspects chan suspect
 	counts   counters
+	facts    facts
 
 	mu       sync.Mutex
 	lastScan *Report
@@ -229,6 +230,7 @@ func (h *Healer) replayHints(ctx context.Context) {
 				continue
 			}
 			h.state.retryHint(hn)
+			h.counts.add("hints_retried")
 		}
 	}
 }

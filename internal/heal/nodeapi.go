@@ -14,13 +14,27 @@ import (
 	"sync"
 	"time"
 
-	charm "github.com/charmbracelet/charm/proto"
-
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/token"
 )
 
-// errNotFound is a node's 404 for a path.
-var errNotFound = errors.New("not found")
+var (
+	// errNotFound is a node's 404 for a path.
+	errNotFound = errors.New("not found")
+	// errNewer is a cring node's 409: it holds a newer version than the one
+	// sent, and keeps it.
+	errNewer = errors.New("the node holds a newer version")
+)
+
+// listing is a Charm directory listing; a cring node adds each entry's stamp.
+type listing struct {
+	Name    string    `json:"name"`
+	IsDir   bool      `json:"is_dir"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"modtime"`
+	Stamp   string    `json:"stamp,omitempty"`
+	Files   []listing `json:"files,omitempty"`
+}
 
 // nodeAPI speaks a Charm node's HTTP API on behalf of any user, with tokens
 // signed by the cluster's server key.
@@ -79,8 +93,8 @@ func (a *nodeAPI) do(ctx context.Context, method, u, user string, body io.Reader
 
 // list returns a directory listing; errNotFound when the node has no such
 // directory (or the path is a file).
-func (a *nodeAPI) list(ctx context.Context, base *url.URL, user, dir string) (*charm.FileInfo, error) {
-	var fi charm.FileInfo
+func (a *nodeAPI) list(ctx context.Context, base *url.URL, user, dir string) (*listing, error) {
+	var fi listing
 	if err := a.getJSON(ctx, fsURL(base, dir), user, &fi); err != nil {
 		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}
@@ -130,8 +144,36 @@ func (a *nodeAPI) open(ctx context.Context, base *url.URL, user, path string) (*
 	return resp, nil
 }
 
-// put uploads r as path with mode, streamed as Charm's multipart form.
-func (a *nodeAPI) put(ctx context.Context, base *url.URL, user, path string, mode uint32, r io.Reader) error {
+// small reads a file of at most 1 MiB whole (tombstones, version records).
+func (a *nodeAPI) small(ctx context.Context, base *url.URL, user, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.open(ctx, base, user, path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// stampHeader carries a version's stamp to a node (a zero stamp: none).
+func stampHeader(h http.Header, s stamp.Stamp) http.Header {
+	if h == nil {
+		h = http.Header{}
+	}
+	if !s.IsZero() {
+		h.Set(stamp.Header, s.String())
+	}
+	return h
+}
+
+// put uploads r as path with mode and the version's stamp, streamed as
+// Charm's multipart form. errNewer when a cring node holds a newer version.
+func (a *nodeAPI) put(ctx context.Context, base *url.URL, user, path string, mode uint32, st stamp.Stamp, r io.Reader) error {
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	go func() {
@@ -145,29 +187,37 @@ func (a *nodeAPI) put(ctx context.Context, base *url.URL, user, path string, mod
 		pw.CloseWithError(err)
 	}()
 	u := fsURL(base, path) + "?mode=" + strconv.FormatUint(uint64(mode), 10)
-	resp, err := a.do(ctx, http.MethodPost, u, user, pr, http.Header{"Content-Type": {mw.FormDataContentType()}})
+	resp, err := a.do(ctx, http.MethodPost, u, user, pr, stampHeader(http.Header{"Content-Type": {mw.FormDataContentType()}}, st))
 	pr.CloseWithError(errors.New("request ended"))
 	if err != nil {
 		return fmt.Errorf("put %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode == http.StatusConflict {
+		return fmt.Errorf("put %s: %w", path, errNewer)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("put %s: %s", path, resp.Status)
 	}
 	return nil
 }
 
-// remove deletes path (Charm answers 200 whether or not it existed).
-func (a *nodeAPI) remove(ctx context.Context, base *url.URL, user, path string) error {
+// remove deletes path (Charm answers 200 whether or not it existed). With a
+// stamp, a cring node deletes only what is older and keeps a tombstone;
+// errNewer when it holds something newer.
+func (a *nodeAPI) remove(ctx context.Context, base *url.URL, user, path string, st stamp.Stamp) error {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	resp, err := a.do(ctx, http.MethodDelete, fsURL(base, path), user, nil, nil)
+	resp, err := a.do(ctx, http.MethodDelete, fsURL(base, path), user, nil, stampHeader(nil, st))
 	if err != nil {
 		return fmt.Errorf("delete %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode == http.StatusConflict {
+		return fmt.Errorf("delete %s: %w", path, errNewer)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("delete %s: %s", path, resp.Status)
 	}
@@ -181,10 +231,12 @@ type fileMeta struct {
 	SHA256 string    `json:"sha256"`
 }
 
-// meta asks a cring node for a file's exact metadata (hashed on the node).
+// meta asks a cring node for a file's exact metadata, its bytes hashed on
+// the node now (verify=1), not the checksum recorded when it was written.
 func (a *nodeAPI) meta(ctx context.Context, base *url.URL, user, path string) (*fileMeta, error) {
 	u := *base
 	u.Path = strings.TrimRight(u.Path, "/") + "/v1/cring/meta/" + strings.TrimPrefix(path, "/")
+	u.RawQuery = "verify=1"
 	var m fileMeta
 	if err := a.getJSON(ctx, u.String(), user, &m); err != nil {
 		return nil, fmt.Errorf("meta %s: %w", path, err)

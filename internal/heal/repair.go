@@ -9,12 +9,14 @@ import (
 	"hash/fnv"
 	"io"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cring-dev/cring/internal/stall"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -26,8 +28,9 @@ const sameWriteWindow = 2 * time.Second
 type replicaCopy struct {
 	node  int
 	size  int64
-	mtime time.Time
-	sum   string // sha256, when it had to be compared
+	mtime time.Time   // identifies the bytes on that node; never orders versions
+	stamp stamp.Stamp // the version's stamp; zero when unknown (see versions.go)
+	sum   string      // sha256, when it had to be compared
 }
 
 // Result says what a repair did (or, dry, would do).
@@ -50,66 +53,110 @@ type view struct {
 	user, path string
 	replicas   []int
 	copies     map[int]replicaCopy
-	unknown    map[int]bool // nodes that could not be asked
-	tomb       time.Time    // newest tombstone, zero if none
+	unknown    map[int]bool     // nodes that could not be asked
+	tomb       stamp.Stamp      // newest tombstone covering the path, zero if none
+	records    []*versionRecord // the path's version records (stock nodes)
 }
 
-// gather asks every healthy node for the key's metadata (via its parent
-// directory listing) and the tombstones for it.
+// gather asks every healthy node for the key's copy (via its parent
+// directory listing), the tombstones covering it and its version record.
 func (h *Healer) gather(ctx context.Context, user, p string) *view {
 	m := h.mem.Load()
 	v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: map[int]bool{}}
 	v.replicas = m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]
-	dir, name := path.Split(p)
-	dir = strings.TrimSuffix(dir, "/")
-	for i, n := range m.nodes {
+	for i := range m.nodes {
 		if !m.health.Healthy(i) {
 			v.unknown[i] = true
 			continue
 		}
-		d, err := h.api.list(ctx, n.URL, user, dir)
-		if errors.Is(err, errNotFound) {
-			continue
-		}
-		if err != nil {
+		if err := h.gatherOn(ctx, v, i); err != nil {
+			// Its tombstones or records unread, a copy elsewhere might be
+			// one this node knows was deleted or replaced: count it
+			// unasked, its own copy included, as scans do.
+			h.log.Debug("gather: node unasked", "node", m.nodes[i].Name, "path", p, "err", err)
+			delete(v.copies, i)
 			v.unknown[i] = true
-			continue
-		}
-		for _, f := range d.Files {
-			if f.Name == name && !f.IsDir {
-				v.copies[i] = replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
-			}
-		}
-		if !tombstone.Reserved(p) {
-			t, err := h.api.list(ctx, n.URL, user, tombstone.Dir)
-			if err != nil && !errors.Is(err, errNotFound) {
-				// Its tombstones unread, a copy elsewhere might be one
-				// this node knows was deleted: count it unasked, its own
-				// copy included, as scans do.
-				delete(v.copies, i)
-				v.unknown[i] = true
-				continue
-			}
-			if err == nil {
-				for _, f := range t.Files {
-					if f.Name == tombstone.Name(p) && f.ModTime.After(v.tomb) {
-						v.tomb = f.ModTime
-					}
-				}
-			}
 		}
 	}
 	return v
 }
 
-// dead reports whether a copy is covered by the key's tombstone.
-func (v *view) dead(c replicaCopy) bool { return !v.tomb.IsZero() && !c.mtime.After(v.tomb) }
+// gatherOn reads what node i holds of v's key.
+func (h *Healer) gatherOn(ctx context.Context, v *view, i int) error {
+	n := v.m.nodes[i]
+	dir, name := path.Split(v.path)
+	dir = strings.TrimSuffix(dir, "/")
+	d, err := h.api.list(ctx, n.URL, v.user, dir)
+	if err != nil && !errors.Is(err, errNotFound) {
+		return err
+	}
+	if d != nil {
+		for _, f := range d.Files {
+			if f.Name == name && !f.IsDir {
+				c := replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
+				c.stamp, _ = stamp.Parse(f.Stamp)
+				v.copies[i] = c
+			}
+		}
+	}
+	if tombstone.Reserved(v.path) {
+		c, ok := v.copies[i]
+		if !ok {
+			return nil
+		}
+		b, err := h.body(ctx, v.m, i, v.user, v.path, c.size, c.mtime)
+		if err != nil && !errors.Is(err, errNotFound) {
+			return err
+		}
+		c.stamp = recordStamp(v.path, b)
+		v.copies[i] = c
+		return nil
+	}
+	t, err := h.tombstoneOn(ctx, v.m, i, v.user, v.path)
+	if err != nil {
+		return err
+	}
+	v.tomb = stamp.Max(v.tomb, t)
+	recs, err := h.recordsOn(ctx, v.m, i, v.user, v.path)
+	if err != nil {
+		return err
+	}
+	v.records = addRecords(v.records, recs...)
+	return nil
+}
+
+// dead reports whether a copy is covered by a tombstone: its version is no
+// newer than the delete. A tombstone from before stamps is compared with
+// an unstamped copy's modification time, as it was then.
+func (v *view) dead(c replicaCopy) bool {
+	if v.tomb.IsZero() {
+		return false
+	}
+	if c.stamp.IsZero() && v.tomb.Proxy == "legacy" {
+		return !c.mtime.After(v.tomb.Time())
+	}
+	return !c.stamp.After(v.tomb)
+}
+
+// stamped reports whether any live copy has a stamp: versions are then
+// decided by stamps alone; otherwise (data from before stamps) as before.
+func (v *view) stamped() bool {
+	for _, c := range v.copies {
+		if !c.stamp.IsZero() && !v.dead(c) {
+			return true
+		}
+	}
+	return false
+}
 
 // healthy is the cheap check used by scans: every replica holds a live copy,
-// no other node does, and the copies look like one write.
-func (h *Healer) healthy(v *view) bool {
+// no other node does, and the copies are one version.
+func (h *Healer) healthy(ctx context.Context, v *view) bool {
 	if len(v.unknown) > 0 {
 		return true // can't judge; hints cover down nodes
+	}
+	if err := h.stampStockCopies(ctx, v); err != nil {
+		return false // let the repair say what failed
 	}
 	isReplica := map[int]bool{}
 	for _, i := range v.replicas {
@@ -122,6 +169,16 @@ func (h *Healer) healthy(v *view) bool {
 	}
 	if len(v.copies) == 0 {
 		return true // deleted everywhere
+	}
+	if v.stamped() {
+		first := v.copies[v.replicas[0]].stamp
+		for _, i := range v.replicas {
+			c, ok := v.copies[i]
+			if !ok || c.stamp != first {
+				return false
+			}
+		}
+		return true
 	}
 	var lo, hi time.Time
 	for k, i := range v.replicas {
@@ -167,6 +224,10 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			res.Pending = append(res.Pending, v.m.nodes[i].Name)
 		}
 	}
+	if err := h.stampStockCopies(ctx, v); err != nil {
+		res.Err = err.Error()
+		return res
+	}
 	var live, dead []replicaCopy
 	for _, c := range v.copies {
 		if v.dead(c) {
@@ -183,30 +244,34 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			res.Problem = "deleted, but copies remain"
 		}
 		for _, c := range dead {
-			h.remove(ctx, v, c.node, dry, &res)
+			h.removeChecked(ctx, v, c.node, dry, &res)
+		}
+		if len(v.unknown) >= v.m.w {
+			// An acknowledged write may live only on the nodes not asked:
+			// nothing here says the key is settled.
+			res.Err = fmt.Sprintf("%d nodes unreachable, the key's newest version may be known only to them", len(v.unknown))
 		}
 		return res
 	}
 
 	if len(v.unknown) >= v.m.w {
 		// A delete acknowledged at W may have left its tombstone only on
-		// the nodes not asked, and a copy made now would be newer than
-		// that tombstone: the file would be back for good.
+		// the nodes not asked: a copy made now could outlive it.
 		res.Err = fmt.Sprintf("%d nodes unreachable, a delete may be known only to them", len(v.unknown))
 		return res
 	}
-	if err := h.hashIfNeeded(ctx, v, live, deep); err != nil {
+	win, err := h.pick(ctx, v, live, deep)
+	if err != nil {
 		res.Err = err.Error()
 		return res
 	}
-	win := winner(live, v.m.w)
 
 	for _, i := range v.replicas {
 		if v.unknown[i] {
 			continue
 		}
 		c, ok := v.copies[i]
-		if ok && !v.dead(c) && c.size == win.size && (win.sum == "" || c.sum == win.sum) {
+		if ok && !v.dead(c) && sameVersion(c, win) {
 			continue
 		}
 		switch {
@@ -236,7 +301,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			if res.Problem == "" {
 				res.Problem = "copy outside its replicas"
 			}
-			h.remove(ctx, v, c.node, dry, &res)
+			h.removeChecked(ctx, v, c.node, dry, &res)
 		}
 	}
 	if !dry && res.Err == "" {
@@ -246,6 +311,62 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		}
 	}
 	return res
+}
+
+// sameVersion reports whether c holds win's version.
+func sameVersion(c, win replicaCopy) bool {
+	if !win.stamp.IsZero() {
+		return c.stamp == win.stamp && (win.sum == "" || c.sum == "" || c.sum == win.sum)
+	}
+	return c.stamp.IsZero() && c.size == win.size && (win.sum == "" || c.sum == win.sum)
+}
+
+// pick chooses the copy every replica should hold: the newest stamp; for
+// keys written before stamps, the old rule (winner). On a deep scan, copies
+// of the winning stamp are hashed and the content most of them hold wins,
+// so a copy that rotted is replaced.
+func (h *Healer) pick(ctx context.Context, v *view, live []replicaCopy, deep bool) (replicaCopy, error) {
+	if !v.stamped() {
+		if err := h.hashIfNeeded(ctx, v, live, deep); err != nil {
+			return replicaCopy{}, err
+		}
+		return winner(live, v.m.w), nil
+	}
+	win := live[0]
+	for _, c := range live[1:] {
+		if c.stamp.After(win.stamp) {
+			win = c
+		}
+	}
+	if !deep {
+		return win, nil
+	}
+	count := map[string]int{}
+	for _, c := range live {
+		if c.stamp != win.stamp {
+			continue
+		}
+		sum, err := h.sum(ctx, v, c, true)
+		if err != nil {
+			return replicaCopy{}, err
+		}
+		count[sum]++
+	}
+	best := ""
+	for sum, n := range count {
+		if best == "" || n > count[best] || n == count[best] && sum < best {
+			best = sum
+		}
+	}
+	if r := v.recordFor(win.stamp); r != nil {
+		best = r.sum // the checksum recorded at write time
+	}
+	for _, c := range live {
+		if c = v.copies[c.node]; c.stamp == win.stamp && c.sum == best {
+			return c, nil
+		}
+	}
+	return replicaCopy{}, fmt.Errorf("no copy of %s version %s matches its checksum", v.path, win.stamp)
 }
 
 func sortCopies(cs []replicaCopy) {
@@ -356,8 +477,13 @@ func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
-// copy streams the winning copy from its node to node dst.
+// copy streams the winning copy from its node to node dst, with its stamp:
+// copying never renews a version, and a cring node holding something newer
+// keeps it (errNewer).
 func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) error {
+	if from.node == dst {
+		return fmt.Errorf("copy %s: %s holds the winning copy already", v.path, v.m.nodes[dst].Name)
+	}
 	if h.limiter != nil {
 		h.limiter(ctx)
 	}
@@ -372,7 +498,7 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	if err != nil {
 		mode = 0o600
 	}
-	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, uint32(mode), h.idle(resp.Body, cancel)); err != nil {
+	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, uint32(mode), from.stamp, h.idle(resp.Body, cancel)); err != nil {
 		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.nodes[from.node].Name, v.m.nodes[dst].Name, err)
 	}
 	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", v.m.nodes[from.node].Name, "to", v.m.nodes[dst].Name)
@@ -380,16 +506,66 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	return nil
 }
 
-func (h *Healer) remove(ctx context.Context, v *view, node int, dry bool, res *Result) {
-	if !dry {
-		if err := h.api.remove(ctx, v.m.nodes[node].URL, v.user, v.path); err != nil {
-			res.Err = err.Error()
-			return
-		}
-		h.log.Info("removed copy", "user", v.user, "path", v.path, "node", v.m.nodes[node].Name)
-		h.counts.add("removed")
+// removeChecked deletes node's copy of v's key after asking the cluster
+// again, right before acting: a write may have landed since v was read, and
+// only a copy still dead, or still outside its replicas while every replica
+// holds the same or a newer version, is removed. A cring node is sent the
+// tombstone's stamp, so it keeps anything newer whatever happened since.
+func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool, res *Result) {
+	name := v.m.nodes[node].Name
+	if dry {
+		res.Removed = append(res.Removed, name)
+		return
 	}
-	res.Removed = append(res.Removed, v.m.nodes[node].Name)
+	now := h.gather(ctx, v.user, v.path)
+	if err := h.stampStockCopies(ctx, now); err != nil {
+		res.Err = err.Error()
+		return
+	}
+	c, ok := now.copies[node]
+	if !ok {
+		return // gone already
+	}
+	var with stamp.Stamp
+	switch {
+	case now.dead(c):
+		with = now.tomb
+	case h.safeToMove(now, c):
+	default:
+		res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, name)
+		return
+	}
+	if err := h.api.remove(ctx, v.m.nodes[node].URL, v.user, v.path, with); err != nil {
+		res.Err = err.Error()
+		return
+	}
+	h.log.Info("removed copy", "user", v.user, "path", v.path, "node", name, "tombstone", with.String())
+	h.counts.add("removed")
+	res.Removed = append(res.Removed, name)
+}
+
+// safeToMove reports whether a copy outside the key's replicas can go:
+// every replica answered and holds a version at least as new.
+func (h *Healer) safeToMove(v *view, c replicaCopy) bool {
+	if slices.Contains(v.replicas, c.node) || len(v.unknown) > 0 {
+		return false
+	}
+	for _, i := range v.replicas {
+		r, ok := v.copies[i]
+		if !ok || v.dead(r) {
+			return false
+		}
+		if c.stamp.IsZero() && r.stamp.IsZero() {
+			if r.size != c.size {
+				return false
+			}
+			continue
+		}
+		if c.stamp.After(r.stamp) {
+			return false
+		}
+	}
+	return true
 }
 
 // idle cancels a transfer when the node sends nothing for the stall timeout.

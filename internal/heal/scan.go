@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"sort"
 	"time"
 
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -112,6 +114,7 @@ func (r *Report) usage(m *membership) {
 type nodeFile struct {
 	size  int64
 	mtime time.Time
+	stamp stamp.Stamp // listed by a cring node; for cring's own files, from the body
 }
 
 // Scan walks every known user's files on every reachable node and repairs
@@ -159,7 +162,8 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 
 func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
 	trees := map[int]map[string]nodeFile{}
-	tombs := map[string]time.Time{}
+	tombs := map[string]stamp.Stamp{}     // tombstone name → newest stamp on any node
+	recs := map[string][]*versionRecord{} // version directory name → records
 	unknown := map[int]bool{}
 	for i, n := range m.nodes {
 		if !m.health.Healthy(i) {
@@ -167,33 +171,21 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 			continue
 		}
 		files := map[string]nodeFile{}
-		if err := h.walk(ctx, m, i, user, "", files); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			h.log.Warn("scan: cannot list node", "node", n.Name, "user", user, "err", err)
-			unknown[i] = true
-			continue
+		err := h.walk(ctx, m, i, user, "", files)
+		if err == nil {
+			// Without its tombstones and records, a deleted or replaced
+			// file elsewhere would look like one to copy back.
+			err = h.readRecords(ctx, m, i, user, files, tombs, recs)
 		}
-		d, err := h.api.list(ctx, n.URL, user, tombstone.Dir)
-		if err != nil && !errors.Is(err, errNotFound) {
+		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// Without its tombstones, a deleted file elsewhere would look
-			// like one to copy back.
-			h.log.Warn("scan: cannot list tombstones", "node", n.Name, "user", user, "err", err)
+			h.log.Warn("scan: cannot read node", "node", n.Name, "user", user, "err", err)
 			unknown[i] = true
 			continue
 		}
 		trees[i] = files
-		if err == nil {
-			for _, f := range d.Files {
-				if f.ModTime.After(tombs[f.Name]) {
-					tombs[f.Name] = f.ModTime
-				}
-			}
-		}
 	}
 	paths := map[string]bool{}
 	uu := UserUsage{User: user}
@@ -232,11 +224,14 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 			replicas: m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]}
 		for i, files := range trees {
 			if f, ok := files[p]; ok {
-				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime}
+				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime, stamp: f.stamp}
 			}
 		}
 		if !tombstone.Reserved(p) {
-			v.tomb = tombs[tombstone.Name(p)]
+			for _, c := range tombstone.Covering(p) {
+				v.tomb = stamp.Max(v.tomb, tombs[tombstone.Name(c)])
+			}
+			v.records = recs[tombstone.Name(p)]
 		}
 		rep.Keys++
 		h.progress(prog, func(p *Progress) { p.Keys++ })
@@ -248,7 +243,7 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 
 // check classifies one key and repairs it when needed.
 func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report) {
-	if !o.Deep && h.healthy(v) {
+	if !o.Deep && h.healthy(ctx, v) {
 		rep.Healthy++
 		return
 	}
@@ -294,8 +289,10 @@ func (h *Healer) walk(ctx context.Context, m *membership, i int, user, dir strin
 		if dir != "" {
 			p = dir + "/" + f.Name
 		}
-		// cring's own directory: only tombstones, which are keys too.
-		if tombstone.Reserved(p) && p != tombstone.Root && p != tombstone.Dir && !isUnder(p, tombstone.Dir) {
+		// cring's own directory: only tombstones and version records,
+		// which are keys too.
+		if tombstone.Reserved(p) && p != tombstone.Root && p != tombstone.Dir && !isUnder(p, tombstone.Dir) &&
+			p != tombstone.Versions && !isUnder(p, tombstone.Versions) {
 			continue
 		}
 		if f.IsDir {
@@ -304,22 +301,56 @@ func (h *Healer) walk(ctx context.Context, m *membership, i int, user, dir strin
 			}
 			continue
 		}
-		out[p] = nodeFile{size: f.Size, mtime: f.ModTime}
+		nf := nodeFile{size: f.Size, mtime: f.ModTime}
+		nf.stamp, _ = stamp.Parse(f.Stamp)
+		out[p] = nf
 	}
 	return nil
 }
 
 func isUnder(p, dir string) bool { return len(p) > len(dir) && p[:len(dir)+1] == dir+"/" }
 
-// collectTombstones deletes tombstones older than the grace period, once
-// every node could be asked (a node that was away longer than the grace
-// period may bring a deleted file back: documented).
-func (h *Healer) collectTombstones(ctx context.Context, m *membership, user string, tombs map[string]time.Time, allUp, dry bool, rep *Report) {
+// readRecords reads the bodies of node i's tombstones and version records
+// (once per copy: the facts cache), stamps those files in files, and keeps
+// the newest of each in tombs and recs.
+func (h *Healer) readRecords(ctx context.Context, m *membership, i int, user string, files map[string]nodeFile, tombs map[string]stamp.Stamp, recs map[string][]*versionRecord) error {
+	for p, f := range files {
+		tomb, rec := isUnder(p, tombstone.Dir), isUnder(p, tombstone.Versions)
+		if !tomb && !rec {
+			continue
+		}
+		b, err := h.body(ctx, m, i, user, p, f.size, f.mtime)
+		if errors.Is(err, errNotFound) {
+			delete(files, p) // removed meanwhile
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		f.stamp = recordStamp(p, b)
+		files[p] = f
+		if tomb {
+			name := path.Base(p)
+			tombs[name] = stamp.Max(tombs[name], f.stamp)
+			continue
+		}
+		if r, err := parseRecord(b); err == nil {
+			name := path.Base(path.Dir(p)) // .cring/versions/<name>/<stamp>
+			recs[name] = addRecords(recs[name], r)
+		}
+	}
+	return nil
+}
+
+// collectTombstones deletes tombstones older than the grace period (by
+// their stamps), once every node could be asked (a node that was away
+// longer than the grace period may bring a deleted file back: documented).
+func (h *Healer) collectTombstones(ctx context.Context, m *membership, user string, tombs map[string]stamp.Stamp, allUp, dry bool, rep *Report) {
 	if !allUp {
 		return
 	}
 	for name, t := range tombs {
-		if time.Since(t) < h.grace {
+		if time.Since(t.Time()) < h.grace {
 			continue
 		}
 		rep.TombstonesGC++
@@ -327,7 +358,7 @@ func (h *Healer) collectTombstones(ctx context.Context, m *membership, user stri
 			continue
 		}
 		for _, n := range m.nodes {
-			if err := h.api.remove(ctx, n.URL, user, tombstone.Dir+"/"+name); err != nil {
+			if err := h.api.remove(ctx, n.URL, user, tombstone.Dir+"/"+name, stamp.Stamp{}); err != nil {
 				h.log.Warn("cannot collect tombstone", "node", n.Name, "err", err)
 			}
 		}

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"net/http"
@@ -30,31 +32,48 @@ type Backup interface {
 	List(ctx context.Context, prefix string) ([]backup.Object, error)
 }
 
-// backupTee copies the file part of an upload to a spool file while the
-// body streams to the replicas.
+// backupTee copies the file part of an upload to a spool file (backups)
+// and its SHA-256 (version records) while the body streams to the replicas.
 type backupTee struct {
-	spool *os.File
+	spool *os.File  // nil without backups
+	sum   hash.Hash // nil without version records
 	pw    *io.PipeWriter
 	done  chan struct{}
 	n     int64
 	err   error
 }
 
+func (t *backupTee) errOrNil() error {
+	if t == nil {
+		return errors.New("not read")
+	}
+	return t.err
+}
+
 // startBackupTee wraps body so the upload's file bytes also land in a spool
 // file; nil when backups don't apply to this request.
 func (p *Proxy) startBackupTee(r *http.Request, ref fileRef) (*backupTee, io.Reader, error) {
-	if p.backup == nil || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
+	if (p.backup == nil && !p.records) || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
 		return nil, r.Body, nil
 	}
-	spool, err := p.backup.Spool()
-	if err != nil {
-		return nil, nil, err
-	}
 	pr, pw := io.Pipe()
-	t := &backupTee{spool: spool, pw: pw, done: make(chan struct{})}
+	t := &backupTee{pw: pw, done: make(chan struct{})}
+	var to []io.Writer
+	if p.backup != nil {
+		spool, err := p.backup.Spool()
+		if err != nil {
+			return nil, nil, err
+		}
+		t.spool = spool
+		to = append(to, spool)
+	}
+	if p.records {
+		t.sum = sha256.New()
+		to = append(to, t.sum)
+	}
 	go func() {
 		defer close(t.done)
-		t.n, t.err = backup.ExtractUpload(pr, r.Header.Get("Content-Type"), spool)
+		t.n, t.err = backup.ExtractUpload(pr, r.Header.Get("Content-Type"), io.MultiWriter(to...))
 		pr.Close()
 	}()
 	return t, io.TeeReader(r.Body, pw), nil

@@ -11,6 +11,7 @@ import (
 
 	charm "github.com/charmbracelet/charm/proto"
 
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -87,7 +88,7 @@ func TestStaleCopyAmongManyTombstones(t *testing.T) {
 			// The tombstone is on the first replica and one other node
 			// (acknowledged at W = 2), among 12,000 others.
 			for _, i := range []int{pref[0], pref[2]} {
-				c.fakes[i].put(tombstone.Path(p), entry{data: tombstone.Body(p, t0.Add(time.Minute)), mode: "384", modtime: t0.Add(time.Minute)})
+				c.fakes[i].put(tombstone.Path(p), entry{data: tombstone.Body(p, stamp.Legacy(t0.Add(time.Minute))), mode: "384", modtime: t0.Add(time.Minute)})
 				c.fakes[i].put(tombstone.Dir, bigDir("tombstones", 12000, t0,
 					charm.FileInfo{Name: tombstone.Name(p), Size: 1, ModTime: t0.Add(time.Minute), Mode: 0o600}))
 			}

@@ -3,7 +3,10 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"mime/multipart"
 	"net/http"
 	"net/url"
@@ -13,6 +16,7 @@ import (
 
 	charm "github.com/charmbracelet/charm/proto"
 
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -40,39 +44,41 @@ func (nopHealer) Suspect(string, string)           {}
 func (nopHealer) Owed(string, string, string) bool { return false }
 func (nopHealer) Complete(string, string) bool     { return false }
 
-// delete records a tombstone (acked at W like any write) and then deletes
-// the file everywhere, so no stale replica can bring it back.
+// delete records a tombstone with the delete's stamp (acked at W like any
+// write), then deletes the path everywhere with that stamp, so no stale
+// replica can bring it, or anything under it, back. A write stamped later
+// wins over the tombstone by its stamp: nothing needs clearing.
 func (p *Proxy) delete(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.noTombs.forget(ref.user)
-	now := time.Now()
-	status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, now))
+	st := p.clock.Now()
+	status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, st), st)
 	if status < 200 || status > 299 {
 		p.obs.QuorumFailure("tombstone")
 		writeError(w, http.StatusServiceUnavailable, "could not record the delete: "+msg)
 		return
 	}
-	p.tombs.add(ref.key())
 	p.noTombs.forget(ref.user) // again: a listing may have cached "none" meanwhile
-	p.write(w, r, ref)
+	p.write(w, r, ref, st)
 }
 
-// clearTombstone removes the tombstone of a path this proxy deleted a
-// moment ago, before it is written again: the new file must not look older
-// than its own delete to anyone. (Older tombstones lose to the newer file by
-// modification time.)
-func (p *Proxy) clearTombstone(r *http.Request, ref fileRef) {
-	if !p.tombs.take(ref.key()) {
-		return
+// recordVersion stores the version record of an upload that reached nodes:
+// required (acked at W) before the upload is acknowledged, best effort for
+// an upload that failed but survives on some node, so the healer knows it
+// for the version it is (docs/design.md, "Versions").
+func (p *Proxy) recordVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee *backupTee) error {
+	if tee == nil || tee.sum == nil || tee.err != nil {
+		return fmt.Errorf("no checksum of the upload: %v", tee.errOrNil())
 	}
-	if status, msg := p.internalWrite(r, http.MethodDelete, fileRef{ref.user, tombstone.Path(ref.path)}, nil); status != http.StatusOK {
-		p.log.Warn("could not clear tombstone before rewrite", "path", ref.path, "err", msg)
-		p.healer.Suspect(ref.user, ref.path)
+	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String(), Size: tee.n, SHA256: hex.EncodeToString(tee.sum.Sum(nil))})
+	if status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.VersionPath(ref.path, st)}, body, st); status < 200 || status > 299 {
+		return errors.New(msg)
 	}
+	return nil
 }
 
 // internalWrite runs the write path for a request of cring's own, with the
 // client's token, and returns the status and message it would have sent.
-func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data []byte) (int, string) {
+func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) (int, string) {
 	req := r.Clone(r.Context())
 	req.URL = &url.URL{Path: "/v1/fs/" + ref.path}
 	req.Header.Del("Content-Length")
@@ -92,7 +98,7 @@ func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data 
 	}
 	req.Method = method
 	rec := &captured{header: http.Header{}}
-	p.write(rec, req, ref)
+	p.write(rec, req, ref, st)
 	var m struct {
 		Message string `json:"message"`
 	}
@@ -124,11 +130,18 @@ func (c *captured) Write(b []byte) (int, error) {
 	return c.body.Write(b)
 }
 
+// tombCopy is one node's copy of a tombstone file, as listed.
+type tombCopy struct {
+	node  int
+	size  int64
+	mtime time.Time
+}
+
 // tombstoneTimes lists a user's tombstones on the given nodes: name → the
-// newest modification time any node has for it, and how many nodes' were
-// read (a node without any counts as read).
-func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) (map[string]time.Time, int) {
-	out := map[string]time.Time{}
+// nodes' copies, and how many nodes' were read (a node without any counts
+// as read). A tombstone's time is in its body (tombstoneStamps reads it).
+func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) (map[string][]tombCopy, int) {
+	out := map[string][]tombCopy{}
 	if p.noTombs.fresh(user) {
 		return out, len(p.nodes)
 	}
@@ -149,9 +162,7 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 				read++
 				none = false
 				for _, f := range d.Files {
-					if f.ModTime.After(out[f.Name]) {
-						out[f.Name] = f.ModTime
-					}
+					out[f.Name] = append(out[f.Name], tombCopy{node: i, size: f.Size, mtime: f.ModTime})
 				}
 			case o.status == http.StatusNotFound:
 				read++
@@ -166,6 +177,78 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 		p.noTombs.set(user) // every node says: no tombstones at all
 	}
 	return out, read
+}
+
+// tombstoneStamps reads the tombstones that cover a listing's entries (and
+// the listed directory) and returns name → the newest delete's time, from
+// the stamps in their bodies. Bodies are cached by each copy's size and
+// modification time, so a listing reads each tombstone once.
+func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRef, dir *charm.FileInfo, tombs map[string][]tombCopy) map[string]time.Time {
+	out := map[string]time.Time{}
+	if len(tombs) == 0 {
+		return out
+	}
+	want := map[string]bool{}
+	for _, c := range tombstone.Covering(ref.path) {
+		want[tombstone.Name(c)] = true
+	}
+	for _, f := range dir.Files {
+		want[tombstone.Name(ref.path+"/"+f.Name)] = true
+	}
+	for name := range want {
+		for _, c := range tombs[name] {
+			s, ok := p.tombBodies.stamp(ctx, p, r, ref.user, name, c)
+			if !ok {
+				s = stamp.Stamp{Wall: time.Now().UnixNano()} // unreadable: counts as newer
+			}
+			if t := s.Time(); t.After(out[name]) {
+				out[name] = t
+			}
+		}
+	}
+	return out
+}
+
+// tombCache remembers tombstone stamps by copy (node, user, name, size,
+// mtime): a tombstone file is rewritten only by a newer delete, which
+// changes its mtime. Bounded: it starts over past 100,000 entries.
+type tombCache struct {
+	mu sync.Mutex
+	m  map[tombKey]stamp.Stamp
+}
+
+type tombKey struct {
+	node       int
+	user, name string
+	size       int64
+	mtime      int64
+}
+
+func (c *tombCache) stamp(ctx context.Context, p *Proxy, r *http.Request, user, name string, tc tombCopy) (stamp.Stamp, bool) {
+	k := tombKey{tc.node, user, name, tc.size, tc.mtime.UnixNano()}
+	c.mu.Lock()
+	s, ok := c.m[k]
+	c.mu.Unlock()
+	if ok {
+		return s, true
+	}
+	req := r.Clone(ctx)
+	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir + "/" + name}
+	o := p.send(ctx, tc.node, req, http.MethodGet, nil)
+	if !o.ok() {
+		return stamp.Stamp{}, false
+	}
+	_, s, err := tombstone.ParseBody(o.body)
+	if err != nil {
+		return stamp.Stamp{}, false
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) > 100_000 {
+		c.m = map[tombKey]stamp.Stamp{}
+	}
+	c.m[k] = s
+	c.mu.Unlock()
+	return s, true
 }
 
 // userSet remembers, briefly, users known to have no tombstones, so their
@@ -202,8 +285,23 @@ func (u *userSet) forget(user string) {
 }
 
 // dropDeleted removes listing entries that a tombstone at least as new
-// covers, and cring's own directory from the user's root.
+// covers (tombs: name → the delete's time), and cring's own directory from
+// the user's root. Entries are compared by modification time: listings
+// don't carry stamps yet (docs/design.md, "What stock nodes can't do").
 func dropDeleted(dir *charm.FileInfo, dirPath string, tombs map[string]time.Time) {
+	for _, c := range tombstone.Covering(dirPath) {
+		if t, ok := tombs[tombstone.Name(c)]; ok {
+			// The directory itself was deleted: only what was written
+			// since survives.
+			kept := dir.Files[:0]
+			for _, f := range dir.Files {
+				if f.IsDir || f.ModTime.After(t) {
+					kept = append(kept, f)
+				}
+			}
+			dir.Files = kept
+		}
+	}
 	kept := dir.Files[:0]
 	for _, f := range dir.Files {
 		p := tombstone.Clean(dirPath + "/" + f.Name)
@@ -231,64 +329,53 @@ const (
 	unsure           // too few nodes answered to rule a delete out
 )
 
-// deletedSince asks every healthy node for path's tombstone (one small file
-// each, however many the user has) and compares it with a copy's
-// modification time. Last-Modified has whole seconds, as the copy's has.
-func (p *Proxy) deletedSince(r *http.Request, ref fileRef, modTime time.Time) deletion {
+// deletedSince asks every healthy node for the tombstones covering path
+// (the path's own and its directories': one small file each) and compares
+// the newest with the copy a node answered with: by stamps when the copy
+// has one (a cring node sends it), else by the copy's modification time
+// against the delete's stamp (a stock node keeps no stamps: documented).
+func (p *Proxy) deletedSince(r *http.Request, ref fileRef, copyHeader http.Header) deletion {
 	ctx, cancel := context.WithTimeout(r.Context(), p.stall)
 	defer cancel()
-	req := r.Clone(ctx)
-	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Path(ref.path)}
-	answered := 0
-	for _, o := range p.sendAll(ctx, p.healthyNodes(), req, http.MethodGet, nil) {
-		switch {
-		case o.status == http.StatusNotFound:
-			answered++
-		case o.ok():
-			t, err := http.ParseTime(o.header.Get("Last-Modified"))
-			if err != nil || !modTime.After(t) {
-				return deleted // a tombstone of unknown age counts as newer
+	cover := tombstone.Covering(ref.path)
+	nodes := p.healthyNodes()
+	answered := make([]int, len(nodes))
+	var newest stamp.Stamp
+	for _, c := range cover {
+		req := r.Clone(ctx)
+		req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Path(c)}
+		for k, o := range p.sendAll(ctx, nodes, req, http.MethodGet, nil) {
+			switch {
+			case o.status == http.StatusNotFound:
+				answered[k]++
+			case o.ok():
+				_, s, err := tombstone.ParseBody(o.body)
+				if err != nil {
+					return deleted // a tombstone that can't be read counts as newer
+				}
+				newest = stamp.Max(newest, s)
+				answered[k]++
 			}
-			answered++
+		}
+	}
+	if !newest.IsZero() {
+		if cs, err := stamp.Parse(copyHeader.Get(stamp.Header)); err == nil && !cs.IsZero() {
+			if !cs.After(newest) {
+				return deleted
+			}
+		} else if lm, err := http.ParseTime(copyHeader.Get("Last-Modified")); err != nil || !lm.After(newest.Time()) {
+			return deleted
+		}
+	}
+	full := 0 // nodes that answered for every covering tombstone
+	for _, n := range answered {
+		if n == len(cover) {
+			full++
 		}
 	}
 	// A tombstone acknowledged at W is on W nodes.
-	if answered < len(p.nodes)-p.w+1 {
+	if full < len(p.nodes)-p.w+1 {
 		return unsure
 	}
 	return live
-}
-
-// recentTombstones remembers the keys this proxy deleted lately, so a quick
-// rewrite clears its tombstone first. Bounded: old entries fall out.
-type recentTombstones struct {
-	mu   sync.Mutex
-	keys map[string]time.Time
-}
-
-const recentTombstoneTTL = 10 * time.Minute
-
-func (t *recentTombstones) add(key string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.keys == nil {
-		t.keys = map[string]time.Time{}
-	}
-	now := time.Now()
-	if len(t.keys) > 10000 {
-		for k, at := range t.keys {
-			if now.Sub(at) > recentTombstoneTTL {
-				delete(t.keys, k)
-			}
-		}
-	}
-	t.keys[key] = now
-}
-
-func (t *recentTombstones) take(key string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	at, ok := t.keys[key]
-	delete(t.keys, key)
-	return ok && time.Since(at) < recentTombstoneTTL
 }

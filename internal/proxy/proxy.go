@@ -29,6 +29,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -75,6 +76,13 @@ type Options struct {
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
+	// Clock stamps every write and delete (docs/design.md, "Versions");
+	// nil: a clock of its own with a random id.
+	Clock *stamp.Clock
+	// VersionRecords: some node cannot keep stamps (stock charm serve), so
+	// every upload also writes a version record (its stamp, size and
+	// SHA-256) at W before it is acknowledged.
+	VersionRecords bool
 }
 
 // Proxy serves the Charm HTTP API over a cluster.
@@ -90,8 +98,10 @@ type Proxy struct {
 	shared     bool
 	obs        Observer
 	healer     Healer
-	tombs      recentTombstones
+	clock      *stamp.Clock
+	records    bool
 	noTombs    userSet
+	tombBodies tombCache
 	dirs       keySet
 	inflight   keyedWait
 	lat        *latencies
@@ -145,6 +155,11 @@ func New(o Options) (*Proxy, error) {
 		healer:     o.Healer,
 		postQuorum: o.PostQuorumTimeout,
 		backup:     o.Backup,
+		clock:      o.Clock,
+		records:    o.VersionRecords,
+	}
+	if p.clock == nil {
+		p.clock = stamp.NewClock(nil)
 	}
 	p.lat = newLatencies(len(p.nodes))
 	p.maxTails = maxTailsPerNode
@@ -196,6 +211,7 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 		t.mu.Unlock()
 	}
 	p.healer.RecordUser(user)
+	r.Header.Del(stamp.Header) // stamps are the proxy's to give, never a client's
 	rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/")
 	ref := fileRef{user: user, path: tombstone.Clean(rest)}
 	if isFS && tombstone.Reserved(ref.path) {
@@ -204,8 +220,7 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case isFS && r.Method == http.MethodPost:
-		p.clearTombstone(r, ref)
-		p.write(w, r, ref)
+		p.write(w, r, ref, p.clock.Now())
 	case isFS && r.Method == http.MethodDelete:
 		p.delete(w, r, ref)
 	case isFS && r.Method == http.MethodGet:

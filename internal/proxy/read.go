@@ -74,8 +74,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				// An earlier replica lacks it: repair, and never serve a
 				// stale copy of a file that was deleted.
 				p.healer.Suspect(ref.user, ref.path)
-				lm, _ := http.ParseTime(resp.Header.Get("Last-Modified"))
-				switch p.deletedSince(r, ref, lm) {
+				switch p.deletedSince(r, ref, resp.Header) {
 				case deleted:
 					resp.Body.Close()
 					cancel(nil)
@@ -203,7 +202,7 @@ type listings struct {
 	unreachable int
 	sawFile     bool // a node has a file at that path
 	mode        string
-	tombs       map[string]time.Time
+	tombs       map[string][]tombCopy
 	tombsAsked  bool
 	tombsRead   int // nodes whose tombstones were read (or that have none)
 }
@@ -283,7 +282,7 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 			return
 		}
 	}
-	dropDeleted(merged, ref.path, l.tombs)
+	dropDeleted(merged, ref.path, p.tombstoneStamps(r.Context(), r, ref, merged, l.tombs))
 	w.Header().Set("Content-Type", "application/json")
 	if l.mode != "" {
 		w.Header().Set("X-File-Mode", l.mode)

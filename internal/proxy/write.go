@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // targets picks the nodes a write goes to: the first N healthy nodes of the
@@ -75,16 +78,19 @@ func (rp *replica) feed() {
 
 // write fans a POST or DELETE of /v1/fs/* out to the key's replicas with the
 // body streamed to all of them at once, and acks only at W 2xx answers from
-// nodes that received the whole body (DESIGN invariants 2 and 3).
-func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
+// nodes that received the whole body (docs/design.md, invariants 2 and 3).
+// Every node gets the version's stamp st; a cring node that holds a newer
+// version answers 409 and keeps it, which counts as stored: this version
+// was superseded, not lost.
+func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st stamp.Stamp) {
 	ctx := r.Context()
 	key := ref.key()
+	r.Header.Set(stamp.Header, st.String())
 	// A write still finishing in the background on a slow replica must
 	// land before the next write or delete of the same key is sent.
 	p.inflight.wait(key)
 	pref := p.ring.Preference(key)
 	targets := p.targets(pref)
-	p.missedReplicas(ref, pref, targets)
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 
 	// Deletes also go to every other healthy node, so a copy left on a
@@ -185,7 +191,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	// Streamed replicas only count once the pump gave them every byte.
 	stored := func(o outcome) bool {
 		k, ok := isTarget[o.node]
-		return ok && o.ok() && (reps[k] == nil || reps[k].sentAll)
+		return ok && (o.ok() || superseded(o)) && (reps[k] == nil || reps[k].sentAll)
 	}
 	// Collect until W replicas stored it (answer now) or every replica
 	// answered (answer the failure).
@@ -200,7 +206,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		}
 		replicasDone++
 		if stored(o) {
-			if n == 0 {
+			if n == 0 || superseded(first) {
 				first = o
 			}
 			n++
@@ -241,13 +247,30 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	} else {
 		cancelAll(nil)
 	}
-	p.settle(r, ref, pref, targets, reps, got, stored)
+	if n > 0 {
+		// Hints only for a write that is somewhere: one no replica stored
+		// is owed to nobody, and a hint would hide the existing file from
+		// reads.
+		p.missedReplicas(ref, pref, targets)
+		p.settle(r, ref, pref, targets, reps, got, stored)
+	} else {
+		p.logFailures(r, ref, targets, got)
+	}
 
 	if bodyErr != nil {
 		p.bodyFailed(w, r, key, tee, bodyErr)
 		return
 	}
+	needRecord := p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path)
 	if n >= p.w {
+		if needRecord {
+			if err := p.recordVersion(r, ref, st, tee); err != nil {
+				p.obs.QuorumFailure("version")
+				p.discardSpool(tee)
+				writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("stored on %d of %d replicas, but its version record failed: %v", n, len(targets), err))
+				return
+			}
+		}
 		// The backup takes it too before the ack: stored (sync) or
 		// durably queued (async). Either failing means no ack.
 		if err := p.backupAck(ctx, r, ref, tee); err != nil {
@@ -256,11 +279,19 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("stored on %d of %d replicas, but the backup failed: %v", n, len(targets), err))
 			return
 		}
+		if superseded(first) {
+			w.WriteHeader(http.StatusOK) // a newer version is stored: this one was written over
+			return
+		}
 		relay(w, first)
 		return
 	}
-	if tee != nil && tee.spool != nil {
-		p.backup.Discard(tee.spool)
+	if n > 0 {
+		// Failed, yet stored somewhere: a real version the healer will
+		// spread, so it is recorded and backed up like any other.
+		p.keepFailedVersion(r, ref, st, tee, needRecord)
+	} else {
+		p.discardSpool(tee)
 	}
 	if n == 0 && p.backup != nil && len(p.healthyNodes()) == 0 {
 		p.obs.QuorumFailure(r.Method)
@@ -282,13 +313,58 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		relay(w, o)
 		return
 	}
-	p.obs.QuorumFailure(r.Method)
+	if !tombstone.Reserved(ref.path) {
+		// cring's own writes (tombstones, version records) are counted by
+		// the client request they serve.
+		p.obs.QuorumFailure(r.Method)
+	}
 	verb := "stored"
 	if r.Method == http.MethodDelete {
 		verb = "deleted"
 	}
 	writeError(w, http.StatusServiceUnavailable,
 		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.w))
+}
+
+// superseded reports a cring node's answer that it holds a newer version.
+func superseded(o outcome) bool { return o.err == nil && o.status == http.StatusConflict }
+
+// keepFailedVersion records and backs up an upload answered 503 that some
+// replica stored anyway (docs/design.md, "A failed write that survives").
+func (p *Proxy) keepFailedVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee *backupTee, record bool) {
+	if record {
+		if err := p.recordVersion(r, ref, st, tee); err != nil {
+			p.log.Warn("no version record for a failed write that survives", "key", ref.key(), "err", err)
+		}
+	}
+	ctx := context.WithoutCancel(r.Context())
+	if err := p.backupAck(ctx, r, ref, tee); err != nil {
+		p.log.Warn("no backup of a failed write that survives", "key", ref.key(), "err", err)
+	}
+}
+
+// discardSpool drops an upload's backup spool, if any.
+func (p *Proxy) discardSpool(tee *backupTee) {
+	if tee != nil && tee.spool != nil {
+		p.backup.Discard(tee.spool)
+		tee.spool = nil
+	}
+}
+
+// logFailures logs and counts replicas that failed a write none stored.
+func (p *Proxy) logFailures(r *http.Request, ref fileRef, targets []int, os []outcome) {
+	for _, o := range os {
+		if !slices.Contains(targets, o.node) {
+			continue
+		}
+		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
+		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
+			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
+		if o.err != nil {
+			// No answer: the node may have stored it anyway.
+			p.healer.Suspect(ref.user, ref.path)
+		}
+	}
 }
 
 // finishTee waits for the backup spool of an upload whose body has been read.
@@ -300,16 +376,13 @@ func (p *Proxy) finishTee(key string, tee *backupTee, bodyErr error) {
 	}
 	if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
 		p.log.Warn("upload could not be spooled for the backup", "key", key, "err", err)
-		p.backup.Discard(tee.spool)
-		tee.spool = nil
+		p.discardSpool(tee)
 	}
 }
 
 // bodyFailed answers a write whose client body could not be read.
 func (p *Proxy) bodyFailed(w http.ResponseWriter, r *http.Request, key string, tee *backupTee, err error) {
-	if tee != nil && tee.spool != nil {
-		p.backup.Discard(tee.spool)
-	}
+	p.discardSpool(tee)
 	p.log.Warn("write aborted: client body failed", "key", key, "err", err, "request_id", r.Header.Get("X-Request-Id"))
 	writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
 }

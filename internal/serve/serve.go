@@ -31,6 +31,7 @@ import (
 	"github.com/cring-dev/cring/internal/metrics"
 	"github.com/cring-dev/cring/internal/proxy"
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/sshproxy"
 	"github.com/cring-dev/cring/internal/token"
 	jose "gopkg.in/square/go-jose.v2"
@@ -51,13 +52,14 @@ type Server struct {
 	healer    *heal.Healer
 	backupQ   *backup.Queue
 	sink      *backup.Sink
+	clock     *stamp.Clock // one per process: stamps never go back across reloads
 
 	httpLn, sshLn, adminLn net.Listener
 }
 
 // New builds a server from a normalized config. Nothing listens yet.
 func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, clock: stamp.NewClock(nil)}
 	s.transport = &http.Transport{
 		Proxy:                 nil, // nodes are reached directly, never via HTTP_PROXY
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -207,11 +209,25 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		Observer:          s.metrics,
 		Healer:            healer,
 		Backup:            s.backupSink(),
+		Clock:             s.clock,
+		VersionRecords:    needsRecords(cfg),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// needsRecords reports whether some node can't keep stamps itself: a node
+// without a metadata endpoint is taken for a stock charm serve, and every
+// upload then also writes a version record (docs/design.md, "Versions").
+func needsRecords(cfg *config.Config) bool {
+	for _, n := range cfg.Nodes {
+		if n.Meta == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // install makes g current and starts its health loop when serving.

@@ -2,17 +2,24 @@
 // coming back. A tombstone is a small file in the user's own namespace on the
 // nodes, under a directory Charm clients can never create (their path
 // segments are hex-encoded ciphertext), so it is replicated like any file and
-// shared by every proxy. Its modification time on a node is the delete's
-// time; a copy of the file no newer than that is dead.
+// shared by every proxy. Its body holds the delete's stamp (package stamp):
+// a copy of the path, or of anything under it, with an older stamp is dead.
+// A node's modification time of the tombstone means nothing (a repair copy
+// renews it), so it is never read. Version records (under Versions) name the
+// stamp, size and SHA-256 of a path's newest write, for nodes that cannot
+// keep stamps themselves (stock charm serve). See docs/design.md, "Versions".
 package tombstone
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"path"
 	"strings"
 	"time"
+
+	"github.com/cring-dev/cring/internal/stamp"
 )
 
 // Root is cring's reserved directory in every user's namespace.
@@ -42,14 +49,88 @@ func Reserved(p string) bool {
 	return c == Root || strings.HasPrefix(c, Root+"/")
 }
 
-// Record is a tombstone's content, for operators and garbage collection.
+// Versions holds version records (stock nodes): a directory per path, a
+// file per version, named by its stamp. Each record is written once and
+// never changed, so no write reads another's record first.
+const Versions = Root + "/versions"
+
+// VersionDir is the directory of a user's path's version records.
+func VersionDir(p string) string { return Versions + "/" + Name(p) }
+
+// VersionPath is the record of one version of a path.
+func VersionPath(p string, s stamp.Stamp) string { return VersionDir(p) + "/" + s.String() }
+
+// Record is a tombstone's content: the path deleted (with everything under
+// it, when it was a directory) and the delete's stamp.
 type Record struct {
 	Path    string    `json:"path"`
-	Deleted time.Time `json:"deleted"`
+	Stamp   string    `json:"stamp,omitempty"` // absent in tombstones written before stamps
+	Deleted time.Time `json:"deleted"`         // the stamp's wall time, for operators
 }
 
-// Body encodes a tombstone for path deleted at t.
-func Body(p string, t time.Time) []byte {
-	b, _ := json.Marshal(Record{Path: Clean(p), Deleted: t.UTC()})
+// Body encodes a tombstone for path deleted at stamp s.
+func Body(p string, s stamp.Stamp) []byte {
+	b, _ := json.Marshal(Record{Path: Clean(p), Stamp: s.String(), Deleted: s.Time().UTC()})
 	return b
+}
+
+// ParseBody decodes a tombstone and returns its stamp. A tombstone from
+// before stamps existed gets stamp.Legacy of its recorded deletion time.
+func ParseBody(b []byte) (Record, stamp.Stamp, error) {
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, stamp.Stamp{}, fmt.Errorf("tombstone: %w", err)
+	}
+	if r.Stamp == "" {
+		if r.Deleted.IsZero() {
+			return r, stamp.Stamp{}, fmt.Errorf("tombstone for %q: no stamp and no time", r.Path)
+		}
+		return r, stamp.Legacy(r.Deleted), nil
+	}
+	s, err := stamp.Parse(r.Stamp)
+	return r, s, err
+}
+
+// Version is a version record: what the newest write of a path stored.
+type Version struct {
+	Path   string `json:"path"`
+	Stamp  string `json:"stamp"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// VersionBody encodes a version record.
+func VersionBody(v Version) []byte {
+	v.Path = Clean(v.Path)
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// ParseVersion decodes a version record and its stamp.
+func ParseVersion(b []byte) (Version, stamp.Stamp, error) {
+	var v Version
+	if err := json.Unmarshal(b, &v); err != nil {
+		return v, stamp.Stamp{}, fmt.Errorf("version record: %w", err)
+	}
+	s, err := stamp.Parse(v.Stamp)
+	if err == nil && s.IsZero() {
+		err = fmt.Errorf("version record for %q: no stamp", v.Path)
+	}
+	return v, s, err
+}
+
+// Covering lists the paths whose tombstone covers p: p itself and every
+// directory above it, nearest first. Deleting a directory deletes the tree.
+func Covering(p string) []string {
+	c := Clean(p)
+	var out []string
+	for c != "" && c != "." {
+		out = append(out, c)
+		i := strings.LastIndex(c, "/")
+		if i < 0 {
+			break
+		}
+		c = c[:i]
+	}
+	return out
 }

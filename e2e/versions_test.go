@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// Regression tests for the ways versions decided by nodes' file times lost
+// acknowledged data (docs/design.md, "Versions"). Each fails on the code
+// that ordered copies by modification time.
+
+var all3 = []string{"node1", "node2", "node3"}
+
+// scan runs one healing pass now.
+func scan(t *testing.T, tc *testCluster) *heal.Report {
+	t.Helper()
+	rep, err := tc.srv.Healer().Scan(context.Background(), heal.ScanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// TestRenewedTombstoneKeepsNewerWrite: a repair copy of a tombstone lands
+// with a fresh modification time. Its delete is older than the write that
+// followed it, and the write must stay.
+func TestRenewedTombstoneKeepsNewerWrite(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	u.put(t, "k", []byte("v1"))
+	if err := u.fs.Remove("k"); err != nil {
+		t.Fatal(err)
+	}
+	u.put(t, "k", []byte("v2, acknowledged after the delete"))
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute)
+	for _, n := range tc.dc.Nodes {
+		if err := os.Chtimes(n.FilePath(u.id, tombstone.Path(ep)), later, later); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scan(t, tc)
+	identicalOn(t, tc, u, "k", all3, time.Second)
+	if got := u.get(t, "k"); string(got) != "v2, acknowledged after the delete" {
+		t.Fatalf("read %q after the scan", got)
+	}
+}
+
+// TestLateWriteLosesToDelete: a write a frozen replica finishes after the
+// key was deleted lands with the newest modification time; the delete is
+// newer by its stamp and must win.
+func TestLateWriteLosesToDelete(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	u.put(t, "k", []byte("old version"))
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	old := tc.onDisk(t, u, "k")["node1"]
+	if err := u.fs.Remove("k"); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := tc.dc.Nodes[2].FilePath(u.id, ep)
+	if err := os.MkdirAll(filepath.Dir(late), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(late, old, 0o600); err != nil { // the abandoned write lands now
+		t.Fatal(err)
+	}
+	scan(t, tc)
+	identicalOn(t, tc, u, "k", nil, time.Second)
+	if _, err := u.fs.ReadFile("k"); err == nil {
+		t.Fatal("the deleted file is back")
+	}
+}
+
+// TestDeletedDirectoryStaysDeleted: a directory deleted while a node was
+// down comes back whole on that node; its tombstone covers every file
+// under it.
+func TestDeletedDirectoryStaysDeleted(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	files := []string{"tree/sub/a", "tree/sub/b", "tree/sub/c"}
+	for _, f := range files {
+		u.put(t, f, []byte(f))
+	}
+	for _, f := range files {
+		identicalOn(t, tc, u, f, all3, 5*time.Second)
+	}
+	tc.stop(2)
+	tc.waitReady(2)
+	if err := u.fs.Remove("tree"); err != nil {
+		t.Fatal(err)
+	}
+	tc.start(2)
+	tc.waitReady(3)
+	scan(t, tc)
+	for _, f := range files {
+		identicalOn(t, tc, u, f, nil, 5*time.Second)
+	}
+	u.put(t, "tree/new", []byte("written after the delete"))
+	scan(t, tc)
+	identicalOn(t, tc, u, "tree/new", all3, 5*time.Second)
+}
+
+// TestNoFalse404WhenHintCannotReplay: a node that missed a write comes back
+// while every node holding it is down. The hint stays, and the read is a
+// 503, never "file does not exist"; once the others return, it is repaired.
+func TestNoFalse404WhenHintCannotReplay(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	tc.stop(0)
+	tc.waitReady(2)
+	u.put(t, "k", []byte("on node2 and node3"))
+	tc.stop(1)
+	tc.stop(2)
+	tc.waitReady(0)
+	tc.start(0)
+	tc.waitReady(1)
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Once node1's hint was tried (and could not be settled), it is still
+	// owed the key: the read must not take its 404 for an answer.
+	waitFor(t, 10*time.Second, func() bool { return tc.srv.Healer().Status().Totals["hints_retried"] > 0 })
+	if st := u.status(t, tc, ep); st != http.StatusServiceUnavailable {
+		t.Fatalf("read with the key's only copies down: %d, want 503", st)
+	}
+	tc.start(1)
+	tc.start(2)
+	tc.waitReady(3)
+	identicalOn(t, tc, u, "k", all3, 10*time.Second)
+}
+
+// TestRefusedWriteKeepsFile: a write every node refuses leaves the file as
+// it was, readable at once, and owes nobody a hint.
+func TestRefusedWriteKeepsFile(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	u.put(t, "k", []byte("the existing file"))
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+tc.httpAddr+"/v1/fs/"+ep+"?mode=420", bytes.NewReader([]byte("not multipart")))
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
+	req.Header.Set("Authorization", "bearer "+u.jwt(t))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Fatal("a garbage body was acknowledged")
+	}
+	if got := u.get(t, "k"); string(got) != "the existing file" {
+		t.Fatalf("read %q after a refused write", got)
+	}
+	for node, n := range tc.srv.Healer().Status().HintsPending {
+		if n != 0 {
+			t.Fatalf("%d hints for %s recorded for a write no node stored", n, node)
+		}
+	}
+}
+
+// status GETs an encrypted path through the proxy and returns the status.
+func (u *user) status(t *testing.T, tc *testCluster, ep string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+tc.httpAddr+"/v1/fs/"+ep, nil)
+	req.Header.Set("Authorization", "bearer "+u.jwt(t))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// jwt is a fresh token of the user's.
+func (u *user) jwt(t *testing.T) string {
+	t.Helper()
+	j, err := u.cc.JWT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}

@@ -1,0 +1,222 @@
+package heal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// Which copy wins is decided by stamps alone (docs/design.md, "Versions"):
+//   - a cring node lists every copy's stamp;
+//   - a stock node's copy takes the stamp of the key's version record when
+//     its size and SHA-256 match the record, and is unstamped otherwise (it
+//     loses to every stamped version: a late, abandoned or stale write);
+//   - a tombstone's and a version record's stamp is in its body.
+// Modification times only identify a copy's bytes on one node, for the
+// facts cache; they never order versions.
+
+// versionRecord is the newest version record seen for a key.
+type versionRecord struct {
+	stamp stamp.Stamp
+	size  int64
+	sum   string
+}
+
+// factKey names one node's bytes of a path: rewriting them changes the
+// size or the modification time, so a fact learned once holds until then.
+type factKey struct {
+	node, user, path string
+	size             int64
+	mtime            int64
+}
+
+// facts caches what was read from copies (SHA-256 of data, the body of a
+// tombstone or version record), so scans read each copy once, not once
+// per pass. Bounded: it starts over past maxFacts.
+type facts struct {
+	mu sync.Mutex
+	m  map[factKey]string
+}
+
+const maxFacts = 200_000
+
+func (f *facts) get(k factKey) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.m[k]
+	return v, ok
+}
+
+func (f *facts) put(k factKey, v string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil || len(f.m) >= maxFacts {
+		f.m = map[factKey]string{}
+	}
+	f.m[k] = v
+}
+
+// body returns the content of a small cring file (tombstone, version
+// record) on node i, from the cache when its size and mtime are known.
+func (h *Healer) body(ctx context.Context, m *membership, i int, user, p string, size int64, mtime time.Time) ([]byte, error) {
+	k := factKey{node: m.nodes[i].Name, user: user, path: p, size: size, mtime: mtime.UnixNano()}
+	if !mtime.IsZero() {
+		if v, ok := h.facts.get(k); ok {
+			return []byte(v), nil
+		}
+	}
+	b, err := h.api.small(ctx, m.nodes[i].URL, user, p)
+	if err != nil {
+		return nil, err
+	}
+	if !mtime.IsZero() && int64(len(b)) == size {
+		h.facts.put(k, string(b))
+	}
+	return b, nil
+}
+
+// recordStamp is the stamp of a reserved file's own content: a tombstone's
+// or a version record's. Such files are versions of themselves, so the
+// newest content wins when they are repaired.
+func recordStamp(p string, b []byte) stamp.Stamp {
+	switch {
+	case isUnder(p, tombstone.Dir):
+		if _, s, err := tombstone.ParseBody(b); err == nil {
+			return s
+		}
+	case isUnder(p, tombstone.Versions):
+		if _, s, err := tombstone.ParseVersion(b); err == nil {
+			return s
+		}
+	}
+	return stamp.Stamp{}
+}
+
+// tombstoneOn reads, on node i, the newest tombstone covering p (p or a
+// directory above it); zero when there is none.
+func (h *Healer) tombstoneOn(ctx context.Context, m *membership, i int, user, p string) (stamp.Stamp, error) {
+	var newest stamp.Stamp
+	for _, c := range tombstone.Covering(p) {
+		b, err := h.api.small(ctx, m.nodes[i].URL, user, tombstone.Path(c))
+		if errors.Is(err, errNotFound) {
+			continue
+		}
+		if err != nil {
+			return stamp.Stamp{}, fmt.Errorf("tombstone of %s: %w", c, err)
+		}
+		_, s, err := tombstone.ParseBody(b)
+		if err != nil {
+			return stamp.Stamp{}, fmt.Errorf("tombstone of %s on %s: %w", c, m.nodes[i].Name, err)
+		}
+		newest = stamp.Max(newest, s)
+	}
+	return newest, nil
+}
+
+// recordsOn reads p's version records on node i.
+func (h *Healer) recordsOn(ctx context.Context, m *membership, i int, user, p string) ([]*versionRecord, error) {
+	dir := tombstone.VersionDir(p)
+	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
+	if errors.Is(err, errNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("version records of %s: %w", p, err)
+	}
+	var out []*versionRecord
+	for _, f := range d.Files {
+		b, err := h.body(ctx, m, i, user, dir+"/"+f.Name, f.Size, f.ModTime)
+		if errors.Is(err, errNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("version records of %s: %w", p, err)
+		}
+		if r, err := parseRecord(b); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func parseRecord(b []byte) (*versionRecord, error) {
+	v, s, err := tombstone.ParseVersion(b)
+	if err != nil {
+		return nil, err
+	}
+	return &versionRecord{stamp: s, size: v.Size, sum: v.SHA256}, nil
+}
+
+// addRecords merges version records into a set, once per stamp.
+func addRecords(set []*versionRecord, rs ...*versionRecord) []*versionRecord {
+	for _, r := range rs {
+		if !slices.ContainsFunc(set, func(o *versionRecord) bool { return o.stamp == r.stamp }) {
+			set = append(set, r)
+		}
+	}
+	return set
+}
+
+// stampStockCopies gives every unstamped copy the stamp of the newest
+// recorded version whose size and checksum it matches (hashing it, once per
+// copy's bytes). A copy matching no record stays unstamped: a late or
+// stale write, or data from before stamps.
+func (h *Healer) stampStockCopies(ctx context.Context, v *view) error {
+	for i, c := range v.copies {
+		if !c.stamp.IsZero() {
+			continue
+		}
+		for _, r := range v.records {
+			if r.size != c.size || !r.stamp.After(c.stamp) {
+				continue
+			}
+			sum, err := h.sum(ctx, v, c, false)
+			if err != nil {
+				return err
+			}
+			if sum == r.sum {
+				c.stamp, c.sum = r.stamp, sum
+			}
+		}
+		v.copies[i] = c
+	}
+	return nil
+}
+
+// recordFor is the version record of stamp s, nil if none.
+func (v *view) recordFor(s stamp.Stamp) *versionRecord {
+	for _, r := range v.records {
+		if r.stamp == s {
+			return r
+		}
+	}
+	return nil
+}
+
+// sum is a copy's SHA-256, from the facts cache or hashed now; fresh
+// always hashes (a deep scan: rot keeps size and mtime).
+func (h *Healer) sum(ctx context.Context, v *view, c replicaCopy, fresh bool) (string, error) {
+	if c.sum != "" && !fresh {
+		return c.sum, nil
+	}
+	k := factKey{node: v.m.nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()}
+	if s, ok := h.facts.get(k); ok && !fresh {
+		c.sum = s
+		v.copies[c.node] = c
+		return s, nil
+	}
+	s, err := h.hash(ctx, v, c.node)
+	if err != nil {
+		return "", fmt.Errorf("hash %s on %s: %w", v.path, v.m.nodes[c.node].Name, err)
+	}
+	h.facts.put(k, s)
+	c.sum = s
+	v.copies[c.node] = c
+	return s, nil
+}
