@@ -31,8 +31,8 @@ import (
 	"github.com/cring-dev/cring/internal/metrics"
 	"github.com/cring-dev/cring/internal/proxy"
 	"github.com/cring-dev/cring/internal/ring"
-	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/sshproxy"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/token"
 	jose "gopkg.in/square/go-jose.v2"
 )
