@@ -1,5 +1,5 @@
 // Package heal brings every key back to exactly N correct copies without an
-// operator (DESIGN invariant 9): durable hints replay missed writes and
+// operator (docs/design.md, invariant 9): durable hints replay missed writes and
 // deletes when a node returns, read repair checks keys a read found
 // disagreeing, and a background scan walks every known user's files on every
 // node, fixing what it finds at a bounded rate. Tombstones (see package

@@ -67,7 +67,7 @@ func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
 // that every read and every increment overlaps the last increment's nodes:
 // inc > M/2 makes increments overlap each other, inc+read > M makes reads
 // see them. Together with bringing laggards up to the max, /v1/seq never goes
-// backwards whichever nodes are up (DESIGN invariant 7).
+// backwards whichever nodes are up (docs/design.md, invariant 7).
 func (p *Proxy) seqQuorums() (inc, read int) {
 	m := len(p.nodes)
 	inc = max(p.w, m/2+1)

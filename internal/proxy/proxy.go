@@ -242,7 +242,7 @@ func isPublic(p string) bool {
 	return strings.HasPrefix(p, "/v1/public/") || strings.HasPrefix(p, "/.well-known/")
 }
 
-// placementKey is DESIGN invariant 1: charmID + "/" + cleaned path.
+// placementKey is docs/design.md, invariant 1: charmID + "/" + cleaned path.
 func placementKey(user, rest string) string {
 	return user + "/" + tombstone.Clean(rest)
 }

@@ -26,7 +26,7 @@ const maxListing = 64 << 20
 //
 // A 404 is only answered when fewer than W nodes could not be asked: any
 // acknowledged file is on at least W nodes, so at least one of them answered
-// (DESIGN invariant 6). Otherwise the answer is 503, never a false 404.
+// (docs/design.md, invariant 6). Otherwise the answer is 503, never a false 404.
 func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
 	key := ref.key()
