@@ -94,6 +94,17 @@ func (m *membership) index(name string) int {
 	return -1
 }
 
+// healthyCount is how many nodes are up.
+func (m *membership) healthyCount() int {
+	n := 0
+	for i := range m.nodes {
+		if m.health.Healthy(i) {
+			n++
+		}
+	}
+	return n
+}
+
 // Reconfigure switches to a new node list (hints are kept by node name).
 func (h *Healer) Reconfigure(nodes []Node, r *ring.Ring, writeQuorum int, health Health) {
 	h.mem.Store(&membership{nodes: nodes, ring: r, w: writeQuorum, health: health})
@@ -202,6 +213,7 @@ func (h *Healer) Run(ctx context.Context) {
 func (h *Healer) replayHints(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	lastUp := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -209,6 +221,14 @@ func (h *Healer) replayHints(ctx context.Context) {
 		case <-t.C:
 		}
 		m := h.mem.Load()
+		up := m.healthyCount()
+		if up > lastUp {
+			// A node came back: hints that waited for it (a repair can't
+			// settle while W nodes are unasked) are due now, not after
+			// their backoff, or reads keep skipping the nodes they owe.
+			h.state.retryAllNow()
+		}
+		lastUp = up
 		due := h.state.dueHints(func(node string) bool {
 			i := m.index(node)
 			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it

@@ -240,6 +240,16 @@ func (s *state) retryHint(h hint) {
 	s.hints[h] = st
 }
 
+// retryAllNow makes every hint due at once (its backoff is kept).
+func (s *state) retryAllNow() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for h, st := range s.hints {
+		st.next = time.Time{}
+		s.hints[h] = st
+	}
+}
+
 // dueHints returns hints whose node is up and whose retry time has come.
 func (s *state) dueHints(up func(node string) bool) []hint {
 	s.mu.Lock()
