@@ -29,6 +29,7 @@ type chaosFlags struct {
 	keep      bool
 	rate      float64
 	converge  time.Duration
+	settle    time.Duration
 	scan      time.Duration
 	faults    string
 	hangAfter time.Duration
@@ -80,6 +81,7 @@ See docs/chaos.md.`,
 	fl.BoolVar(&f.keep, "keep", false, "keep the work directory: data, logs, history.jsonl, finals.jsonl, report.txt")
 	fl.Float64Var(&f.rate, "rate", 30, "client operations per second, over both proxies")
 	fl.DurationVar(&f.converge, "converge-timeout", 60*time.Second, "how long the healed cluster may take to put every key on exactly N replicas")
+	fl.DurationVar(&f.settle, "settle", 0, "how long the converged cluster must then stay unchanged before the final reads (default: --scan-interval + 2s)")
 	fl.DurationVar(&f.scan, "scan-interval", 10*time.Second, "the proxies' --scan-interval")
 	fl.StringVar(&f.faults, "faults", "all", "comma-separated fault kinds to draw from: kill-node,stop-node,kill-proxy,latency,blackhole,reset")
 	fl.DurationVar(&f.hangAfter, "hang-after", 30*time.Second, "a client operation that takes this long is a hang")
@@ -111,7 +113,7 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 	o := chaos.Options{
 		Seed: f.seed, Duration: f.duration, Nodes: f.nodes, Kind: chaos.Kind(f.kind),
 		CharmBin: f.charmBin, CringBin: f.cringBin, Dir: f.dir, Keep: f.keep,
-		Rate: f.rate, ConvergeTimeout: f.converge, ScanInterval: f.scan, Faults: kinds, HangAfter: f.hangAfter,
+		Rate: f.rate, ConvergeTimeout: f.converge, Settle: f.settle, ScanInterval: f.scan, Faults: kinds, HangAfter: f.hangAfter,
 	}
 	if o.CringBin == "" {
 		if o.CringBin, err = os.Executable(); err != nil {

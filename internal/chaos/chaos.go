@@ -59,8 +59,12 @@ type Options struct {
 	Workers               int           // concurrent client operations (8)
 	ScanInterval          time.Duration // the proxies' anti-entropy scans (10s)
 	ConvergeTimeout       time.Duration // how long the healed cluster may take to converge (60s)
-	HangAfter             time.Duration // a client op this long is a hang (30s)
-	Faults                []FaultKind   // kinds to draw from (all)
+	// Settle is how long the converged state must then stay unchanged
+	// before the final reads (default: the scan interval plus 2s, so
+	// every proxy's healer has scanned the converged cluster once).
+	Settle    time.Duration
+	HangAfter time.Duration // a client op this long is a hang (30s)
+	Faults    []FaultKind   // kinds to draw from (all)
 
 	// Logf receives progress lines; nil is quiet.
 	Logf func(format string, args ...any)
@@ -92,6 +96,9 @@ func (o Options) withDefaults() Options {
 		if *d.v == 0 {
 			*d.v = d.d
 		}
+	}
+	if o.Settle == 0 {
+		o.Settle = o.ScanInterval + 2*time.Second
 	}
 	if o.Rate == 0 {
 		o.Rate = 30
@@ -343,46 +350,6 @@ func getJSON(ctx context.Context, a *api, url string, v any) error {
 	}
 	defer resp.Body.Close()
 	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-// converge polls the nodes directly until every file is on exactly its N
-// replicas with identical bytes, or the deadline; it returns the files
-// still misplaced then.
-func (c *cluster) converge(ctx context.Context, a *api, o Options, healed time.Time, rep *Report) ([]Finding, error) {
-	names := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
-		names[i] = n.name
-	}
-	pl, err := newPlacement(names, o.Replicas, c.user)
-	if err != nil {
-		return nil, fmt.Errorf("chaos: placement: %w", err)
-	}
-	o.logf("waiting up to %s for every key to be on exactly its %d replicas", o.ConvergeTimeout, o.Replicas)
-	var last []Finding
-	var lastErr error
-	perr := poll(ctx, o.ConvergeTimeout, time.Second, func(ctx context.Context) (bool, error) {
-		cs, err := c.snapshot(ctx, a)
-		if err != nil {
-			lastErr = err
-			return false, nil
-		}
-		last, lastErr = pl.misplaced(cs, names), nil
-		return len(last) == 0, nil
-	})
-	rep.ConvergeTime = time.Since(healed)
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	rep.Converged = perr == nil
-	if rep.Converged {
-		o.logf("converged %.1fs after the faults ended", rep.ConvergeTime.Seconds())
-		return nil, nil
-	}
-	if lastErr != nil {
-		return []Finding{{Class: NotN, Key: "(cluster)", Detail: "could not read every node: " + lastErr.Error()}}, nil
-	}
-	o.logf("not converged after %s: %d files misplaced", o.ConvergeTimeout, len(last))
-	return last, nil
 }
 
 // finalReads reads every key and lists every directory through every proxy.

@@ -67,79 +67,93 @@ func (c *cluster) crashFindings() []Finding {
 	return append([]Finding(nil), c.crashes...)
 }
 
+// portsPerNode: HTTP, SSH, health, stats and a cring node's metadata port.
+const portsPerNode = 5
+
 // startCluster lays out the work dir, seeds one user on every node, and
 // starts the nodes, their fronts and the proxies.
-func startCluster(ctx context.Context, o Options, dir string) (c *cluster, err error) {
-	c = &cluster{o: o, dir: dir, fronts: newFronts()}
-	defer func() {
-		if err != nil {
-			c.close()
-		}
-	}()
-	for _, d := range []string{"logs", "proxies"} {
+func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) {
+	c := &cluster{o: o, dir: dir, fronts: newFronts()}
+	if err := c.start(ctx); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *cluster) start(ctx context.Context) error {
+	o, dir := c.o, c.dir
+	for _, d := range []string{"logs", "proxies", "key"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("work dir: %w", err)
+			return fmt.Errorf("work dir: %w", err)
 		}
 	}
-	ports, err := devcluster.FreePorts("127.0.0.1", 3*o.Proxies)
+	// Every port at once, so no two of them collide.
+	ports, err := devcluster.FreePorts("127.0.0.1", portsPerNode*o.Nodes+3*o.Proxies)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c.publicURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	// devcluster lays out the nodes: shared key, ports, data dirs.
-	dc, err := devcluster.New(filepath.Join(dir, "nodes"), devcluster.Options{Nodes: o.Nodes, PublicURL: c.publicURL})
+	proxyPorts := ports[portsPerNode*o.Nodes:]
+	c.publicURL = fmt.Sprintf("http://127.0.0.1:%d", proxyPorts[0])
+	c.keyPath = filepath.Join(dir, "key", "charm_server_ed25519")
+	kp, err := keygen.New(c.keyPath, keygen.WithKeyType(keygen.Ed25519), keygen.WithWrite())
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("server key: %w", err)
 	}
-	c.keyPath = dc.KeyPath
-	if err := c.seedUser(dc, dir); err != nil {
-		return nil, err
-	}
-	metaPorts := make([]int, o.Nodes)
-	if o.Kind == KindCringNode {
-		if metaPorts, err = devcluster.FreePorts("127.0.0.1", o.Nodes); err != nil {
-			return nil, err
+	dc := &devcluster.Cluster{} // only to seed accounts into the nodes' sqlite
+	for i := range o.Nodes {
+		np := ports[portsPerNode*i:]
+		dn := &devcluster.Node{Name: fmt.Sprintf("node%d", i+1), Host: "127.0.0.1",
+			HTTPPort: np[0], SSHPort: np[1], HealthPort: np[2], StatsPort: np[3],
+			DataDir: filepath.Join(dir, "nodes", fmt.Sprintf("node%d", i+1))}
+		n := &node{name: dn.Name, dev: dn, httpURL: dn.HTTPURL()}
+		if o.Kind == KindCringNode {
+			n.meta = np[4]
 		}
-	}
-	for i, dn := range dc.Nodes {
-		n := &node{name: dn.Name, dev: dn, meta: metaPorts[i], httpURL: dn.HTTPURL()}
-		if err := writeKey(dn.DataDir, dc.PrivateKey, dc.PublicKey); err != nil {
-			return nil, err
+		if err := writeKey(dn.DataDir, kp.RawPrivateKey(), kp.RawAuthorizedKey()); err != nil {
+			return err
 		}
 		n.proc = &proc{name: dn.Name, logPath: filepath.Join(dir, "logs", dn.Name+".log"),
 			command: c.nodeCommand(n), ready: dn.HealthURL(), crashed: c.crashed}
 		c.nodes = append(c.nodes, n)
-		upstreams := []string{net.JoinHostPort(dn.Host, strconv.Itoa(dn.HTTPPort))}
+		dc.Nodes = append(dc.Nodes, dn)
+	}
+	if err := c.seedUser(dc, dir); err != nil {
+		return err
+	}
+	for _, n := range c.nodes {
+		upstreams := []string{net.JoinHostPort(n.dev.Host, strconv.Itoa(n.dev.HTTPPort))}
 		if n.meta != 0 {
-			upstreams = append(upstreams, net.JoinHostPort(dn.Host, strconv.Itoa(n.meta)))
+			upstreams = append(upstreams, net.JoinHostPort(n.dev.Host, strconv.Itoa(n.meta)))
 		}
-		if n.front, err = c.fronts.open(dn.Name, upstreams...); err != nil {
-			return nil, err
+		if n.front, err = c.fronts.open(n.name, upstreams...); err != nil {
+			return err
 		}
 		o.logf("starting %s (%s) on %s, front %s", n.name, o.Kind, n.httpURL, n.front.addr(0))
 		if err := n.proc.start(ctx); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	cfgPath, err := c.writeConfig()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for i := range o.Proxies {
+		pp := proxyPorts[3*i:]
 		p := &proxyProc{
 			name:  fmt.Sprintf("proxy%d", i+1),
-			url:   fmt.Sprintf("http://127.0.0.1:%d", ports[3*i]),
-			admin: fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+2]),
+			url:   fmt.Sprintf("http://127.0.0.1:%d", pp[0]),
+			admin: fmt.Sprintf("http://127.0.0.1:%d", pp[2]),
 		}
 		p.proc = &proc{name: p.name, logPath: filepath.Join(dir, "logs", p.name+".log"),
-			command: c.proxyCommand(p, cfgPath, ports[3*i+1]), ready: p.admin + "/healthz", crashed: c.crashed}
+			command: c.proxyCommand(p, cfgPath, pp[1]), ready: p.admin + "/healthz", crashed: c.crashed}
 		c.proxies = append(c.proxies, p)
 		o.logf("starting %s on %s", p.name, p.url)
 		if err := p.proc.start(ctx); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // seedUser gives every node the same account (as `cring accounts sync`

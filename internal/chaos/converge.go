@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"path"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -112,7 +114,7 @@ func newPlacement(names []string, replicas int, user string) (*placement, error)
 
 // replicas are the node indexes that must hold p, sorted.
 func (pl *placement) replicas(p string) []int {
-	// DESIGN invariant 1: charmID + "/" + cleaned path.
+	// docs/design.md, invariant 1: charmID + "/" + cleaned path.
 	reps := slices.Clone(pl.ring.Preference(pl.user + "/" + tombstone.Clean(p))[:pl.n])
 	slices.Sort(reps)
 	return reps
@@ -182,4 +184,76 @@ func nodeNames(idx []int, names []string) string {
 		s[i] = names[x]
 	}
 	return strings.Join(s, ",")
+}
+
+// converge polls the nodes directly until every file is on exactly its N
+// replicas with identical bytes and nowhere else, and stays so for
+// o.Settle (a healer that still moves or removes copies afterwards must
+// not escape the final reads). Convergence must come within
+// o.ConvergeTimeout of healed; the report gets the time it took, and the
+// files still misplaced come back as findings.
+func (c *cluster) converge(ctx context.Context, a *api, o Options, healed time.Time, rep *Report) ([]Finding, error) {
+	names := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		names[i] = n.name
+	}
+	pl, err := newPlacement(names, o.Replicas, c.user)
+	if err != nil {
+		return nil, fmt.Errorf("chaos: placement: %w", err)
+	}
+	o.logf("waiting up to %s for every key to be on exactly its %d replicas, then %s without change", o.ConvergeTimeout, o.Replicas, o.Settle)
+	var (
+		last    []Finding
+		lastErr error
+		stable  copies    // the converged state
+		since   time.Time // when it was first seen
+	)
+	perr := poll(ctx, time.Until(healed.Add(o.ConvergeTimeout+o.Settle)), time.Second, func(ctx context.Context) (bool, error) {
+		cs, err := c.snapshot(ctx, a)
+		if err != nil {
+			lastErr, stable = err, nil
+			return false, nil
+		}
+		lastErr = nil
+		if last = pl.misplaced(cs, names); len(last) > 0 {
+			if stable != nil {
+				o.logf("converged state broke after %.1fs: %d files misplaced", time.Since(since).Seconds(), len(last))
+			}
+			stable = nil
+			return false, nil
+		}
+		if stable == nil || !cs.equal(stable) {
+			if stable != nil {
+				o.logf("converged state changed after %.1fs", time.Since(since).Seconds())
+			}
+			stable, since = cs, time.Now()
+		}
+		return time.Since(since) >= o.Settle, nil
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if stable != nil {
+		rep.ConvergeTime = since.Sub(healed)
+	} else {
+		rep.ConvergeTime = time.Since(healed)
+	}
+	rep.Converged = perr == nil && rep.ConvergeTime <= o.ConvergeTimeout
+	switch {
+	case rep.Converged:
+		o.logf("converged %.1fs after the faults ended, unchanged for %s", rep.ConvergeTime.Seconds(), o.Settle)
+		return nil, nil
+	case lastErr != nil:
+		return []Finding{{Class: NotN, Key: "(cluster)", Detail: "could not read every node: " + lastErr.Error()}}, nil
+	case len(last) == 0:
+		return []Finding{{Class: NotN, Key: "(cluster)", Detail: fmt.Sprintf("copies still changing %.0fs after the faults ended", time.Since(healed).Seconds())}}, nil
+	}
+	o.logf("not converged after %s: %d files misplaced", o.ConvergeTimeout, len(last))
+	return last, nil
+}
+
+// equal reports whether two snapshots hold the same files on the same
+// nodes with the same bytes.
+func (cs copies) equal(other copies) bool {
+	return maps.EqualFunc(cs, other, func(a, b map[int][]byte) bool { return maps.EqualFunc(a, b, bytes.Equal) })
 }
