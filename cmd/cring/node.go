@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/charmbracelet/charm/server"
+	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/node"
 	"github.com/spf13/cobra"
 )
@@ -22,13 +23,14 @@ type nodeFlags struct {
 	debug                                    bool
 	shutdownTimeout                          time.Duration
 	metaPort                                 int
+	tombstoneGrace                           time.Duration
 }
 
 func newNodeCmd() *cobra.Command {
 	var f nodeFlags
 	cmd := &cobra.Command{
 		Use:   "node",
-		Short: "Run a Charm server whose accounts can live in a shared PostgreSQL",
+		Short: "Run a Charm server with versioned, crash-safe files and accounts in a shared PostgreSQL",
 		Long: `Run a Charm server: a drop-in for ` + "`charm serve`" + ` (v0.12.6) with the same
 CHARM_SERVER_* environment, ports (SSH 35353, HTTP 35354, health 35356), data
 directory layout and server key ($CHARM_SERVER_DATA_DIR/.ssh/charm_server_ed25519,
@@ -41,6 +43,17 @@ identities: front the nodes with ` + "`cring serve --accounts shared`" + `. The 
 created and migrated on start. PostgreSQL is then where accounts become highly
 available: replicate it with its own tools (streaming replication, a managed
 service). Without --accounts a node keeps charm's own sqlite in <data>/db.
+
+Files are kept in charm's layout (<data>/files/<charm id>/<path>), so a data
+directory moves between charm serve and cring node both ways, but each write
+records its version (the proxy's stamp), SHA-256 and size in extended
+attributes and replaces the file atomically (temp file, fsync, rename): a
+node refuses (409) a write or delete older than what it holds, remembers
+deletes for --tombstone-grace, never serves a copy that rotted on disk, and
+a crash never leaves a partial file. The data directory's filesystem must
+support user extended attributes (ext4, xfs, btrfs). The node answers the
+HTTP port itself and passes every route but /v1/fs to charm's own HTTP server
+on an internal port (docs/node.md).
 
 Move existing accounts in with ` + "`cring accounts import`" + `.`,
 		Args: cobra.NoArgs,
@@ -70,7 +83,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 			defer stop()
 			err := node.Run(ctx, node.Options{
 				Config: cfg, Accounts: f.accounts, Logger: newLogger(f.logFormat, f.debug), ShutdownTimeout: f.shutdownTimeout,
-				MetaPort: f.metaPort,
+				MetaPort: f.metaPort, TombstoneGrace: f.tombstoneGrace,
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -88,6 +101,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "cring's log format: text or json")
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
 	fl.IntVar(&f.metaPort, "meta-port", 35357, "port of the authenticated metadata endpoint the healer uses for exact size, mtime and SHA-256 (0: off)")
+	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long a delete refuses older writes of what it deleted (keep it equal to the proxies')")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are cut")
 	return cmd
 }

@@ -3,7 +3,8 @@
 // cluster for tests, `cring dev` and `cring bench`. Nodes
 // share one server key pair and public URL, so a token from any node is valid
 // on every node, and each keeps its own sqlite accounts like a stock
-// `charm serve`; SeedUser gives them identical accounts.
+// `charm serve`; SeedUser gives them identical accounts. With
+// Options.Versioned in-process nodes keep files as `cring node` does.
 package devcluster
 
 import (
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	stdlog "log"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -29,6 +31,8 @@ import (
 	"github.com/google/uuid"
 	gossh "golang.org/x/crypto/ssh"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver charm's own DB uses
+
+	"github.com/cring-dev/cring/internal/node/versioned"
 )
 
 // Options shape a cluster.
@@ -45,6 +49,10 @@ type Options struct {
 	Binary string
 	// Wrap, when set, rewrites a node process's command line (taskset…).
 	Wrap func(name string, args []string) (string, []string)
+	// Versioned puts cring node's versioned file store in front of each
+	// in-process node's file API, as `cring node` does (stamps, 409s,
+	// tombstones, checksums); process nodes always have it.
+	Versioned bool
 }
 
 // Cluster is a set of in-process Charm servers.
@@ -56,9 +64,10 @@ type Cluster struct {
 	KeyPath    string // the shared charm_server_ed25519
 	Nodes      []*Node
 
-	shared db.DB // the one account store when Options.SharedAccounts
-	binary string
-	wrap   func(name string, args []string) (string, []string)
+	shared    db.DB // the one account store when Options.SharedAccounts
+	versioned bool
+	binary    string
+	wrap      func(name string, args []string) (string, []string)
 }
 
 // Node is one Charm server.
@@ -72,8 +81,8 @@ type Node struct {
 	DataDir    string
 
 	mu   sync.Mutex
-	srv  *server.Server
-	proc *process // when the node runs as its own process
+	srv  interface{ Close() error } // charm's server, or cring node's around it
+	proc *process                   // when the node runs as its own process
 }
 
 // New prepares a cluster under dir (reusing its key and data when present)
@@ -100,6 +109,7 @@ func New(dir string, o Options) (*Cluster, error) {
 		KeyPath:    filepath.Join(dir, ".ssh", "charm_server_ed25519"),
 		binary:     o.Binary,
 		wrap:       o.Wrap,
+		versioned:  o.Versioned,
 	}
 	if o.SharedAccounts {
 		if err := os.MkdirAll(filepath.Join(dir, "accounts"), 0o700); err != nil {
@@ -241,12 +251,38 @@ func (c *Cluster) Start(ctx context.Context, n *Node) error {
 	if err := os.MkdirAll(filepath.Join(n.DataDir, "db"), 0o700); err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}
+	if c.versioned {
+		return startVersioned(ctx, n, cfg)
+	}
 	srv, err := server.NewServer(cfg)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}
 	go func() { _ = srv.Start() }()
 	if err := waitHTTP(ctx, n.HealthURL()); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	n.srv = srv
+	return nil
+}
+
+// startVersioned runs n as cring node's server: charm's, with the
+// versioned file store answering the file API on n's HTTP port. n.mu is held.
+func startVersioned(ctx context.Context, n *Node, cfg *server.Config) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", n.Name)
+	srv, err := versioned.NewServer(cfg, versioned.ServerOptions{Logger: log})
+	if err != nil {
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	go func() { _ = srv.Start() }()
+	err = waitHTTP(ctx, n.HealthURL())
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = srv.WaitReady(wctx)
+		cancel()
+	}
+	if err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("start %s: %w", n.Name, err)
 	}

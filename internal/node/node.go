@@ -1,7 +1,10 @@
-// Package node runs one Charm server (charm's own server package) exactly as
+// Package node runs one Charm server (charm's own server package) as
 // `charm serve` does — same CHARM_SERVER_* settings, ports, data layout and
-// server key — with the account store chosen by cring: PostgreSQL shared by
-// every node, or the stock sqlite file.
+// server key — with the account store chosen by cring (PostgreSQL shared by
+// every node, or the stock sqlite file) and cring's versioned file store
+// (packages versioned and filestore) behind charm's file API: stamped writes and deletes,
+// 409 for anything older than what the node holds, checksums, crash-safe
+// writes (docs/node.md).
 package node
 
 import (
@@ -25,6 +28,7 @@ import (
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
+	"github.com/cring-dev/cring/internal/node/versioned"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -69,8 +73,10 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful shutdown (30 s, like charm serve,
 	// when 0): charm clients leave SSH connections open, which it waits for.
 	ShutdownTimeout time.Duration
-	// MetaPort, when > 0, serves MetaHandler there (on the bind address).
+	// MetaPort, when > 0, serves versioned.MetaHandler there (on the bind address).
 	MetaPort int
+	// TombstoneGrace: how long a delete refuses older writes (30 days when 0).
+	TombstoneGrace time.Duration
 }
 
 // Run serves until ctx ends, then shuts down gracefully and closes the
@@ -97,9 +103,10 @@ func Run(ctx context.Context, o Options) error {
 	store = &closeOnce{DB: store}
 	defer store.Close()
 	cfg = cfg.WithDB(store)
-	srv, err := server.NewServer(cfg)
+	publicPort := cfg.HTTPPort
+	srv, err := versioned.NewServer(cfg, versioned.ServerOptions{TombstoneGrace: o.TombstoneGrace, Logger: log})
 	if err != nil {
-		return fmt.Errorf("start charm server: %w", err)
+		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Start() }()
@@ -109,13 +116,9 @@ func Run(ctx context.Context, o Options) error {
 			_ = srv.Close()
 			return err
 		}
-		issuer := cfg.PublicURL
-		if issuer == "" {
-			issuer = fmt.Sprintf("http://%s:%d", cfg.Host, cfg.HTTPPort) // charm's own default
-		}
 		ms := &http.Server{
 			Addr:              net.JoinHostPort(cfg.BindAddr, strconv.Itoa(o.MetaPort)),
-			Handler:           MetaHandler(filepath.Join(cfg.DataDir, "files"), signer, strings.TrimRight(issuer, "/")),
+			Handler:           versioned.MetaHandler(srv.Store(), signer, srv.Issuer()),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		ln, err := net.Listen("tcp", ms.Addr)
@@ -131,12 +134,12 @@ func Run(ctx context.Context, o Options) error {
 	if IsPostgres(o.Accounts) {
 		mode = "postgres " + Redact(o.Accounts)
 	}
-	if err := waitReady(ctx, cfg, errc); err != nil {
+	if err := waitReady(ctx, cfg, srv, errc); err != nil {
 		_ = srv.Close()
 		return err
 	}
-	log.Info("cring node serving", "ssh", cfg.SSHPort, "http", cfg.HTTPPort, "health", cfg.HealthPort,
-		"data", cfg.DataDir, "accounts", mode, "public_url", cfg.PublicURL)
+	log.Info("cring node serving", "ssh", cfg.SSHPort, "http", publicPort, "health", cfg.HealthPort,
+		"data", cfg.DataDir, "accounts", mode, "public_url", srv.Issuer(), "charm_http", srv.InternalURL())
 	if o.Ready != nil {
 		o.Ready()
 	}
@@ -186,8 +189,9 @@ func portsFree(cfg *server.Config) error {
 	return nil
 }
 
-// waitReady waits until the health endpoint answers and SSH accepts.
-func waitReady(ctx context.Context, cfg *server.Config, errc <-chan error) error {
+// waitReady waits until the health endpoint answers, SSH accepts and the
+// public HTTP port reaches charm's own server.
+func waitReady(ctx context.Context, cfg *server.Config, srv *versioned.Server, errc <-chan error) error {
 	host := cfg.BindAddr
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
@@ -211,7 +215,9 @@ func waitReady(ctx context.Context, cfg *server.Config, errc <-chan error) error
 			}
 		}
 		if ok {
-			return nil
+			wctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			return srv.WaitReady(wctx)
 		}
 		if time.Now().After(deadline) {
 			return errors.New("charm server did not become ready within 30s")

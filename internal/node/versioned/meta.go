@@ -1,23 +1,19 @@
-package node
+package versioned
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
+	"io/fs"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	jose "gopkg.in/square/go-jose.v2"
 
 	"github.com/cring-dev/cring/internal/auth"
+	"github.com/cring-dev/cring/internal/node/filestore"
 	"github.com/cring-dev/cring/internal/token"
-	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // MetaPath is the route of the metadata endpoint.
@@ -28,66 +24,78 @@ type Meta struct {
 	Size   int64     `json:"size"`
 	MTime  time.Time `json:"mtime"` // nanoseconds
 	SHA256 string    `json:"sha256"`
+	// Stamp is the version's stamp ("" for an unstamped file).
+	Stamp string `json:"stamp,omitempty"`
+	// Corrupt: the content no longer matches the SHA-256 recorded when it
+	// was written (then SHA256 is the content's, as read now).
+	Corrupt bool `json:"corrupt,omitempty"`
 }
 
-// MetaHandler serves GET /v1/cring/meta/<path>: the exact size, modification
-// time and SHA-256 of the caller's file, computed on the node, so the healer
-// compares replicas without pulling every copy over the network. The caller
-// authenticates like any Charm client (a token this node's key signed for
-// the cluster's public URL); the path is within the token subject's files.
-func MetaHandler(filesDir string, signer *token.Signer, issuer string) http.Handler {
+// MetaHandler serves GET /v1/cring/meta/<path>: the size, modification
+// time, stamp and SHA-256 of the caller's file, so the healer compares
+// replicas without pulling every copy over the network. The SHA-256 is the
+// one recorded when the version was written; ?verify=1 reads the file and
+// hashes it again, and reports "corrupt" when it no longer matches (a
+// file written by stock charm, with nothing recorded, is always hashed).
+// A path with no file that a delete covers answers 404 with the delete's
+// stamp in "deleted". The caller authenticates like any Charm client (a
+// token this node's key signed for the cluster's public URL); the path is
+// within the token subject's files.
+func MetaHandler(store *filestore.Store, signer *token.Signer, issuer string) http.Handler {
 	set := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{signer.JWK()}}
 	v := auth.NewVerifier(func(context.Context) (*jose.JSONWebKeySet, string, error) { return set, issuer, nil }, issuer)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reply := func(status int, v any) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(status)
-			_ = json.NewEncoder(w).Encode(v)
-		}
 		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, MetaPath) {
-			reply(http.StatusNotFound, map[string]string{"message": "not found"})
+			reply(w, http.StatusNotFound, message{Message: "not found"})
 			return
 		}
 		user, err := v.Verify(r.Context(), r.Header.Get("Authorization"))
 		if err != nil {
-			reply(http.StatusUnauthorized, map[string]string{"message": err.Error()})
+			reply(w, http.StatusUnauthorized, message{Message: err.Error()})
 			return
 		}
 		if user == "" || strings.ContainsAny(user, `/\`) || user == "." || user == ".." {
-			reply(http.StatusBadRequest, map[string]string{"message": "bad subject"})
+			reply(w, http.StatusBadRequest, message{Message: "bad subject"})
 			return
 		}
-		// Cleaned as rooted, so it can't climb out of the user's directory.
-		p := filepath.Join(filesDir, user, filepath.FromSlash(tombstone.Clean(strings.TrimPrefix(r.URL.Path, MetaPath))))
-		m, err := fileMeta(p)
-		if errors.Is(err, os.ErrNotExist) {
-			reply(http.StatusNotFound, map[string]string{"message": "file not found"})
+		p := strings.TrimPrefix(r.URL.Path, MetaPath) // cleaned as rooted by the store
+		m, err := fileMeta(store, user, p, r.URL.Query().Get("verify") == "1")
+		if errors.Is(err, fs.ErrNotExist) {
+			nf := message{Message: "file not found"}
+			if t, ok, err := store.Deleted(user, p); err == nil && ok {
+				nf.Deleted = t.String()
+			}
+			reply(w, http.StatusNotFound, nf)
 			return
 		}
 		if err != nil {
-			reply(http.StatusInternalServerError, map[string]string{"message": err.Error()})
+			reply(w, http.StatusInternalServerError, message{Message: err.Error()})
 			return
 		}
-		reply(http.StatusOK, m)
+		reply(w, http.StatusOK, m)
 	})
 }
 
-func fileMeta(p string) (Meta, error) {
-	f, err := os.Open(p)
+func fileMeta(store *filestore.Store, user, p string, verify bool) (Meta, error) {
+	e, err := store.Open(user, p)
 	if err != nil {
 		return Meta{}, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
+	if e.File == nil {
+		return Meta{}, fs.ErrNotExist // a directory
+	}
+	defer e.File.Close()
+	v := e.Version
+	m := Meta{Size: e.Info.Size(), MTime: e.Info.ModTime(), SHA256: v.SHA256, Stamp: v.Stamp.String()}
+	// A size that differs from the recorded one is rot too, found for free.
+	if !verify && v.SHA256 != "" && (v.Size < 0 || v.Size == m.Size) {
+		return m, nil
+	}
+	sum, n, err := filestore.Hash(e.File)
 	if err != nil {
-		return Meta{}, err
+		return Meta{}, fmt.Errorf("hash %s: %w", p, err)
 	}
-	if st.IsDir() {
-		return Meta{}, os.ErrNotExist
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return Meta{}, err
-	}
-	return Meta{Size: st.Size(), MTime: st.ModTime(), SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	m.SHA256 = sum
+	m.Corrupt = v.SHA256 != "" && (sum != v.SHA256 || v.Size >= 0 && n != v.Size)
+	return m, nil
 }
