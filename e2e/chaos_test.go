@@ -77,12 +77,13 @@ func TestChaos(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Log(rep.Summary())
-			if !rep.Pass() {
-				var b strings.Builder
-				rep.WriteDetails(&b)
-				t.Errorf("%s\n%s", rep.Summary(), b.String())
+			if rep.Pass() {
+				t.Log(rep.Summary())
+				return
 			}
+			var b strings.Builder
+			rep.WriteDetails(&b)
+			t.Errorf("%s\n%s", rep.Summary(), b.String())
 		})
 	}
 }
