@@ -476,14 +476,16 @@ func (k *keyedMutex) lock(key string) func() {
 	}
 }
 
-// keyedWait tracks keys with replica writes still running in the background,
-// and on which nodes: Charm writes a file in place, so such a node may serve
-// a partial copy until it is done. Entries go away when their last write
+// keyedWait tracks keys with replica writes still running (answering the
+// client, or in the background after it was answered), and on which nodes:
+// stock Charm writes a file in place, so such a node may serve a partial
+// copy until it is done. Entries go away when their last write
 // ends, so it never grows with the keys ever written.
 type keyedWait struct {
-	mu    sync.Mutex
-	keys  map[string]*waitEntry
-	tails map[int]int // node → background writes running there, all keys
+	mu      sync.Mutex
+	keys    map[string]*waitEntry
+	tails   map[int]int // node → background writes running there, all keys
+	waiters int         // requests waiting for a key's writes (for tests and debugging)
 }
 
 // maxTailsPerNode bounds the background writes to one node: a node that
@@ -502,6 +504,19 @@ type waitEntry struct {
 // per node at a time; it returns the nodes admitted (the caller cancels the
 // others) and a func to call when they are done.
 func (k *keyedWait) add(key string, nodes []int, limit int) (admitted []int, done func()) {
+	return k.mark(key, nodes, limit, true)
+}
+
+// start records a write of key to nodes while its client is still being
+// answered: reads skip those nodes, and the next write of key waits.
+func (k *keyedWait) start(key string, nodes []int) (done func()) {
+	_, done = k.mark(key, nodes, 0, false)
+	return done
+}
+
+// mark counts writes of key on nodes; tails (background writes) are also
+// counted per node and bounded by limit.
+func (k *keyedWait) mark(key string, nodes []int, limit int, tail bool) (admitted []int, done func()) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keys == nil {
@@ -515,10 +530,12 @@ func (k *keyedWait) add(key string, nodes []int, limit int) (admitted []int, don
 	}
 	e.n++
 	for _, i := range nodes {
-		if k.tails[i] >= limit {
-			continue
+		if tail {
+			if k.tails[i] >= limit {
+				continue
+			}
+			k.tails[i]++
 		}
-		k.tails[i]++
 		e.nodes[i]++
 		admitted = append(admitted, i)
 	}
@@ -528,6 +545,9 @@ func (k *keyedWait) add(key string, nodes []int, limit int) (admitted []int, don
 		for _, i := range admitted {
 			if e.nodes[i]--; e.nodes[i] == 0 {
 				delete(e.nodes, i)
+			}
+			if !tail {
+				continue
 			}
 			if k.tails[i]--; k.tails[i] == 0 {
 				delete(k.tails, i)
@@ -541,11 +561,30 @@ func (k *keyedWait) add(key string, nodes []int, limit int) (admitted []int, don
 }
 
 func (k *keyedWait) wait(key string) {
+	_ = k.waitCtx(context.Background(), key)
+}
+
+// waitCtx waits for key's writes running now, or for ctx to end.
+func (k *keyedWait) waitCtx(ctx context.Context, key string) error {
 	k.mu.Lock()
 	e, ok := k.keys[key]
-	k.mu.Unlock()
 	if ok {
-		<-e.done
+		k.waiters++
+	}
+	k.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	defer func() {
+		k.mu.Lock()
+		k.waiters--
+		k.mu.Unlock()
+	}()
+	select {
+	case <-e.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -555,6 +594,16 @@ func (k *keyedWait) writing(key string, i int) bool {
 	defer k.mu.Unlock()
 	e, ok := k.keys[key]
 	return ok && e.nodes[i] > 0
+}
+
+// writingOn counts the nodes key is being written to.
+func (k *keyedWait) writingOn(key string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e, ok := k.keys[key]; ok {
+		return len(e.nodes)
+	}
+	return 0
 }
 
 // keySet remembers keys seen to be directories (bounded; cleared when full),

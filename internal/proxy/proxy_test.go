@@ -1282,3 +1282,57 @@ func TestSmallAnswerStallsMidBody(t *testing.T) {
 		})
 	}
 }
+
+// TestReadWaitsForOwnWrite: a stock node rewrites a file in place, so while
+// this proxy's write of a key is unanswered, no replica holds a whole copy
+// of either version; a read of the key then waits for the write instead of
+// serving a truncated copy (a chaos run read 0 bytes this way).
+func TestReadWaitsForOwnWrite(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	const p = "docs/rewritten"
+	old, ctype := multipartBody(t, 4096, 1)
+	if r := c.upload(p, old, ctype); r.status != 200 {
+		t.Fatalf("first write: %d %q", r.status, r.body)
+	}
+	release := make(chan struct{})
+	var truncated sync.WaitGroup
+	truncated.Add(len(c.fakes))
+	for _, f := range c.fakes {
+		f.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodPost {
+				return false
+			}
+			f.put(p, entry{mode: "420", modtime: time.Now()}) // in place: truncated first
+			truncated.Done()
+			data, err := io.ReadAll(r.Body)
+			if err != nil {
+				return true
+			}
+			select {
+			case <-release:
+			case <-f.quit:
+				return true
+			}
+			f.put(p, entry{data: data, mode: "420", modtime: time.Now()})
+			return true
+		})
+	}
+	next, _ := multipartBody(t, 4096, 2)
+	wrote := make(chan result, 1)
+	go func() { wrote <- c.upload(p, next, ctype) }()
+	truncated.Wait()
+	read := make(chan result, 1)
+	go func() { read <- c.call(http.MethodGet, "/v1/fs/"+p, nil, "") }()
+	waitFor(t, 5*time.Second, "the read waits for the write", func() bool {
+		c.p.inflight.mu.Lock()
+		defer c.p.inflight.mu.Unlock()
+		return c.p.inflight.waiters > 0
+	})
+	close(release)
+	if r := <-wrote; r.status != 200 {
+		t.Fatalf("second write: %d %q", r.status, r.body)
+	}
+	if r := <-read; r.status != 200 || !bytes.Equal(r.body, next) {
+		t.Fatalf("read: %d, %d bytes; want the new version's %d", r.status, len(r.body), len(next))
+	}
+}

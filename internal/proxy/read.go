@@ -38,6 +38,14 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	if p.dirs.has(key) && p.listAll(w, r, ref) {
 		return
 	}
+	if p.inflight.writingOn(key) >= p.w {
+		// This proxy is writing the key and hasn't answered yet: a stock
+		// node rewrites in place, so no replica holds a whole copy of
+		// either version until the write ends. Read what it leaves.
+		if err := p.inflight.waitCtx(ctx, key); err != nil {
+			return
+		}
+	}
 	var cands []int
 	for _, i := range pref {
 		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) || p.inflight.writing(key, i) {

@@ -91,6 +91,8 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	p.inflight.wait(key)
 	pref := p.ring.Preference(key)
 	targets := p.targets(pref)
+	fgDone := p.inflight.start(key, targets)
+	defer fgDone() // after the tails took over their nodes, so reads never see a gap
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 
 	// Deletes also go to every other healthy node, so a copy left on a
