@@ -79,8 +79,9 @@ type Options struct {
 	// Clock stamps every write and delete (docs/design.md, "Versions");
 	// nil: a clock of its own with a random id.
 	Clock *stamp.Clock
-	// VersionRecords: some node cannot keep stamps (stock charm serve), so
-	// every upload also writes a version record (its stamp, size and
+	// VersionRecords: some node may not keep stamps (stock charm serve), so
+	// uploads are hashed as they stream, and one stored by a replica that
+	// did not confirm its stamp also writes a version record (stamp, size,
 	// SHA-256) at W before it is acknowledged.
 	VersionRecords bool
 }

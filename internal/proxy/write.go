@@ -263,7 +263,10 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		p.bodyFailed(w, r, key, tee, bodyErr)
 		return
 	}
-	needRecord := p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path)
+	// A version record is needed when a replica that stored the upload
+	// can't keep its stamp: a cring node confirms the stamp in its answer.
+	needRecord := p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) &&
+		slices.ContainsFunc(got, func(o outcome) bool { return stored(o) && o.header.Get(stamp.Header) == "" })
 	if n >= p.w {
 		if needRecord {
 			if err := p.recordVersion(r, ref, st, tee); err != nil {
