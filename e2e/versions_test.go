@@ -200,3 +200,38 @@ func (u *user) jwt(t *testing.T) string {
 	}
 	return j
 }
+
+// TestReadVerifiesStockCopies: a stock node rewrites a file in place, so a
+// read meeting another proxy's write can get a torn copy. A copy is served
+// only when it is a recorded version: torn copies fail over, and with no
+// whole copy left the read is a 503, never wrong bytes.
+func TestReadVerifiesStockCopies(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2})
+	u := tc.newUser(t)
+	data := bytes.Repeat([]byte("recorded version "), 300)
+	u.put(t, "k", data)
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := tc.onDisk(t, u, "k")["node1"]
+	tear := func(i int) {
+		torn := bytes.Clone(good)
+		copy(torn[len(torn)/2:], "another write's bytes landing in place")
+		if err := os.WriteFile(tc.dc.Nodes[i].FilePath(u.id, ep), torn, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tear(0)
+	tear(1)
+	for range 5 { // whichever replica is asked first
+		if got := u.get(t, "k"); !bytes.Equal(got, data) {
+			t.Fatalf("read %d bytes, not the recorded version", len(got))
+		}
+	}
+	tear(2)
+	if st := u.status(t, tc, ep); st != http.StatusServiceUnavailable {
+		t.Fatalf("read with every copy torn: %d, want 503", st)
+	}
+}

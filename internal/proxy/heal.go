@@ -69,10 +69,12 @@ func (p *Proxy) recordVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee 
 	if tee == nil || tee.sum == nil || tee.err != nil {
 		return fmt.Errorf("no checksum of the upload: %v", tee.errOrNil())
 	}
-	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String(), Size: tee.n, SHA256: hex.EncodeToString(tee.sum.Sum(nil))})
+	sum := hex.EncodeToString(tee.sum.Sum(nil))
+	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String(), Size: tee.n, SHA256: sum})
 	if status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.VersionPath(ref.path, st)}, body, st); status < 200 || status > 299 {
 		return errors.New(msg)
 	}
+	p.recs.add(ref.key(), st.String(), tee.n, sum)
 	return nil
 }
 

@@ -103,6 +103,7 @@ type Proxy struct {
 	records    bool
 	noTombs    userSet
 	tombBodies tombCache
+	recs       recordCache
 	dirs       keySet
 	inflight   keyedWait
 	lat        *latencies

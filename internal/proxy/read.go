@@ -35,6 +35,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	unreachable := 0
 	var answered []int
 	var notFound *outcome
+	unverified := 0 // copies that were no recorded version (stock nodes)
 	if p.dirs.has(key) && p.listAll(w, r, ref) {
 		return
 	}
@@ -100,6 +101,23 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 					return
 				}
 			}
+			if p.mustVerify(resp, ref) {
+				served, err := p.serveVerified(w, r, ref, resp, cancel)
+				resp.Body.Close()
+				cancel(nil)
+				if !served {
+					p.healer.Suspect(ref.user, ref.path)
+					p.log.Warn("read failed over: copy not verified", "node", p.nodes[i].Name, "key", key, "err", err)
+					unverified++
+					continue
+				}
+				if err != nil && err != errClientGone {
+					p.healer.Suspect(ref.user, ref.path)
+					p.log.Warn("read cut: copy not verified", "node", p.nodes[i].Name, "key", key, "err", err)
+					panic(http.ErrAbortHandler)
+				}
+				return
+			}
 			err := p.stream(w, resp, cancel)
 			resp.Body.Close()
 			cancel(nil)
@@ -124,7 +142,9 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "status", o.status)
 		unreachable++
 	}
-	if notFound != nil && (unreachable < p.w || p.complete(ref.user, answered)) {
+	// A copy that was no recorded version means a write is landing: it
+	// counts like a node that couldn't answer.
+	if notFound != nil && (unreachable+unverified < p.w || p.complete(ref.user, answered)) {
 		relay(w, *notFound)
 		return
 	}
@@ -136,6 +156,11 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	if notFound != nil {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"not found on the %d nodes that answered, but %d nodes that may hold it are unreachable", len(p.nodes)-unreachable, unreachable))
+		return
+	}
+	if unverified > 0 {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"no replica could answer with a whole recorded version (%d copies torn or stale, a write may be in progress; %d nodes unreachable)", unverified, unreachable))
 		return
 	}
 	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("no replica could answer: %d of %d nodes unreachable", unreachable, len(p.nodes)))
