@@ -54,6 +54,7 @@ type view struct {
 	replicas   []int
 	copies     map[int]replicaCopy
 	unknown    map[int]bool     // nodes that could not be asked
+	dirOn      []int            // nodes where the path is a directory
 	tomb       stamp.Stamp      // newest tombstone covering the path, zero if none
 	records    []*versionRecord // the path's version records (stock nodes)
 }
@@ -92,7 +93,11 @@ func (h *Healer) gatherOn(ctx context.Context, v *view, i int) error {
 	}
 	if d != nil {
 		for _, f := range d.Files {
-			if f.Name == name && !f.IsDir {
+			switch {
+			case f.Name != name:
+			case f.IsDir:
+				v.dirOn = append(v.dirOn, i)
+			default:
 				c := replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
 				c.stamp, _ = stamp.Parse(f.Stamp)
 				v.copies[i] = c
@@ -209,10 +214,41 @@ func fingerprint(v *view) uint64 {
 // RepairKey brings one key to its N replicas with the winning copy, or to
 // nowhere when a tombstone covers every copy. Old copies elsewhere are
 // removed only once every replica is confirmed.
+// A path that is a directory on some node (a directory delete's hint) is
+// repaired file by file, so the tree a node kept while it missed the delete
+// goes at once, not at the next scan.
 func (h *Healer) RepairKey(ctx context.Context, user, p string, dry bool) Result {
 	p = tombstone.Clean(p)
 	v := h.gather(ctx, user, p)
-	return h.repair(ctx, v, dry, false)
+	res := h.repair(ctx, v, dry, false)
+	if len(v.dirOn) == 0 || tombstone.Reserved(p) {
+		return res
+	}
+	files := map[string]bool{}
+	for _, i := range v.dirOn {
+		tree := map[string]nodeFile{}
+		if err := h.walk(ctx, v.m, i, user, p, tree); err != nil {
+			res.Err = err.Error()
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			continue
+		}
+		for f := range tree {
+			files[f] = true
+		}
+	}
+	for f := range files {
+		sub := h.repair(ctx, h.gather(ctx, user, f), dry, false)
+		res.Copied = append(res.Copied, sub.Copied...)
+		res.Removed = append(res.Removed, sub.Removed...)
+		res.Pending = append(res.Pending, sub.Pending...)
+		if sub.Err != "" {
+			res.Err = sub.Err
+		}
+		if res.Problem == "" {
+			res.Problem = sub.Problem
+		}
+	}
+	return res
 }
 
 func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
