@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"time"
 
 	charm "github.com/charmbracelet/charm/proto"
 
@@ -116,13 +117,20 @@ func (p *Proxy) copyHoldingLast(w io.Writer, src io.Reader) (held []byte, size i
 // an unknown sum makes the proxy read the key's records again.
 func (p *Proxy) recorded(r *http.Request, ref fileRef, size int64, sum string) bool {
 	key := ref.key()
-	if p.recs.has(key, size, sum) {
+	if p.recs.has(key, size, sum) || p.recs.knownNone(key) {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), p.stall)
 	defer cancel()
 	p.refreshRecords(ctx, r, ref)
-	return p.recs.has(key, size, sum) || p.recs.none(key)
+	if p.recs.has(key, size, sum) {
+		return true
+	}
+	if p.recs.none(key) {
+		p.recs.markNone(key) // data from before records: don't ask on every read
+		return true
+	}
+	return false
 }
 
 // refreshRecords reads the key's version records from every healthy node.
@@ -158,8 +166,37 @@ func (p *Proxy) refreshRecords(ctx context.Context, r *http.Request, ref fileRef
 // recordCache remembers version records by key: stamp → size and sum.
 // Bounded: it starts over past maxRecords keys.
 type recordCache struct {
-	mu sync.Mutex
-	m  map[string]map[string]recordSum
+	mu      sync.Mutex
+	m       map[string]map[string]recordSum
+	noneAt  map[string]time.Time // keys found without records, and when
+	nowFunc func() time.Time     // tests: an injected clock
+}
+
+// noneTTL is how long a key found without version records is served
+// unchecked (written before records existed, or only to cring nodes).
+const noneTTL = 10 * time.Second
+
+func (c *recordCache) now() time.Time {
+	if c.nowFunc != nil {
+		return c.nowFunc()
+	}
+	return time.Now()
+}
+
+func (c *recordCache) markNone(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.noneAt == nil || len(c.noneAt) >= maxRecords {
+		c.noneAt = map[string]time.Time{}
+	}
+	c.noneAt[key] = c.now()
+}
+
+func (c *recordCache) knownNone(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.noneAt[key]
+	return ok && c.now().Sub(at) < noneTTL
 }
 
 type recordSum struct {
@@ -179,6 +216,7 @@ func (c *recordCache) add(key, st string, size int64, sum string) {
 		c.m[key] = map[string]recordSum{}
 	}
 	c.m[key][st] = recordSum{size, sum}
+	delete(c.noneAt, key)
 }
 
 func (c *recordCache) has(key string, size int64, sum string) bool {
