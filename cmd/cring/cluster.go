@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/cring-dev/cring/internal/clusterinit"
 	"github.com/spf13/cobra"
@@ -33,6 +35,8 @@ type clusterInitFlags struct {
 	writeQuorum int
 	zones       []string
 	dataDir     string
+	accounts    string
+	stock       bool
 }
 
 func newClusterInitCmd() *cobra.Command {
@@ -42,11 +46,18 @@ func newClusterInitCmd() *cobra.Command {
 		Short: "Generate keys and configuration for a new cluster",
 		Long: `Generate the cluster's shared server key pair and everything its nodes and the
 proxy need: env files, data directories (with the key in place) and systemd
-units for stock "charm serve" nodes, the proxy's cring.yaml and unit, and a
-compose file. Existing keys are never overwritten. Every flag can also be set
-with CRING_<FLAG>, e.g. CRING_HOSTS=10.0.0.1,10.0.0.2,10.0.0.3.`,
+units for the nodes, the proxy's cring.yaml and unit, and a compose file.
+
+The nodes are "cring node" processes keeping accounts in one PostgreSQL
+(--accounts), so any node serves any user; --stock generates stock
+"charm serve" nodes with their own sqlite instead. The proxy has self-healing
+on: cring.yaml names the shared key and a data directory, which its unit keeps
+(StateDirectory). Existing keys are never overwritten. Every flag can also be
+set with CRING_<FLAG>, e.g. CRING_HOSTS=10.0.0.1,10.0.0.2,10.0.0.3.`,
 		Example: `  cring cluster init --public-url https://charm.example.com:35354 \
-    --hosts 10.0.0.1,10.0.0.2,10.0.0.3`,
+    --hosts 10.0.0.1,10.0.0.2,10.0.0.3 \
+    --accounts postgres://charm:secret@10.0.0.10:5432/charm
+  cring cluster init --stock --public-url http://10.0.0.9:35354 --hosts 10.0.0.1,10.0.0.2,10.0.0.3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o, err := f.options(cmd)
@@ -75,6 +86,8 @@ with CRING_<FLAG>, e.g. CRING_HOSTS=10.0.0.1,10.0.0.2,10.0.0.3.`,
 	fl.IntVar(&f.replicas, "replicas", 0, "copies of every file (N); default 3, clamped to the node count")
 	fl.IntVar(&f.writeQuorum, "write-quorum", 0, "replicas that must store a write before it is acknowledged (W); default 2, or N when N < 2")
 	fl.StringSliceVar(&f.zones, "zones", nil, "one zone per node, comma-separated; replicas spread across zones first")
+	fl.StringVar(&f.accounts, "accounts", "", "PostgreSQL URL every cring node keeps accounts in, e.g. postgres://charm:secret@db:5432/charm (required unless --stock)")
+	fl.BoolVar(&f.stock, "stock", false, "stock charm serve nodes, each with its own sqlite accounts, instead of cring nodes")
 	fl.StringVar(&f.dataDir, "data-dir", clusterinit.DefaultDataDir, "the nodes' data directory (CHARM_SERVER_DATA_DIR); "+clusterinit.NamePlaceholder+" becomes the node's name")
 	return cmd
 }
@@ -99,6 +112,8 @@ func (f *clusterInitFlags) options(cmd *cobra.Command) (clusterinit.Options, err
 		WriteQuorum: f.writeQuorum,
 		Zones:       f.zones,
 		DataDir:     f.dataDir,
+		Accounts:    f.accounts,
+		Stock:       f.stock,
 	}
 	// An explicit --nodes must agree with --hosts; the default gives way to it.
 	if set["nodes"] || len(f.hosts) == 0 {
@@ -118,8 +133,13 @@ func printClusterSummary(w io.Writer, r *clusterinit.Result) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	fmt.Fprintf(w, "Generated a %d-node cluster in %s\n", len(r.Nodes), dir)
-	fmt.Fprintf(w, "  public URL %s, %d replicas, write quorum %d\n", r.PublicURL, r.Replicas, r.WriteQuorum)
+	kind := "cring nodes on shared PostgreSQL accounts"
+	bin := "the cring binary"
+	if r.Stock {
+		kind, bin = "stock charm serve nodes", "the charm v0.12.6 binary"
+	}
+	fmt.Fprintf(w, "Generated a %d-node cluster (%s) in %s\n", len(r.Nodes), kind, dir)
+	fmt.Fprintf(w, "  public URL %s, %d replicas, write quorum %d, self-healing on\n", r.PublicURL, r.Replicas, r.WriteQuorum)
 	fmt.Fprintf(w, "  server key %s\n\n", r.PublicKey)
 	fmt.Fprintf(w, "  %-34s %s\n", "keys/", "the shared server key pair (secret: keep a copy safe)")
 	for _, n := range r.Nodes {
@@ -133,11 +153,42 @@ func printClusterSummary(w io.Writer, r *clusterinit.Result) {
 	fmt.Fprintf(w, "  %-34s %s\n", "compose.yaml, compose/", "everything on one Docker host instead")
 	fmt.Fprintf(w, "  %-34s %s\n\n", "README.txt", "what goes where")
 	fmt.Fprintf(w, "%d files written. Next:\n", len(r.Files))
-	fmt.Fprintln(w, "  1. on each node: nodes/<name>/charm.env to /etc/charm/, the contents of nodes/<name>/data/")
-	fmt.Fprintln(w, "     into its data dir (owned by the charm user), charm.service to /etc/systemd/system/;")
-	fmt.Fprintln(w, "     systemctl enable --now charm")
-	fmt.Fprintln(w, "  2. on the proxy: cring.yaml to /etc/cring/, cring.service to /etc/systemd/system/;")
-	fmt.Fprintln(w, "     systemctl enable --now cring")
-	fmt.Fprintln(w, "  3. curl http://<proxy>:35356/readyz")
+	fmt.Fprintf(w, "  1. on each node: a charm user, nodes/<name>/charm.env to /etc/charm/, the contents of\n")
+	fmt.Fprintf(w, "     nodes/<name>/data/ into its data dir (owned by charm), charm.service to\n")
+	fmt.Fprintf(w, "     /etc/systemd/system/, %s to /usr/local/bin/; systemctl enable --now charm\n", bin)
+	fmt.Fprintln(w, "  2. on the proxy: a cring user, cring.yaml and keys/charm_server_ed25519 (group cring, 0640)")
+	fmt.Fprintln(w, "     to /etc/cring/, cring.service to /etc/systemd/system/; systemctl enable --now cring")
+	fmt.Fprintln(w, "  3. curl http://127.0.0.1:35356/readyz on the proxy")
 	fmt.Fprintln(w, "Details: README.txt in the output directory, and docs/deploy.md.")
+}
+
+// newProbeCmd is a health check for containers, whose images have no curl:
+// compose.yaml runs it inside every service.
+func newProbeCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "probe URL",
+		Short: "Exit 0 when URL answers 2xx (a container health check)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
+			if err != nil {
+				return usageError{fmt.Errorf("probe %q: %w", args[0], err)}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("probe: %w", err)
+			}
+			defer resp.Body.Close()
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+			if resp.StatusCode/100 != 2 {
+				return fmt.Errorf("probe %s: %s", args[0], resp.Status)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long the URL may take to answer")
+	return cmd
 }

@@ -23,7 +23,7 @@ func main() {
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
-	root.AddCommand(newServeCmd(), newDevCmd(), newClusterCmd(), newRepairCmd(), newStatusCmd(), newStatsCmd(), newTopCmd(), newNodeCmd(), newAccountsCmd(), newBackupCmd(), newRestoreCmd(), newBenchCmd(), newChaosCmd())
+	root.AddCommand(newServeCmd(), newDevCmd(), newClusterCmd(), newRepairCmd(), newStatusCmd(), newStatsCmd(), newTopCmd(), newNodeCmd(), newAccountsCmd(), newBackupCmd(), newRestoreCmd(), newBenchCmd(), newChaosCmd(), newProbeCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "cring:", err)

@@ -1,11 +1,14 @@
 // Package clusterinit generates what a real cring deployment needs: the shared
-// Charm server key pair, env files, data directories and systemd units for
-// stock `charm serve` nodes, the proxy's cring.yaml and unit, and a compose
-// file. It never overwrites a key: a cluster's key pair is its identity.
+// Charm server key pair, env files, data directories and systemd units for the
+// nodes (`cring node` on a shared PostgreSQL by default, stock `charm serve`
+// as an option), the proxy's cring.yaml and unit with self-healing on, and a
+// compose file. It never overwrites a key: a cluster's key pair is its identity.
 package clusterinit
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -35,6 +38,7 @@ const (
 	HTTPPort   = 35354
 	StatsPort  = 35355
 	HealthPort = 35356
+	MetaPort   = 35357 // cring node's metadata endpoint, for the healer
 
 	maxNodes = 128 // a typo like --nodes 3000 should not fill a disk with directories
 )
@@ -45,6 +49,13 @@ const (
 	charmEnvPath  = "/etc/charm/charm.env"
 	cringBin      = "/usr/local/bin/cring"
 	cringYAMLPath = "/etc/cring/cring.yaml"
+	cringKeyPath  = "/etc/cring/" + KeyName
+	// ProxyDataDir is the proxy's state (hints, known users, backup queue):
+	// the unit's StateDirectory.
+	ProxyDataDir = "/var/lib/cring"
+	stateRoot    = "/var/lib/"
+	distroless   = "gcr.io/distroless/static-debian12"
+	postgresImg  = "postgres:16"
 )
 
 // Options shape a generated cluster.
@@ -57,6 +68,12 @@ type Options struct {
 	WriteQuorum int      // default 2 (Replicas when Replicas < 2)
 	Zones       []string // optional, one per node
 	DataDir     string   // CHARM_SERVER_DATA_DIR on the nodes; default /var/lib/charm; may contain {name}
+	// Accounts is the PostgreSQL URL every cring node keeps accounts in
+	// (required unless Stock).
+	Accounts string
+	// Stock generates stock `charm serve` nodes, each with its own sqlite
+	// accounts, instead of cring nodes.
+	Stock bool
 }
 
 // Node is one generated node.
@@ -74,6 +91,7 @@ type Result struct {
 	PublicURL   string
 	Replicas    int
 	WriteQuorum int
+	Stock       bool
 	Nodes       []Node
 	PublicKey   string   // the shared server key, authorized_keys form
 	Files       []string // paths relative to Dir, in write order
@@ -93,6 +111,9 @@ type plan struct {
 	replicas    int
 	writeQuorum int
 	nodes       []Node
+	stock       bool
+	accounts    string // PostgreSQL URL (cring nodes)
+	composePass string // the compose file's own PostgreSQL password (cring nodes)
 }
 
 // Validate reports whether the options describe a valid cluster, without
@@ -112,6 +133,11 @@ func (o Options) plan() (*plan, error) {
 		return nil, err
 	}
 	p.publicURL = pu
+	p.stock = o.Stock
+	if err := checkAccounts(o.Accounts, o.Stock); err != nil {
+		return nil, err
+	}
+	p.accounts = o.Accounts
 
 	n := o.Nodes
 	if n == 0 {
@@ -215,6 +241,32 @@ func normalizePublicURL(s string) (string, error) {
 	return u.Scheme + "://" + u.Host, nil
 }
 
+// checkAccounts wants a postgres:// URL for cring nodes and none for stock
+// ones. The URL lands unquoted in env files that systemd and compose parse
+// differently, so characters either treats specially must be percent-encoded.
+func checkAccounts(s string, stock bool) error {
+	if stock {
+		if s != "" {
+			return errors.New("accounts: stock nodes keep their own sqlite accounts; drop --accounts, or drop --stock for cring nodes on PostgreSQL")
+		}
+		return nil
+	}
+	if s == "" {
+		return errors.New("accounts is required: the PostgreSQL URL every cring node keeps accounts in, e.g. postgres://charm:secret@db.example.com:5432/charm (or --stock for stock charm serve nodes)")
+	}
+	if !strings.HasPrefix(s, "postgres://") && !strings.HasPrefix(s, "postgresql://") {
+		return errors.New("accounts: want a postgres:// URL like postgres://charm:secret@db.example.com:5432/charm")
+	}
+	if i := strings.IndexAny(s, " \t\"'\\$#`"); i >= 0 {
+		return fmt.Errorf("accounts: %q is not allowed in the URL (env files): percent-encode it (%%%02X)", s[i], s[i])
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return errors.New("accounts: not a valid postgres:// URL (percent-encode special characters in the password)")
+	}
+	return nil
+}
+
 func checkHost(h string) error {
 	if h == "" {
 		return errors.New("empty host in the host list")
@@ -285,17 +337,27 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 		return nil, errors.New("generate server key: empty private key")
 	}
 
+	if !p.stock {
+		if p.composePass, err = randomHex(16); err != nil {
+			return nil, fmt.Errorf("generate the compose database password: %w", err)
+		}
+	}
+	// Env files and compose.yaml hold database passwords with cring nodes.
+	secretPerm := fs.FileMode(0o644)
+	if !p.stock {
+		secretPerm = 0o600
+	}
 	files := []file{
 		{rel: "README.txt", data: readme(p), perm: 0o644},
 		{rel: "cring.yaml", data: cringYAML(p, false), perm: 0o644},
 		{rel: "cring.service", data: cringUnit(), perm: 0o644},
-		{rel: "compose.yaml", data: composeYAML(p), perm: 0o644},
+		{rel: "compose.yaml", data: composeYAML(p), perm: secretPerm},
 		{rel: filepath.Join("compose", "cring.yaml"), data: cringYAML(p, true), perm: 0o644},
 	}
 	for _, n := range p.nodes {
 		files = append(files,
-			file{rel: filepath.Join(n.Dir, "charm.env"), data: charmEnv(p, n), perm: 0o644},
-			file{rel: filepath.Join(n.Dir, "charm.service"), data: charmUnit(n), perm: 0o644},
+			file{rel: filepath.Join(n.Dir, "charm.env"), data: charmEnv(p, n), perm: secretPerm},
+			file{rel: filepath.Join(n.Dir, "charm.service"), data: nodeUnit(p, n), perm: 0o644},
 		)
 	}
 	keyFiles := []file{
@@ -311,7 +373,7 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	res := &Result{Dir: p.dir, PublicURL: p.publicURL, Replicas: p.replicas, WriteQuorum: p.writeQuorum,
-		Nodes: p.nodes, PublicKey: strings.TrimSpace(string(pub))}
+		Stock: p.stock, Nodes: p.nodes, PublicKey: strings.TrimSpace(string(pub))}
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", p.dir, err)
 	}
@@ -352,6 +414,14 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 		res.Files = append(res.Files, f.rel)
 	}
 	return res, nil
+}
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // checkNoKeys refuses a directory that already holds the shared key or any
@@ -460,203 +530,3 @@ func bindAddress(host string) string {
 	}
 }
 
-func cringYAML(p *plan, compose bool) []byte {
-	var b strings.Builder
-	b.WriteString("# cring.yaml, generated by `cring cluster init`: the proxy's view of the cluster.\n")
-	if compose {
-		b.WriteString("# This copy is for compose.yaml: nodes are reached by their service names.\n")
-	} else {
-		b.WriteString("# Install as " + cringYAMLPath + " on the proxy machine. Flags and CRING_* variables\n")
-		b.WriteString("# override it (cring serve --help).\n")
-	}
-	b.WriteString("# Placement depends on node names: keep them, even if a node's address changes.\n")
-	fmt.Fprintf(&b, "public-url: %s\n", yq(p.publicURL))
-	fmt.Fprintf(&b, "replicas: %d\n", p.replicas)
-	fmt.Fprintf(&b, "write-quorum: %d\n", p.writeQuorum)
-	b.WriteString("nodes:\n")
-	for _, n := range p.nodes {
-		host := n.Host
-		if compose {
-			host = n.Name
-		}
-		fmt.Fprintf(&b, "  - name: %s\n", yq(n.Name))
-		fmt.Fprintf(&b, "    url: %s\n", yq("http://"+hostPort(host, HTTPPort)))
-		fmt.Fprintf(&b, "    ssh: %s\n", yq(hostPort(host, SSHPort)))
-		fmt.Fprintf(&b, "    health: %s\n", yq("http://"+hostPort(host, HealthPort)+"/"))
-		if n.Zone != "" {
-			fmt.Fprintf(&b, "    zone: %s\n", yq(n.Zone))
-		}
-	}
-	return []byte(b.String())
-}
-
-func charmEnv(p *plan, n Node) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Charm node %s (%s), generated by `cring cluster init`.\n", n.Name, n.Host)
-	b.WriteString("# Environment of a stock `charm serve` (v0.12.6); install as " + charmEnvPath + ".\n")
-	b.WriteString("# Every node signs tokens for the proxy's public URL with the shared key in\n")
-	b.WriteString("# $CHARM_SERVER_DATA_DIR/.ssh (copy this node's data/ directory there).\n")
-	fmt.Fprintf(&b, "CHARM_SERVER_HOST=%s\n", n.Host)
-	b.WriteString("# An IP host binds only that address (a proxy may use another address of the\n")
-	b.WriteString("# same machine); empty binds every interface.\n")
-	fmt.Fprintf(&b, "CHARM_SERVER_BIND_ADDRESS=%s\n", bindAddress(n.Host))
-	fmt.Fprintf(&b, "CHARM_SERVER_PUBLIC_URL=%s\n", p.publicURL)
-	fmt.Fprintf(&b, "CHARM_SERVER_DATA_DIR=%s\n", n.DataDir)
-	fmt.Fprintf(&b, "CHARM_SERVER_SSH_PORT=%d\n", SSHPort)
-	fmt.Fprintf(&b, "CHARM_SERVER_HTTP_PORT=%d\n", HTTPPort)
-	fmt.Fprintf(&b, "CHARM_SERVER_STATS_PORT=%d\n", StatsPort)
-	fmt.Fprintf(&b, "CHARM_SERVER_HEALTH_PORT=%d\n", HealthPort)
-	b.WriteString("# Metrics, when enabled, listen on every interface whatever the bind address.\n")
-	b.WriteString("CHARM_SERVER_ENABLE_METRICS=false\n")
-	return []byte(b.String())
-}
-
-func charmUnit(n Node) []byte {
-	return fmt.Appendf(nil, `# Charm node %[1]s, generated by `+"`cring cluster init`"+`.
-# Install as /etc/systemd/system/charm.service on %[2]s, with
-#   charm.env at %[3]s,
-#   this node's data/ copied into %[4]s, owned by the charm user,
-#   the charm v0.12.6 binary at %[5]s.
-[Unit]
-Description=Charm server %[1]s (cring cluster)
-Documentation=https://github.com/charmbracelet/charm
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-User=charm
-Group=charm
-EnvironmentFile=%[3]s
-ExecStart=%[5]s serve
-Restart=always
-RestartSec=2
-LimitNOFILE=65536
-# charm serve leaves the temp file of every upload over 32 MiB behind:
-# a private /tmp is cleared on every restart.
-PrivateTmp=yes
-NoNewPrivileges=yes
-PrivateTmp=yes
-ProtectHome=yes
-ProtectSystem=strict
-ReadWritePaths=%[4]s
-
-[Install]
-WantedBy=multi-user.target
-`, n.Name, n.Host, charmEnvPath, n.DataDir, charmBin)
-}
-
-func cringUnit() []byte {
-	return fmt.Appendf(nil, `# The cring proxy, generated by `+"`cring cluster init`"+`.
-# Install as /etc/systemd/system/cring.service on the proxy machine, with
-# cring.yaml at %[1]s and the cring binary at %[2]s.
-# The proxy keeps no state: run it on as many machines as you like.
-[Unit]
-Description=cring, replicating proxy for Charm
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-DynamicUser=yes
-ExecStart=%[2]s serve --config %[1]s
-Restart=always
-RestartSec=2
-LimitNOFILE=65536
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-
-[Install]
-WantedBy=multi-user.target
-`, cringYAMLPath, cringBin)
-}
-
-func composeYAML(p *plan) []byte {
-	var b strings.Builder
-	b.WriteString(`# compose.yaml, generated by ` + "`cring cluster init`" + `: the whole cluster on ONE Docker
-# host (a trial, or one machine with a disk per node). For separate machines use
-# the systemd units instead (README.txt).
-#
-# The proxy runs a cring binary you build and put next to this file; there is no
-# published cring image. In the cring repository:
-#   CGO_ENABLED=0 go build -o <this directory>/cring ./cmd/cring
-name: cring
-services:
-`)
-	for _, n := range p.nodes {
-		fmt.Fprintf(&b, `  %[1]s:
-    image: %[2]s
-    restart: unless-stopped
-    env_file: ./nodes/%[1]s/charm.env
-    environment:
-      # In a container the node listens on every interface and keeps its
-      # data in the image's /data volume, whatever charm.env says for a host.
-      CHARM_SERVER_BIND_ADDRESS: ""
-      CHARM_SERVER_DATA_DIR: /data
-    volumes:
-      - ./nodes/%[1]s/data:/data
-`, n.Name, CharmImage)
-	}
-	fmt.Fprintf(&b, `  cring:
-    image: gcr.io/distroless/static-debian12
-    restart: unless-stopped
-    command: ["/cring", "serve", "--config", "/etc/cring/cring.yaml"]
-    volumes:
-      - ./cring:/cring:ro
-      - ./compose/cring.yaml:/etc/cring/cring.yaml:ro
-    ports:
-      - "%[1]d:%[1]d"
-      - "%[2]d:%[2]d"
-      - "%[3]d:%[3]d"
-    depends_on:
-`, SSHPort, HTTPPort, HealthPort)
-	for _, n := range p.nodes {
-		fmt.Fprintf(&b, "      - %s\n", n.Name)
-	}
-	return []byte(b.String())
-}
-
-func readme(p *plan) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "cring cluster: %d stock Charm nodes behind a cring proxy\n", len(p.nodes))
-	fmt.Fprintf(&b, "public URL %s, %d replicas, write quorum %d\n", p.publicURL, p.replicas, p.writeQuorum)
-	b.WriteString("Generated by `cring cluster init`; the walkthrough is docs/deploy.md in the cring repository.\n\n")
-	b.WriteString(`keys/charm_server_ed25519, keys/charm_server_ed25519.pub
-    The shared server key pair: every node signs tokens with it. SECRET.
-    Keep a copy somewhere safe: a node added later needs the same key.
-
-On each node machine:
-`)
-	for _, n := range p.nodes {
-		zone := ""
-		if n.Zone != "" {
-			zone = ", zone " + n.Zone
-		}
-		fmt.Fprintf(&b, "    %s on %s%s: data dir %s\n", n.Name, n.Host, zone, n.DataDir)
-	}
-	fmt.Fprintf(&b, `
-    nodes/<name>/charm.env       -> %[1]s
-    nodes/<name>/data/           -> its contents into the data dir above, owned by the
-                                    charm user (it holds the shared key in .ssh/; a node
-                                    without it would make its own and reject the others' tokens)
-    nodes/<name>/charm.service   -> /etc/systemd/system/charm.service
-    charm v0.12.6 binary         -> %[2]s
-    then: systemctl enable --now charm
-
-On the proxy machine:
-    cring.yaml                   -> %[3]s
-    cring.service                -> /etc/systemd/system/cring.service
-    cring binary                 -> %[4]s
-    then: systemctl enable --now cring; curl http://<proxy>:%[5]d/readyz
-
-Everything on one Docker host instead: compose.yaml (see its first lines);
-it uses compose/cring.yaml, which reaches the nodes by service name.
-
-Accounts: stock nodes each keep their own sqlite of users. A user who logs in
-once (charm id, through the proxy) exists on the first healthy node only; copy
-that node's <data dir>/db/charm_sqlite.db to the others, nodes stopped, before
-the user stores anything.
-`, charmEnvPath, charmBin, cringYAMLPath, cringBin, HealthPort)
-	return []byte(b.String())
-}

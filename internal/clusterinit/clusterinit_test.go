@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,7 +19,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
-	base := Options{Dir: "out", PublicURL: "https://charm.example.com:35354"}
+	base := Options{Dir: "out", PublicURL: "https://charm.example.com:35354", Accounts: "postgres://charm:pw@db:5432/charm"}
 	with := func(f func(*Options)) Options { o := base; f(&o); return o }
 	for _, tt := range []struct {
 		name    string
@@ -34,8 +35,16 @@ func TestValidate(t *testing.T) {
 		{name: "one node", o: with(func(o *Options) { o.Nodes = 1 }), nodes: 1, replicas: 1, quorum: 1, firstHost: "charm1"},
 		{name: "explicit W", o: with(func(o *Options) { o.Nodes = 5; o.Replicas = 5; o.WriteQuorum = 3 }), nodes: 5, replicas: 5, quorum: 3, firstHost: "charm1"},
 		{name: "ipv6 host", o: with(func(o *Options) { o.Hosts = []string{"fd00::1"} }), nodes: 1, replicas: 1, quorum: 1, firstHost: "fd00::1"},
+		{name: "stock", o: with(func(o *Options) { o.Stock = true; o.Accounts = "" }), nodes: 3, replicas: 3, quorum: 2, firstHost: "charm1"},
+		{name: "postgresql scheme", o: with(func(o *Options) { o.Accounts = "postgresql://db/charm?sslmode=require" }), nodes: 3, replicas: 3, quorum: 2, firstHost: "charm1"},
 
 		{name: "no dir", o: with(func(o *Options) { o.Dir = "" }), wantErr: "output directory is required"},
+		{name: "no accounts", o: with(func(o *Options) { o.Accounts = "" }), wantErr: "accounts is required"},
+		{name: "stock with accounts", o: with(func(o *Options) { o.Stock = true }), wantErr: "stock nodes keep their own sqlite"},
+		{name: "accounts not postgres", o: with(func(o *Options) { o.Accounts = "mysql://db/charm" }), wantErr: "want a postgres:// URL"},
+		{name: "accounts without host", o: with(func(o *Options) { o.Accounts = "postgres:///charm" }), wantErr: "not a valid postgres:// URL"},
+		{name: "accounts with dollar", o: with(func(o *Options) { o.Accounts = "postgres://charm:pa$s@db/charm" }), wantErr: `'$' is not allowed`},
+		{name: "accounts with quote", o: with(func(o *Options) { o.Accounts = `postgres://charm:pa"s@db/charm` }), wantErr: "percent-encode it (%22)"},
 		{name: "no public url", o: with(func(o *Options) { o.PublicURL = "" }), wantErr: "public-url is required"},
 		{name: "public url scheme", o: with(func(o *Options) { o.PublicURL = "ssh://x:1" }), wantErr: "want an http:// or https:// URL"},
 		{name: "public url no scheme", o: with(func(o *Options) { o.PublicURL = "charm.example.com:35354" }), wantErr: "want an http:// or https:// URL"},
@@ -86,6 +95,7 @@ func TestGenerate(t *testing.T) {
 		Hosts:     []string{"10.0.0.1", "charm-b.internal", "fd00::3"},
 		Zones:     []string{"rack-a", "rack-b", "rack-c"},
 		DataDir:   "/srv/charm/{name}",
+		Accounts:  "postgres://charm:pw@db.internal:5432/charm",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -168,10 +178,14 @@ func TestGenerate(t *testing.T) {
 		if c.PublicURL != publicURL || c.Replicas != 3 || c.WriteQuorum != 2 {
 			t.Fatalf("public-url %q N=%d W=%d", c.PublicURL, c.Replicas, c.WriteQuorum)
 		}
+		// Healing on, with the key and state where the unit and README put them.
+		if c.ServerKey != "/etc/cring/charm_server_ed25519" || c.DataDir != "/var/lib/cring" || c.Accounts != config.AccountsShared {
+			t.Fatalf("server-key %q, data-dir %q, accounts %q", c.ServerKey, c.DataDir, c.Accounts)
+		}
 		want := []config.Node{
-			{Name: "charm1", URL: "http://10.0.0.1:35354", SSH: "10.0.0.1:35353", Health: "http://10.0.0.1:35356/", Zone: "rack-a"},
-			{Name: "charm2", URL: "http://charm-b.internal:35354", SSH: "charm-b.internal:35353", Health: "http://charm-b.internal:35356/", Zone: "rack-b"},
-			{Name: "charm3", URL: "http://[fd00::3]:35354", SSH: "[fd00::3]:35353", Health: "http://[fd00::3]:35356/", Zone: "rack-c"},
+			{Name: "charm1", URL: "http://10.0.0.1:35354", SSH: "10.0.0.1:35353", Health: "http://10.0.0.1:35356/", Meta: "http://10.0.0.1:35357", Zone: "rack-a"},
+			{Name: "charm2", URL: "http://charm-b.internal:35354", SSH: "charm-b.internal:35353", Health: "http://charm-b.internal:35356/", Meta: "http://charm-b.internal:35357", Zone: "rack-b"},
+			{Name: "charm3", URL: "http://[fd00::3]:35354", SSH: "[fd00::3]:35353", Health: "http://[fd00::3]:35356/", Meta: "http://[fd00::3]:35357", Zone: "rack-c"},
 		}
 		if !slices.Equal(c.Nodes, want) {
 			t.Fatalf("nodes\n got %+v\nwant %+v", c.Nodes, want)
@@ -207,6 +221,8 @@ func TestGenerate(t *testing.T) {
 				"CHARM_SERVER_STATS_PORT":     "35355",
 				"CHARM_SERVER_HEALTH_PORT":    "35356",
 				"CHARM_SERVER_ENABLE_METRICS": "false",
+				"CRING_ACCOUNTS":              "postgres://charm:pw@db.internal:5432/charm",
+				"CRING_META_PORT":             "35357",
 			}
 			for k, v := range want {
 				if got, ok := env[k]; !ok || got != v {
@@ -214,42 +230,44 @@ func TestGenerate(t *testing.T) {
 				}
 			}
 			unit := string(read(t, dir, filepath.Join("nodes", tt.node, "charm.service")))
-			for _, s := range []string{"EnvironmentFile=/etc/charm/charm.env", "ExecStart=/usr/local/bin/charm serve", "ReadWritePaths=" + tt.data + "\n"} {
+			if st, err := os.Stat(filepath.Join(dir, "nodes", tt.node, "charm.env")); err != nil || st.Mode().Perm() != 0o600 {
+				t.Errorf("%s charm.env holds a database password: mode %v %v, want 0600", tt.node, st.Mode(), err)
+			}
+			for _, s := range []string{"EnvironmentFile=/etc/charm/charm.env", "ExecStart=/usr/local/bin/cring node\n", "ReadWritePaths=" + tt.data + "\n"} {
 				if !strings.Contains(unit, s) {
 					t.Errorf("%s charm.service lacks %q", tt.node, s)
 				}
 			}
 		}
-		if u := string(read(t, dir, "cring.service")); !strings.Contains(u, "ExecStart=/usr/local/bin/cring serve --config /etc/cring/cring.yaml") {
-			t.Errorf("cring.service: %s", u)
+		u := string(read(t, dir, "cring.service"))
+		for _, s := range []string{"ExecStart=/usr/local/bin/cring serve --config /etc/cring/cring.yaml\n", "StateDirectory=cring\n", "User=cring\n"} {
+			if !strings.Contains(u, s) {
+				t.Errorf("cring.service lacks %q:\n%s", s, u)
+			}
 		}
 	})
 
 	t.Run("compose", func(t *testing.T) {
-		var c struct {
-			Services map[string]struct {
-				Image       string            `yaml:"image"`
-				EnvFile     string            `yaml:"env_file"`
-				Environment map[string]string `yaml:"environment"`
-				Volumes     []string          `yaml:"volumes"`
-				Ports       []string          `yaml:"ports"`
-				DependsOn   []string          `yaml:"depends_on"`
-			} `yaml:"services"`
-		}
-		if err := yaml.Unmarshal(read(t, dir, "compose.yaml"), &c); err != nil {
-			t.Fatal(err)
-		}
-		if len(c.Services) != 4 {
+		c := loadCompose(t, read(t, dir, "compose.yaml"))
+		if len(c.Services) != 5 {
 			t.Fatalf("services: %v", c.Services)
+		}
+		pg := c.Services["postgres"]
+		pass := pg.Environment["POSTGRES_PASSWORD"]
+		if len(pass) != 32 || len(pg.Healthcheck.Test) == 0 || !slices.Contains(pg.Volumes, "./compose/postgres:/var/lib/postgresql/data") {
+			t.Errorf("postgres: %+v", pg)
 		}
 		for _, n := range res.Nodes {
 			s, ok := c.Services[n.Name]
 			if !ok {
 				t.Fatalf("compose lacks %s", n.Name)
 			}
-			if s.Image != CharmImage || s.EnvFile != "./nodes/"+n.Name+"/charm.env" ||
-				!slices.Equal(s.Volumes, []string{"./nodes/" + n.Name + "/data:/data"}) ||
-				s.Environment["CHARM_SERVER_DATA_DIR"] != "/data" {
+			if !slices.Equal(s.Command, []string{"/cring", "node"}) || s.EnvFile != "./nodes/"+n.Name+"/charm.env" ||
+				!slices.Contains(s.Volumes, "./nodes/"+n.Name+"/data:/data") ||
+				s.Environment["CHARM_SERVER_DATA_DIR"] != "/data" ||
+				s.Environment["CRING_ACCOUNTS"] != "postgres://charm:"+pass+"@postgres:5432/charm?sslmode=disable" ||
+				!slices.Equal(s.Healthcheck.Test, []string{"CMD", "/cring", "probe", "http://127.0.0.1:35356/"}) ||
+				s.DependsOn["postgres"].Condition != "service_healthy" {
 				t.Errorf("%s: %+v", n.Name, s)
 			}
 			if _, err := os.Stat(filepath.Join(dir, strings.TrimPrefix(s.EnvFile, "./"))); err != nil {
@@ -257,11 +275,81 @@ func TestGenerate(t *testing.T) {
 			}
 		}
 		p := c.Services["cring"]
-		if !slices.Equal(p.DependsOn, []string{"charm1", "charm2", "charm3"}) || !slices.Contains(p.Ports, "35354:35354") ||
-			!slices.Contains(p.Volumes, "./compose/cring.yaml:/etc/cring/cring.yaml:ro") {
+		if len(p.DependsOn) != 3 || p.DependsOn["charm2"].Condition != "service_healthy" || !slices.Contains(p.Ports, "35354:35354") ||
+			!slices.Contains(p.Volumes, "./compose/cring.yaml:/etc/cring/cring.yaml:ro") ||
+			!slices.Contains(p.Volumes, "./keys/charm_server_ed25519:/etc/cring/charm_server_ed25519:ro") ||
+			!slices.Contains(p.Volumes, "./compose/cring-data:/var/lib/cring") || len(p.Healthcheck.Test) == 0 {
 			t.Errorf("cring service: %+v", p)
 		}
+		if st, err := os.Stat(filepath.Join(dir, "compose.yaml")); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("compose.yaml holds a database password: %v %v, want 0600", st.Mode(), err)
+		}
 	})
+}
+
+// TestGenerateStock: --stock nodes run charm serve with their own sqlite,
+// and the proxy still heals.
+func TestGenerateStock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "cluster")
+	res, err := Generate(context.Background(), Options{Dir: dir, PublicURL: "http://proxy:35354", Stock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(filepath.Join(dir, "cring.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Accounts != config.AccountsPerNode || c.ServerKey == "" || c.DataDir == "" || c.Nodes[0].Meta != "" {
+		t.Fatalf("stock cring.yaml: %+v", c)
+	}
+	env := parseEnv(t, read(t, dir, "nodes/charm1/charm.env"))
+	if _, ok := env["CRING_ACCOUNTS"]; ok {
+		t.Fatal("stock charm.env sets CRING_ACCOUNTS")
+	}
+	unit := string(read(t, dir, "nodes/charm1/charm.service"))
+	for _, s := range []string{"ExecStart=/usr/local/bin/charm serve\n", "StateDirectory=charm\n"} {
+		if !strings.Contains(unit, s) {
+			t.Errorf("stock charm.service lacks %q", s)
+		}
+	}
+	cc := loadCompose(t, read(t, dir, "compose.yaml"))
+	if _, ok := cc.Services["postgres"]; ok || cc.Services["charm1"].Image != CharmImage {
+		t.Errorf("stock compose: %+v", cc.Services)
+	}
+	if !strings.Contains(string(read(t, dir, "README.txt")), "cring accounts sync") {
+		t.Error("stock README.txt does not say how new users' accounts reach every node")
+	}
+	if !res.Stock {
+		t.Error("Result.Stock is false")
+	}
+}
+
+type composeFile struct {
+	Services map[string]struct {
+		Image       string            `yaml:"image"`
+		Command     []string          `yaml:"command"`
+		EnvFile     string            `yaml:"env_file"`
+		Environment map[string]string `yaml:"environment"`
+		Volumes     []string          `yaml:"volumes"`
+		Ports       []string          `yaml:"ports"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+		Healthcheck struct {
+			Test []string `yaml:"test"`
+		} `yaml:"healthcheck"`
+	} `yaml:"services"`
+}
+
+func loadCompose(t *testing.T, b []byte) composeFile {
+	t.Helper()
+	var c composeFile
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(false)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // TestGenerateRefusesExistingKeys: a directory holding the shared key or any
@@ -282,7 +370,7 @@ func TestGenerateRefusesExistingKeys(t *testing.T) {
 			if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := Generate(context.Background(), Options{Dir: dir, PublicURL: "http://proxy:35354"})
+			_, err := Generate(context.Background(), Options{Dir: dir, PublicURL: "http://proxy:35354", Stock: true})
 			var ke *KeysExistError
 			if !errors.As(err, &ke) || ke.Path != path || !strings.Contains(err.Error(), "refusing to overwrite existing keys") {
 				t.Fatalf("err = %v, want a KeysExistError for %s", err, path)
@@ -298,7 +386,7 @@ func TestGenerateRefusesExistingKeys(t *testing.T) {
 
 	t.Run("second run", func(t *testing.T) {
 		dir := t.TempDir()
-		o := Options{Dir: dir, PublicURL: "http://proxy:35354"}
+		o := Options{Dir: dir, PublicURL: "http://proxy:35354", Stock: true}
 		if _, err := Generate(context.Background(), o); err != nil {
 			t.Fatal(err)
 		}
@@ -318,7 +406,7 @@ func TestGenerateFailedRunLeavesNoKey(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	o := Options{Dir: dir, PublicURL: "http://proxy:35354"}
+	o := Options{Dir: dir, PublicURL: "http://proxy:35354", Stock: true}
 	if _, err := Generate(ctx, o); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -360,4 +448,49 @@ func parseEnv(t *testing.T, b []byte) map[string]string {
 		env[k] = v
 	}
 	return env
+}
+
+// TestUnitsVerify: every generated unit passes `systemd-analyze verify`. The
+// binaries' install paths are pointed at a stand-in executable (verify
+// checks that ExecStart exists); nothing else in the units changes.
+func TestUnitsVerify(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Fatal("systemd-analyze not installed: run scripts/install-systemd (scripts/test does)")
+	}
+	stand := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(stand, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		o    Options
+	}{
+		{"cring nodes", Options{PublicURL: "https://charm.example.com:35354", Hosts: []string{"10.0.0.1", "charm2.internal"}, Accounts: "postgres://charm:pw@db/charm"}},
+		{"stock nodes", Options{PublicURL: "http://10.0.0.9:35354", Hosts: []string{"10.0.0.1", "10.0.0.2"}, Stock: true}},
+		{"own data dir", Options{PublicURL: "http://10.0.0.9:35354", Hosts: []string{"10.0.0.1"}, Stock: true, DataDir: "/srv/charm"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.o.Dir = filepath.Join(t.TempDir(), "cluster")
+			res, err := Generate(context.Background(), tt.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			units := []string{"cring.service"}
+			for _, n := range res.Nodes {
+				units = append(units, filepath.Join(n.Dir, "charm.service"))
+			}
+			for _, u := range units {
+				text := strings.NewReplacer(cringBin, stand, charmBin, stand).Replace(string(read(t, tt.o.Dir, u)))
+				path := filepath.Join(t.TempDir(), filepath.Base(u))
+				if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
+				if err != nil || len(bytes.TrimSpace(out)) > 0 {
+					t.Errorf("systemd-analyze verify %s: %v\n%s", u, err, out)
+				}
+			}
+		})
+	}
 }
