@@ -529,4 +529,3 @@ func bindAddress(host string) string {
 		return host
 	}
 }
-
