@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func TestClusterInit(t *testing.T) {
 	publicURL := "http://" + httpAddr
 
 	initArgs := []string{"cluster", "init", "--dir", out, "--hosts", strings.Join(hosts, ","),
-		"--public-url", publicURL, "--data-dir", filepath.Join(base, "data", "{name}")}
+		"--public-url", publicURL, "--data-dir", filepath.Join(base, "data", "{name}"), "--stock"}
 	if b, err := exec.Command(bin, initArgs...).CombinedOutput(); err != nil {
 		t.Fatalf("cring cluster init: %v\n%s", err, b)
 	}
@@ -86,7 +87,10 @@ func TestClusterInit(t *testing.T) {
 		cmd.Env = envs[i]
 		ciRun(t, n.Name, cmd, "http://"+net.JoinHostPort(n.Host, "35356")+"/")
 	}
+	// The key and state paths in cring.yaml are the proxy machine's
+	// (/etc/cring, /var/lib/cring): flags point them here.
 	proxy := exec.Command(bin, "serve", "--config", filepath.Join(out, "cring.yaml"),
+		"--server-key", filepath.Join(out, "keys", "charm_server_ed25519"), "--data-dir", filepath.Join(base, "proxy"),
 		"--address", httpAddr, "--ssh-proxy-address", sshAddr, "--admin-address", admin, "--health-interval", "200ms")
 	ciRun(t, "cring", proxy, "http://"+admin+"/readyz")
 	waitFor(t, 15*time.Second, func() bool { return ciHealthy(admin) == len(hosts) })
@@ -169,7 +173,7 @@ func ciLoopbacks(t *testing.T, n int) []string {
 			return hosts
 		}
 	}
-	t.Fatal("no loopback addresses with free ports 35353-35356")
+	t.Fatal("no loopback addresses with free ports 35353-35357")
 	return nil
 }
 
@@ -181,7 +185,7 @@ func ciPortsFree(hosts []string) bool {
 		}
 	}()
 	for _, h := range hosts {
-		for _, p := range []int{35353, 35354, 35355, 35356} {
+		for _, p := range []int{35353, 35354, 35355, 35356, 35357} {
 			l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(p)))
 			if err != nil {
 				return false
@@ -237,8 +241,9 @@ func ciCharmEnv(t *testing.T, file map[string]string) []string {
 }
 
 // ciRun starts cmd, stops it when the test ends, and waits (bounded) until
-// healthURL answers 200. Its output goes to a file shown only on failure.
-func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) {
+// healthURL answers 200. Its output goes to a file shown only on failure. The
+// returned stop kills it (kill -9) and waits for it; calling it again is a no-op.
+func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) (stop func()) {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
@@ -252,9 +257,12 @@ func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		_ = cmd.Process.Kill()
 		<-done
+	})
+	t.Cleanup(func() {
+		stop()
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
@@ -271,7 +279,7 @@ func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return stop
 			}
 		}
 		select {
