@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -138,6 +139,47 @@ func TestClusterInit(t *testing.T) {
 		if err != nil || !bytes.Equal(nk, key) {
 			t.Errorf("%s: server key is not the generated one: %v", n.Name, err)
 		}
+	}
+
+	// A brand-new charm CLI user on stock nodes, the way docs/deploy.md says:
+	// the first login creates the account on the SSH primary only, then
+	// `cring accounts sync` (nodes running) gives every node the account, and
+	// the user's files and kv work.
+	home := t.TempDir()
+	_, sshPort, _ := splitPort(sshAddr)
+	cliEnv := append(bootBaseEnv(home), "CHARM_HOST=127.0.0.1", fmt.Sprintf("CHARM_SSH_PORT=%d", sshPort),
+		fmt.Sprintf("CHARM_HTTP_PORT=%d", ports[0]), "CHARM_DATA_DIR="+filepath.Join(home, "charm"))
+	charm := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, charmBin, args...)
+		cmd.Env, cmd.Dir = cliEnv, home
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("charm %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	charm("id")
+	syncArgs := []string{"accounts", "sync"}
+	for _, n := range dc.Nodes {
+		syncArgs = append(syncArgs, filepath.Join(n.DataDir, "db", "charm_sqlite.db"))
+	}
+	if b, err := exec.Command(bin, syncArgs...).CombinedOutput(); err != nil {
+		t.Fatalf("cring accounts sync: %v\n%s", err, b)
+	}
+	note := filepath.Join(home, "note.txt")
+	if err := os.WriteFile(note, []byte("stock words\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	charm("fs", "cp", note, "charm:note.txt")
+	if got := charm("fs", "cat", "charm:note.txt"); got != "stock words" {
+		t.Fatalf("fs cat = %q", got)
+	}
+	charm("kv", "set", "greeting", "hello")
+	if got := charm("kv", "get", "greeting"); got != "hello" {
+		t.Fatalf("kv get = %q", got)
 	}
 
 	// A second init must not replace the keys the running cluster uses.
