@@ -45,7 +45,8 @@ func newDevCmd() *cobra.Command {
 		Long: `Start N real Charm servers (charm's own server package) sharing one server
 key and one account store, with the proxy in front on the standard ports.
 Data persists in --dir and is reused on the next start. Stop and start a node
-while it runs with "cring dev node stop node2" to watch failover.`,
+while it runs with "cring dev node stop node1" (the SSH primary) to watch
+failover; with --ports-from, add --admin 127.0.0.1:<ports-from+3>.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := applyEnv(cmd.Flags()); err != nil {
@@ -234,7 +235,38 @@ func printDevSummary(w io.Writer, dc *devcluster.Cluster, cfg *config.Config, ss
 	_, httpPort, _ := net.SplitHostPort(httpAddr)
 	fmt.Fprintf(w, "export CHARM_HOST=127.0.0.1 CHARM_SSH_PORT=%s CHARM_HTTP_PORT=%s\n", sshPort, httpPort)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, dim.Render(fmt.Sprintf("Watch failover: cring dev node stop node%d (and start)  ·  data in %s  ·  Ctrl-C stops", len(dc.Nodes), dc.Dir)))
+	fmt.Fprintln(w, dim.Render(failoverHint(progName(os.Args[0]), len(dc.Nodes), cfg.WriteQuorum, adminAddr)))
+	fmt.Fprintln(w, dim.Render(fmt.Sprintf("Live view: %s top --admin %s  ·  data in %s  ·  Ctrl-C stops", progName(os.Args[0]), adminAddr, dc.Dir)))
+}
+
+// failoverHint is the banner's failover demo: node1, the SSH primary, so
+// both HTTP and SSH fail over; honest when a stopped node fails writes.
+func failoverHint(prog string, nodes, writeQuorum int, adminAddr string) string {
+	admin := ""
+	if adminAddr != net.JoinHostPort("127.0.0.1", strconv.Itoa(config.DefaultSSHBackendPort+3)) {
+		admin = " --admin " + adminAddr
+	}
+	cmd := fmt.Sprintf("%s dev node stop%s node1", prog, admin)
+	switch {
+	case nodes < 2:
+		return "One node: nothing to fail over to (--nodes 3 to watch failover)"
+	case nodes-1 < writeQuorum:
+		return fmt.Sprintf("Watch failover: %s (and start): reads go on, but writes need %d of %d nodes and get 503 until it is back (--nodes 3 to keep writing)", cmd, writeQuorum, nodes)
+	default:
+		return fmt.Sprintf("Watch failover: %s (the SSH primary), keep using charm, then start it and see it catch up", cmd)
+	}
+}
+
+// progName is how to run cring again from this shell: the binary as invoked,
+// or "go run ./cmd/cring" under go run (its binary is a temporary file).
+func progName(arg0 string) string {
+	if strings.Contains(arg0, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/cring"
+	}
+	if arg0 == "" {
+		return "cring"
+	}
+	return arg0
 }
 
 // ringShare samples the ring: the fraction of keys each node replicates.
