@@ -19,9 +19,9 @@ import (
 func newAccountsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "accounts",
-		Short: "Move Charm accounts into PostgreSQL, or merge stock nodes' account databases",
+		Short: "Administer accounts: add, list and remove them (closed servers), import into PostgreSQL, merge stock nodes' databases",
 	}
-	cmd.AddCommand(newAccountsImportCmd(), newAccountsSyncCmd())
+	cmd.AddCommand(newAccountsAddCmd(), newAccountsListCmd(), newAccountsRemoveCmd(), newAccountsImportCmd(), newAccountsSyncCmd())
 	return cmd
 }
 

@@ -24,6 +24,8 @@ type nodeFlags struct {
 	shutdownTimeout                          time.Duration
 	metaPort                                 int
 	tombstoneGrace                           time.Duration
+	closed                                   bool
+	contact                                  string
 }
 
 func newNodeCmd() *cobra.Command {
@@ -55,6 +57,13 @@ support user extended attributes (ext4, xfs, btrfs). The node answers the
 HTTP port itself and passes every route but /v1/fs to charm's own HTTP server
 on an internal port (docs/node.md).
 
+With --closed (CRING_CLOSED=true) the node creates no account: a key an
+administrator did not add (` + "`cring accounts add`" + `) is refused over SSH with one
+line the charm client prints ("this Charm server is closed to new accounts:
+key SHA256:… is not allowed; ask <--contact> to add it"), and nothing is
+written to the account store. Existing users work as before, and add their
+own devices with ` + "`charm link`" + `. Close every node of a cluster.
+
 Move existing accounts in with ` + "`cring accounts import`" + `.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -63,6 +72,9 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 			}
 			if f.logFormat != "text" && f.logFormat != "json" {
 				return usageError{fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)}
+			}
+			if f.contact != "" && !f.closed {
+				return usageError{errors.New("--contact only applies with --closed")}
 			}
 			if f.accounts != "" && !node.IsPostgres(f.accounts) {
 				return usageError{fmt.Errorf("--accounts %q: want a postgres:// URL, or nothing for the stock sqlite", node.Redact(f.accounts))}
@@ -83,7 +95,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 			defer stop()
 			err := node.Run(ctx, node.Options{
 				Config: cfg, Accounts: f.accounts, Logger: newLogger(f.logFormat, f.debug), ShutdownTimeout: f.shutdownTimeout,
-				MetaPort: f.metaPort, TombstoneGrace: f.tombstoneGrace,
+				MetaPort: f.metaPort, TombstoneGrace: f.tombstoneGrace, Closed: f.closed, Contact: f.contact,
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -102,6 +114,8 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
 	fl.IntVar(&f.metaPort, "meta-port", 35357, "port of the authenticated metadata endpoint the healer uses for exact size, mtime and SHA-256 (0: off)")
 	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long a delete refuses older writes of what it deleted (keep it equal to the proxies')")
+	fl.BoolVar(&f.closed, "closed", false, "create no accounts: only keys added with cring accounts add (or linked by their account's owner) get in (env CRING_CLOSED=true)")
+	fl.StringVar(&f.contact, "contact", "", "with --closed, whom a refused key is told to ask (an email, a URL); default \"the server's administrator\"")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish before they are cut")
 	return cmd
 }

@@ -51,6 +51,30 @@ func Sync(ctx context.Context, paths []string, dryRun bool) (*SyncReport, error)
 	if len(paths) < 2 {
 		return nil, errors.New("sync needs two or more databases")
 	}
+	if err := distinctPaths(paths); err != nil {
+		return nil, err
+	}
+	locked, sources, err := lockStores(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	defer locked.close()
+
+	union, conflicts := Merge(sources)
+	if conflicts != nil {
+		return &SyncReport{Conflicts: conflicts, DryRun: dryRun}, ErrConflicts
+	}
+	rep := &SyncReport{DryRun: dryRun}
+	rep.Users, rep.Keys, rep.EncryptKeys, rep.Seqs = union.Counts()
+	rep.Files, err = locked.apply(ctx, union, dryRun)
+	if rep.Files == nil && err != nil {
+		return nil, err
+	}
+	return rep, err
+}
+
+// distinctPaths refuses one file named twice (two paths, one file).
+func distinctPaths(paths []string) error {
 	seen := map[string]string{}
 	for _, p := range paths {
 		abs, err := filepath.Abs(p)
@@ -60,75 +84,90 @@ func Sync(ctx context.Context, paths []string, dryRun bool) (*SyncReport, error)
 			}
 		}
 		if prev, ok := seen[abs]; ok {
-			return nil, fmt.Errorf("%s and %s are the same file", prev, p)
+			return fmt.Errorf("%s and %s are the same file", prev, p)
 		}
 		seen[abs] = p
 	}
+	return nil
+}
 
-	type store struct {
-		path string
-		db   *sql.DB
-		conn *sql.Conn
-		open bool // a transaction is open
-	}
-	var stores []*store
-	defer func() {
-		for _, s := range stores {
-			if s.open {
-				_, _ = s.conn.ExecContext(context.Background(), "ROLLBACK")
-			}
-			s.conn.Close()
-			s.db.Close()
-		}
-	}()
+// lockedStores are sqlite account files, each in a write transaction
+// (BEGIN IMMEDIATE) from the first read to the last commit.
+type lockedStores []*lockedStore
+
+type lockedStore struct {
+	path string
+	db   *sql.DB
+	conn *sql.Conn
+	open bool // a transaction is open
+}
+
+// lockStores opens and write-locks every file, then reads each one.
+func lockStores(ctx context.Context, paths []string) (lockedStores, []Source, error) {
+	var stores lockedStores
 	var sources []Source
 	for _, p := range paths {
 		sdb, err := openExisting(ctx, p)
 		if err != nil {
-			return nil, fmt.Errorf("open %s: %w", p, err)
+			stores.close()
+			return nil, nil, fmt.Errorf("open %s: %w", p, err)
 		}
 		conn, err := sdb.Conn(ctx)
 		if err != nil {
 			sdb.Close()
-			return nil, fmt.Errorf("open %s: %w", p, err)
+			stores.close()
+			return nil, nil, fmt.Errorf("open %s: %w", p, err)
 		}
-		s := &store{path: p, db: sdb, conn: conn}
+		s := &lockedStore{path: p, db: sdb, conn: conn}
 		stores = append(stores, s)
 		if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-			return nil, fmt.Errorf("lock %s: %w", p, err)
+			stores.close()
+			return nil, nil, fmt.Errorf("lock %s: %w", p, err)
 		}
 		s.open = true
 		snap, err := ReadSnapshot(ctx, SQLRows(conn))
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", p, err)
+			stores.close()
+			return nil, nil, fmt.Errorf("read %s: %w", p, err)
 		}
 		sources = append(sources, Source{Name: p, Snap: snap})
 	}
+	return stores, sources, nil
+}
 
-	union, conflicts := Merge(sources)
-	if conflicts != nil {
-		return &SyncReport{Conflicts: conflicts, DryRun: dryRun}, ErrConflicts
-	}
-	rep := &SyncReport{DryRun: dryRun}
-	rep.Users, rep.Keys, rep.EncryptKeys, rep.Seqs = union.Counts()
-	for _, s := range stores {
+// apply adds union to every file and commits them all (or, for a dry run,
+// leaves close to roll everything back).
+func (ls lockedStores) apply(ctx context.Context, union *Snapshot, dryRun bool) ([]Changes, error) {
+	var out []Changes
+	for _, s := range ls {
 		ch, err := applySQLite(ctx, s.conn, union)
 		if err != nil {
 			return nil, fmt.Errorf("update %s: %w", s.path, err)
 		}
 		ch.Store = s.path
-		rep.Files = append(rep.Files, ch)
+		out = append(out, ch)
 	}
 	if dryRun {
-		return rep, nil // the deferred rollback undoes everything
+		return out, nil
 	}
-	for _, s := range stores {
+	for _, s := range ls {
 		if _, err := s.conn.ExecContext(ctx, "COMMIT"); err != nil {
-			return rep, fmt.Errorf("commit %s: %w (files before it are merged; run sync again)", s.path, err)
+			return out, fmt.Errorf("commit %s: %w (files before it are changed; run it again)", s.path, err)
 		}
 		s.open = false
 	}
-	return rep, nil
+	return out, nil
+}
+
+// close rolls back what is still open and closes every file.
+func (ls lockedStores) close() {
+	for _, s := range ls {
+		if s.open {
+			_, _ = s.conn.ExecContext(context.Background(), "ROLLBACK")
+		}
+		s.conn.Close()
+		s.db.Close()
+	}
 }
 
 func nullIfEmpty(s string) any {

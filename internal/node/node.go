@@ -77,6 +77,10 @@ type Options struct {
 	MetaPort int
 	// TombstoneGrace: how long a delete refuses older writes (30 days when 0).
 	TombstoneGrace time.Duration
+	// Closed: no account is ever created; a key without one is refused
+	// over SSH with a one-line reason naming Contact (closed.go).
+	Closed  bool
+	Contact string
 }
 
 // Run serves until ctx ends, then shuts down gracefully and closes the
@@ -102,11 +106,20 @@ func Run(ctx context.Context, o Options) error {
 	}
 	store = &closeOnce{DB: store}
 	defer store.Close()
+	if o.Closed {
+		store = closedDB{store}
+	}
 	cfg = cfg.WithDB(store)
 	publicPort := cfg.HTTPPort
 	srv, err := versioned.NewServer(cfg, versioned.ServerOptions{TombstoneGrace: o.TombstoneGrace, Logger: log})
 	if err != nil {
 		return err
+	}
+	if o.Closed {
+		if err := closeDoor(srv.Charm(), &closedGate{users: store, contact: o.Contact, log: log}); err != nil {
+			_ = srv.Close()
+			return err
+		}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Start() }()
@@ -139,7 +152,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	log.Info("cring node serving", "ssh", cfg.SSHPort, "http", publicPort, "health", cfg.HealthPort,
-		"data", cfg.DataDir, "accounts", mode, "public_url", srv.Issuer(), "charm_http", srv.InternalURL())
+		"data", cfg.DataDir, "accounts", mode, "public_url", srv.Issuer(), "charm_http", srv.InternalURL(), "closed", o.Closed)
 	if o.Ready != nil {
 		o.Ready()
 	}

@@ -220,6 +220,10 @@ func loopbackFor(host string) string {
 // Store is the node's file store.
 func (s *Server) Store() *filestore.Store { return s.store }
 
+// Charm is charm's own server inside (cring node --closed guards its SSH
+// handler before Start).
+func (s *Server) Charm() *server.Server { return s.charm }
+
 // Issuer is the issuer (the public URL) tokens must carry.
 func (s *Server) Issuer() string { return s.issuer }
 
