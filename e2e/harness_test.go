@@ -55,6 +55,9 @@ type clusterOpts struct {
 	backup  config.Backup
 	dataDir string
 	pprof   bool // --pprof: Go profiles on the admin address
+	// scrub: time between scrub passes (default: no scrub; tests that
+	// don't test it must not see it repair behind their back).
+	scrub time.Duration
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -124,6 +127,10 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		cfg.ServerKey = tc.dc.KeyPath
 		cfg.ScanInterval = time.Hour // tests run scans themselves
 		cfg.RepairRate = 1000
+		cfg.ScrubInterval = -1
+		if o.scrub > 0 {
+			cfg.ScrubInterval = o.scrub
+		}
 	}
 	for _, nd := range tc.dc.Nodes[:n] {
 		u := nd.HTTPURL()

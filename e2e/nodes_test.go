@@ -51,7 +51,7 @@ func (n *pgNode) httpURL() string   { return fmt.Sprintf("http://127.0.0.1:%d", 
 func (n *pgNode) sshAddr() string   { return fmt.Sprintf("127.0.0.1:%d", n.ssh) }
 func (n *pgNode) healthURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", n.health) }
 
-func startPGCluster(t *testing.T, nodes int) *pgCluster {
+func startPGCluster(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCluster {
 	t.Helper()
 	pc := &pgCluster{t: t, bin: cringBinary(t), pgURL: pgtest.Start(t)}
 	ports, err := devcluster.FreePorts("127.0.0.1", 3)
@@ -114,6 +114,9 @@ func startPGCluster(t *testing.T, nodes int) *pgCluster {
 			pc.stop(i, syscall.SIGKILL)
 		}
 	})
+	for _, f := range tune {
+		f(cfg)
+	}
 	p := serveInProcess(t, cfg)
 	pc.cfg, pc.srv = cfg, p.srv
 	pc.httpAddr, pc.sshAddr, pc.admin = p.httpAddr, p.sshAddr, p.admin

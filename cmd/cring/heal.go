@@ -341,6 +341,13 @@ func printStatus(out io.Writer, st *statusDoc) {
 	} else {
 		fmt.Fprintln(out, dimStyle.Render("  no scan finished yet"))
 	}
+	if sc := h.Scrub; sc != nil {
+		last := "no full pass yet"
+		if !sc.LastFullPass.IsZero() {
+			last = "last full pass " + sc.LastFullPass.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(out, "  scrub: %s hashed, %d corrupt found, %d repaired; %s\n", humanBytes(int64(sc.Bytes)), sc.Corrupt, sc.Repaired, last)
+	}
 }
 
 func newStatsCmd() *cobra.Command {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/serve"
 	"github.com/spf13/cobra"
@@ -39,6 +41,8 @@ type serveFlags struct {
 	scanInterval   time.Duration
 	repairRate     float64
 	tombstoneGrace time.Duration
+	scrubInterval  time.Duration
+	scrubRate      string
 	postQuorum     time.Duration
 	backupMode     string
 	backupPath     bool
@@ -98,6 +102,8 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.scanInterval, "scan-interval", config.DefaultScanInterval, "time between background anti-entropy scans")
 	fl.Float64Var(&f.repairRate, "repair-rate", config.DefaultRepairRate, "repairs per second the healer may do")
 	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long deletes are remembered; a node away longer may bring deleted files back")
+	fl.DurationVar(&f.scrubInterval, "scrub-interval", config.DefaultScrubInterval, "time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub")
+	fl.StringVar(&f.scrubRate, "scrub-rate", "8MiB", "bytes per second the scrub may read from each node")
 	fl.DurationVar(&f.postQuorum, "post-quorum-timeout", config.DefaultPostQuorum, "after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted")
 	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
@@ -175,6 +181,19 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
 		cfg.TombstoneGrace = f.tombstoneGrace
+	}
+	if pick("scrub-interval") {
+		cfg.ScrubInterval = f.scrubInterval
+		if f.scrubInterval == 0 {
+			cfg.ScrubInterval = -1 // off (0 in the file means the default)
+		}
+	}
+	if pick("scrub-rate") || cfg.ScrubRate == 0 {
+		n, err := humanize.ParseBytes(f.scrubRate)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("--scrub-rate %q: want a size per second like 8MiB", f.scrubRate)
+		}
+		cfg.ScrubRate = int64(n)
 	}
 	if pick("backup-mode") || cfg.Backup.Mode == "" {
 		cfg.Backup.Mode = f.backupMode

@@ -53,6 +53,12 @@ type Options struct {
 	Rate float64
 	// TombstoneGrace: tombstones older than this are collected by scans.
 	TombstoneGrace time.Duration
+	// ScrubInterval: a scrub pass (every copy hashed, rotten ones
+	// repaired) starts this long after the last one started; 0: no scrub.
+	ScrubInterval time.Duration
+	// ScrubRate bounds the bytes per second the scrub reads from each
+	// node (0: unbounded).
+	ScrubRate float64
 }
 
 // Healer repairs the cluster.
@@ -68,6 +74,7 @@ type Healer struct {
 	suspects chan suspect
 	counts   counters
 	facts    facts
+	scrub    *scrubber // nil: no scrub
 
 	mu       sync.Mutex
 	lastScan *Report
@@ -141,6 +148,9 @@ func New(o Options) (*Healer, error) {
 		suspects: make(chan suspect, 4096),
 	}
 	h.Reconfigure(o.Nodes, o.Ring, o.WriteQuorum, o.Health)
+	if o.ScrubInterval > 0 {
+		h.scrub = newScrubber(h, o.DataDir, o.ScrubInterval, o.ScrubRate)
+	}
 	if o.Rate > 0 {
 		every := time.Duration(float64(time.Second) / o.Rate)
 		var mu sync.Mutex
@@ -203,6 +213,10 @@ func (h *Healer) Suspect(user, path string) {
 func (h *Healer) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(3)
+	if h.scrub != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.scrub.run(ctx) }()
+	}
 	go func() { defer wg.Done(); h.replayHints(ctx) }()
 	go func() { defer wg.Done(); h.readRepair(ctx) }()
 	go func() { defer wg.Done(); h.scanLoop(ctx) }()
@@ -328,6 +342,7 @@ type Status struct {
 	Totals       map[string]uint64 `json:"totals"`
 	LastScan     *Report           `json:"last_scan,omitempty"`
 	Scanning     *Progress         `json:"scanning,omitempty"`
+	Scrub        *ScrubStatus      `json:"scrub,omitempty"`
 }
 
 // Status reports hints, totals and scans.
@@ -340,11 +355,16 @@ func (h *Healer) Status() Status {
 		p := h.progress(cur, func(*Progress) {})
 		curCopy = &p
 	}
-	return Status{
+	st := Status{
 		HintsPending: h.state.hintCounts(),
 		Users:        len(h.state.userList()),
 		Totals:       h.counts.snapshot(),
 		LastScan:     last,
 		Scanning:     curCopy,
 	}
+	if h.scrub != nil {
+		sc := h.scrub.status()
+		st.Scrub = &sc
+	}
+	return st
 }

@@ -226,9 +226,10 @@ func (a *nodeAPI) remove(ctx context.Context, base *url.URL, user, path string, 
 
 // fileMeta is what a cring node's metadata endpoint answers.
 type fileMeta struct {
-	Size   int64     `json:"size"`
-	MTime  time.Time `json:"mtime"`
-	SHA256 string    `json:"sha256"`
+	Size    int64     `json:"size"`
+	MTime   time.Time `json:"mtime"`
+	SHA256  string    `json:"sha256"`
+	Corrupt bool      `json:"corrupt"` // the bytes no longer match the checksum recorded at write time
 }
 
 // meta asks a cring node for a file's exact metadata, its bytes hashed on

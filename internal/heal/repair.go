@@ -57,6 +57,7 @@ type view struct {
 	dirOn      []int            // nodes where the path is a directory
 	tomb       stamp.Stamp      // newest tombstone covering the path, zero if none
 	records    []*versionRecord // the path's version records (stock nodes)
+	corrupt    int              // copies a deep check found not matching their version
 }
 
 // gather asks every healthy node for the key's copy (via its parent
@@ -379,6 +380,9 @@ func (h *Healer) pick(ctx context.Context, v *view, live []replicaCopy, deep boo
 	}
 	count := map[string]int{}
 	for _, c := range live {
+		if c.stamp.IsZero() && len(v.records) > 0 {
+			v.corrupt++ // a stock copy matching no recorded version
+		}
 		if c.stamp != win.stamp {
 			continue
 		}
@@ -386,7 +390,9 @@ func (h *Healer) pick(ctx context.Context, v *view, live []replicaCopy, deep boo
 		if err != nil {
 			return replicaCopy{}, err
 		}
-		count[sum]++
+		if !strings.HasPrefix(sum, corruptMark) {
+			count[sum]++
+		}
 	}
 	best := ""
 	for sum, n := range count {
@@ -397,10 +403,19 @@ func (h *Healer) pick(ctx context.Context, v *view, live []replicaCopy, deep boo
 	if r := v.recordFor(win.stamp); r != nil {
 		best = r.sum // the checksum recorded at write time
 	}
+	var good *replicaCopy
 	for _, c := range live {
-		if c = v.copies[c.node]; c.stamp == win.stamp && c.sum == best {
-			return c, nil
+		c = v.copies[c.node]
+		switch {
+		case c.stamp != win.stamp:
+		case c.sum != best:
+			v.corrupt++ // rotted since it was written
+		case good == nil:
+			good = &c
 		}
+	}
+	if good != nil {
+		return *good, nil
 	}
 	return replicaCopy{}, fmt.Errorf("no copy of %s version %s matches its checksum", v.path, win.stamp)
 }
@@ -495,6 +510,12 @@ func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 		meta, err := h.api.meta(ctx, m, v.user, v.path)
 		if err == nil {
 			h.counts.add("hashed_on_node")
+			if meta.Corrupt {
+				// The node's own checksum, recorded at write time, says
+				// so: this copy can't be the good one, however many
+				// copies rotted the same way.
+				return corruptMark + meta.SHA256, nil
+			}
 			return meta.SHA256, nil
 		}
 		h.log.Warn("metadata endpoint failed; hashing the copy", "node", v.m.nodes[node].Name, "err", err)

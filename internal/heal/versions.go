@@ -21,6 +21,10 @@ import (
 // Modification times only identify a copy's bytes on one node, for the
 // facts cache; they never order versions.
 
+// corruptMark prefixes the hash of a copy its cring node found not to
+// match the checksum it recorded at write time: such a copy never wins.
+const corruptMark = "corrupt:"
+
 // versionRecord is the newest version record seen for a key.
 type versionRecord struct {
 	stamp stamp.Stamp

@@ -90,6 +90,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			ScanInterval:   cfg.ScanInterval,
 			Rate:           cfg.RepairRate,
 			TombstoneGrace: cfg.TombstoneGrace,
+			ScrubInterval:  max(cfg.ScrubInterval, 0),
+			ScrubRate:      float64(cfg.ScrubRate),
 		})
 		if err != nil {
 			return nil, err
@@ -577,6 +579,23 @@ func (s *Server) registerHealMetrics() {
 		}
 		return 1
 	})
+	scrub := func(f func(heal.ScrubStatus) float64) func() float64 {
+		return func() float64 {
+			if st := h.Status().Scrub; st != nil {
+				return f(*st)
+			}
+			return 0
+		}
+	}
+	s.metrics.CounterFunc("cring_scrub_bytes_total", "Bytes of copies the scrub hashed.", scrub(func(st heal.ScrubStatus) float64 { return float64(st.Bytes) }))
+	s.metrics.CounterFunc("cring_scrub_corrupt_total", "Copies the scrub found not matching the version they hold (silent corruption).", scrub(func(st heal.ScrubStatus) float64 { return float64(st.Corrupt) }))
+	s.metrics.CounterFunc("cring_scrub_repaired_total", "Copies the scrub replaced with a good one.", scrub(func(st heal.ScrubStatus) float64 { return float64(st.Repaired) }))
+	s.metrics.GaugeFunc("cring_scrub_last_full_pass_timestamp_seconds", "When the last complete scrub pass ended (0: none yet).", scrub(func(st heal.ScrubStatus) float64 {
+		if st.LastFullPass.IsZero() {
+			return 0
+		}
+		return float64(st.LastFullPass.Unix())
+	}))
 	s.metrics.GaugeFunc("cring_heal_last_scan_under_replicated", "Keys missing a replica at the last scan.", func() float64 {
 		if r := h.Status().LastScan; r != nil {
 			return float64(r.UnderReplicated)
