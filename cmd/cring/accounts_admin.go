@@ -444,7 +444,7 @@ func printRemove(w io.Writer, r removeResult, purged bool) {
 	}
 	switch {
 	case purged:
-		fmt.Fprintln(w, acctDim.Render(fmt.Sprintf("  files: %s deleted through the cluster", acctPlural(r.Purged, "top-level entry"))))
+		fmt.Fprintln(w, acctDim.Render(fmt.Sprintf("  files: %d top-level files and directories deleted through the cluster", r.Purged)))
 	case r.Account:
 		fmt.Fprintln(w, acctDim.Render("  files kept on the nodes under the charm ID (--purge deletes them)"))
 	}
