@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,25 +248,56 @@ func (h *Healer) replayHints(ctx context.Context) {
 			i := m.index(node)
 			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it
 		})
-		for _, hn := range due {
-			if ctx.Err() != nil {
-				return
-			}
-			res := h.RepairKey(ctx, hn.User, hn.Path, false)
-			settled := res.Err == ""
-			for _, p := range res.Pending {
-				if p == hn.Node {
-					settled = false
-				}
-			}
-			if settled {
-				h.state.doneHint(hn)
-				h.counts.add("hints_replayed")
-				continue
-			}
-			h.state.retryHint(hn)
-			h.counts.add("hints_retried")
+		h.replay(ctx, due)
+	}
+}
+
+// replayWorkers bounds the keys repaired at once by hint replay: a node
+// back from a long absence owes many keys, and reads skip it for each
+// until its hint is settled.
+const replayWorkers = 4
+
+// replay repairs the keys of due hints, each key once however many nodes
+// are owed it, a few keys at a time.
+func (h *Healer) replay(ctx context.Context, due []hint) {
+	type key struct{ user, path string }
+	byKey := map[key][]hint{}
+	var order []key
+	for _, hn := range due {
+		k := key{hn.User, hn.Path}
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
 		}
+		byKey[k] = append(byKey[k], hn)
+	}
+	sem := make(chan struct{}, replayWorkers)
+	var wg sync.WaitGroup
+	for _, k := range order {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h.replayKey(ctx, byKey[k])
+		}()
+	}
+	wg.Wait()
+}
+
+// replayKey repairs one key and settles the hints of every node it reached.
+func (h *Healer) replayKey(ctx context.Context, hints []hint) {
+	res := h.RepairKey(ctx, hints[0].User, hints[0].Path, false)
+	for _, hn := range hints {
+		if res.Err == "" && !slices.Contains(res.Pending, hn.Node) {
+			h.state.doneHint(hn)
+			h.counts.add("hints_replayed")
+			continue
+		}
+		h.state.retryHint(hn)
+		h.counts.add("hints_retried")
 	}
 }
 
