@@ -193,8 +193,20 @@ func TestClosedCluster(t *testing.T) {
 	if got := phone.must("fs", "cat", "charm:docs/notes.txt"); got != "closed ring\n" {
 		t.Fatalf("linked device reads %q", got)
 	}
+	// A new machine restoring alice's keys with `charm import-keys` is
+	// alice: the keys are an admitted account's.
+	backup := filepath.Join(alice.home, "keys.tar")
+	alice.must("backup-keys", "-o", backup)
+	restored := newCharmDevice(t, proxySSH, proxyHTTP)
+	restored.must("import-keys", "-f", backup)
+	if id := strings.TrimSpace(restored.must("id")); id != added.CharmID {
+		t.Fatalf("charm id after import-keys = %q, want %s", id, added.CharmID)
+	}
+	if got := restored.must("fs", "cat", "charm:docs/notes.txt"); got != "closed ring\n" {
+		t.Fatalf("after import-keys, fs cat = %q", got)
+	}
 	if n := pgUsers(t, pc.pgURL); n != 1 {
-		t.Fatalf("%d accounts after the link, want 1", n)
+		t.Fatalf("%d accounts after the link and import-keys, want 1", n)
 	}
 
 	// accounts list: exactly alice, with both keys.
