@@ -111,7 +111,15 @@ func (p *Proxy) backupAck(ctx context.Context, r *http.Request, ref fileRef, tee
 // from the backup (the cluster is read-only until a node returns).
 func (p *Proxy) fromBackup(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
-	rc, obj, err := p.backup.Open(ctx, ref.key())
+	// The user's root is a directory only: there is no object to open.
+	var (
+		rc  io.ReadCloser
+		obj backup.Object
+		err = backup.ErrNotFound
+	)
+	if tombstone.Clean(ref.path) != "" {
+		rc, obj, err = p.backup.Open(ctx, ref.key())
+	}
 	if err == nil {
 		defer rc.Close()
 		h := w.Header()
@@ -141,6 +149,9 @@ func (p *Proxy) fromBackup(w http.ResponseWriter, r *http.Request, ref fileRef) 
 	}
 	dir := charm.FileInfo{Name: path.Base("/" + ref.path), IsDir: true, Mode: fs.ModeDir | 0o700}
 	for _, o := range objs {
+		if tombstone.Reserved(strings.TrimPrefix(o.Key, ref.user+"/")) {
+			continue // cring's own files are never listed to clients
+		}
 		fi := charm.FileInfo{Name: o.Name(), IsDir: o.IsDir, Size: o.Size, ModTime: o.ModTime, Mode: o.Mode}
 		if o.IsDir {
 			fi.Mode = fs.ModeDir | 0o700
