@@ -69,7 +69,7 @@ func readKeyArgs(args []string, stdin io.Reader) ([]string, error) {
 func newAccountsAddCmd() *cobra.Command {
 	var spec, name, charmID string
 	var sqlite []string
-	var dryRun, asJSON bool
+	var dryRun, asJSON, authorized bool
 	cmd := &cobra.Command{
 		Use:   "add PUBKEY_FILE… [--name NAME] [--id CHARM_ID]",
 		Short: "Admit SSH public keys to a closed server: one account, on every node at once",
@@ -85,9 +85,10 @@ shares: the key logs in on every node from the moment this returns.
 
 With --sqlite A.db,B.db… (stock charm serve nodes): the same account is
 written into every file at once, each write-locked for the few moments it
-takes, refusing conflicts like ` + "`cring accounts sync`" + `. Stock nodes still
-create an account for any key that connects: close them yourself (a
-firewall, or charm's data/.ssh/authorized_keys), and stop or sync them.`,
+takes, refusing conflicts like ` + "`cring accounts sync`" + `. A stock node creates an
+account for any key that connects unless <data>/.ssh/authorized_keys exists
+when it starts (charm then admits only the keys in it, read on every login):
+--authorized-keys also appends the keys to that file next to each database.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := applyEnv(cmd.Flags()); err != nil {
@@ -104,7 +105,10 @@ firewall, or charm's data/.ssh/authorized_keys), and stop or sync them.`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 			defer cancel()
 			if len(sqlite) > 0 {
-				return addSQLite(ctx, cmd, sqlite, na, dryRun, asJSON)
+				return addSQLite(ctx, cmd, sqlite, na, dryRun, asJSON, authorized)
+			}
+			if authorized {
+				return usageError{errors.New("--authorized-keys is for --sqlite (stock nodes)")}
 			}
 			if dryRun {
 				return usageError{errors.New("--dry-run is for --sqlite")}
@@ -124,12 +128,24 @@ firewall, or charm's data/.ssh/authorized_keys), and stop or sync them.`,
 	fl.StringVar(&charmID, "id", "", "add the keys to this existing account (charm ID)")
 	fl.StringSliceVar(&sqlite, "sqlite", nil, "stock nodes' account files instead of PostgreSQL, comma-separated or repeated (data/db/charm_sqlite.db)")
 	fl.BoolVar(&dryRun, "dry-run", false, "with --sqlite: report what would change, change nothing")
+	fl.BoolVar(&authorized, "authorized-keys", false, "with --sqlite: also append the keys to <data>/.ssh/authorized_keys next to each database (what closes a stock node)")
 	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
 
-func addSQLite(ctx context.Context, cmd *cobra.Command, files []string, na accounts.NewAccount, dryRun, asJSON bool) error {
+func addSQLite(ctx context.Context, cmd *cobra.Command, files []string, na accounts.NewAccount, dryRun, asJSON, authorized bool) error {
 	rep, err := accounts.AddSQLite(ctx, files, na, dryRun)
+	var authLines []string
+	if err == nil && authorized && !dryRun {
+		for _, f := range files {
+			p := accounts.AuthorizedKeysFor(f)
+			n, aerr := accounts.AppendAuthorizedKeys(p, na.Keys)
+			if aerr != nil {
+				return fmt.Errorf("account added to every database, but %s: %w", p, aerr)
+			}
+			authLines = append(authLines, fmt.Sprintf("%s: +%s", p, acctPlural(n, "key")))
+		}
+	}
 	out := cmd.OutOrStdout()
 	if asJSON && rep != nil {
 		if jerr := writeIndentedJSON(out, rep); jerr != nil {
@@ -152,6 +168,9 @@ func addSQLite(ctx context.Context, cmd *cobra.Command, files []string, na accou
 		printAdd(out, &rep.AddResult)
 		for _, f := range rep.Files {
 			fmt.Fprintf(out, "  %s\n", acctDim.Render(fmt.Sprintf("%s: +%s, +%s", f.Store, acctPlural(f.Users, "account"), acctPlural(f.Keys, "key"))))
+		}
+		for _, l := range authLines {
+			fmt.Fprintf(out, "  %s\n", acctDim.Render(l))
 		}
 		if rep.DryRun {
 			fmt.Fprintln(out, acctDim.Render("  dry run: nothing written"))

@@ -1,6 +1,7 @@
 package accounts
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -139,4 +141,37 @@ func sums(t *testing.T, paths ...string) string {
 		out = append(out, fmt.Sprintf("%x", sha256.Sum256(b)))
 	}
 	return strings.Join(out, ",")
+}
+
+func TestAppendAuthorizedKeys(t *testing.T) {
+	a, b := genKey(t), genKey(t)
+	dbPath := filepath.Join(t.TempDir(), "data", "db", "charm_sqlite.db")
+	p := AuthorizedKeysFor(dbPath)
+	if want := filepath.Join(filepath.Dir(filepath.Dir(dbPath)), ".ssh", "authorized_keys"); p != want {
+		t.Fatalf("AuthorizedKeysFor = %s, want %s", p, want)
+	}
+	for _, step := range []struct {
+		keys  []string
+		added int
+		lines int
+	}{
+		{[]string{FormatKey(a)}, 1, 1},
+		{[]string{FormatKey(a), FormatKey(b)}, 1, 2},
+		{[]string{FormatKey(b), FormatKey(a)}, 0, 2},
+	} {
+		n, err := AppendAuthorizedKeys(p, step.keys)
+		if err != nil || n != step.added {
+			t.Fatalf("append %d keys: added %d %v, want %d", len(step.keys), n, err, step.added)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ParseKeys(bytes.NewReader(b), p); err != nil || len(got) != step.lines {
+			t.Fatalf("file holds %q %v, want %d keys", got, err, step.lines)
+		}
+		if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+			t.Fatalf("mode %v", fi.Mode())
+		}
+	}
 }
