@@ -57,7 +57,8 @@ type clusterOpts struct {
 	pprof   bool // --pprof: Go profiles on the admin address
 	// scrub: time between scrub passes (default: no scrub; tests that
 	// don't test it must not see it repair behind their back).
-	scrub time.Duration
+	scrub     time.Duration
+	scrubRate int64 // bytes per second per node (default: the product's)
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -130,6 +131,7 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		cfg.ScrubInterval = -1
 		if o.scrub > 0 {
 			cfg.ScrubInterval = o.scrub
+			cfg.ScrubRate = o.scrubRate
 		}
 	}
 	for _, nd := range tc.dc.Nodes[:n] {

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,4 +101,81 @@ func TestRotNeverServedByCringNodes(t *testing.T) {
 		st := pc.srv.Healer().Status().Scrub
 		return st != nil && st.Corrupt >= 2 && st.Repaired >= 2
 	})
+}
+
+// TestKillMidUploadLeavesNoPartialFile: a cring node killed (-9) in the
+// middle of a 64 MiB upload keeps nothing under the file's name, the
+// upload is acknowledged by the other replicas and read back whole, and
+// when the node returns the healer completes its copy.
+func TestKillMidUploadLeavesNoPartialFile(t *testing.T) {
+	pc := startPGCluster(t, 3)
+	u := pc.newUser(t)
+	data := randBytes(t, 64<<20)
+	ep, err := u.fs.EncryptPath("big/upload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const victim = 2
+	tmp := filepath.Join(pc.nodes[victim].dataDir, "cring", "tmp")
+	done := make(chan error, 1)
+	go func() { done <- u.fs.WriteFile("big/upload", memFile("big/upload", data)) }()
+	waitFor(t, 60*time.Second, func() bool { // the victim is halfway through its temp file
+		es, _ := os.ReadDir(tmp)
+		for _, e := range es {
+			if fi, err := e.Info(); err == nil && fi.Size() > 16<<20 {
+				return true
+			}
+		}
+		return false
+	})
+	pc.stop(victim, syscall.SIGKILL)
+	if err := <-done; err != nil {
+		t.Fatalf("upload with one replica killed: %v", err)
+	}
+	name := filepath.Join(pc.nodes[victim].dataDir, "files", u.id, ep)
+	if _, err := os.Stat(name); !os.IsNotExist(err) {
+		t.Fatalf("the killed node holds something under the name: %v", err)
+	}
+	if !bytes.Equal(u.get(t, "big/upload"), data) {
+		t.Fatal("read back differs")
+	}
+	pc.start(victim)
+	pc.waitReady(3)
+	want, err := os.ReadFile(filepath.Join(pc.nodes[0].dataDir, "files", u.id, ep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool {
+		b, err := os.ReadFile(name)
+		return err == nil && bytes.Equal(b, want)
+	})
+	if es, _ := os.ReadDir(tmp); len(es) != 0 {
+		t.Fatalf("%d temp files left on the restarted node", len(es))
+	}
+}
+
+// TestScrubRate: the scrub reads no more than --scrub-rate from a node (after
+// its limiter's one-second burst), so a pass over 3 MiB per node at 1 MiB/s
+// takes at least two seconds.
+func TestScrubRate(t *testing.T) {
+	const rate = 1 << 20
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true, scrub: time.Hour, scrubRate: rate})
+	u := tc.newUser(t)
+	for _, name := range []string{"r/a", "r/b", "r/c"} {
+		u.put(t, name, randBytes(t, 1<<20))
+		identicalOn(t, tc, u, name, all3, 5*time.Second)
+	}
+	// The background pass is due 10 minutes after start: run one now.
+	h := tc.srv.Healer()
+	start := time.Now()
+	if err := h.ScrubPass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	st := h.Status().Scrub
+	perNode := float64(st.Bytes) / 3
+	if min := time.Duration((perNode - rate) / rate * float64(time.Second)); took < min {
+		t.Fatalf("a pass over %.0f bytes per node took %v, faster than %d bytes/s allows (%v)", perNode, took, rate, min)
+	}
+	t.Logf("scrubbed %.1f MiB per node in %v: %.2f MiB/s per node (limit 1)", perNode/(1<<20), took.Round(time.Millisecond), perNode/(1<<20)/took.Seconds())
 }
