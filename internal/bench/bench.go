@@ -35,11 +35,12 @@ const (
 	WorkloadReadSlow    = "read-slow"    // the same, one replica answering 200 ms late
 	WorkloadList        = "list"         // directory listings
 	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
+	WorkloadHash        = "hash"         // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
 )
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadHash}
 }
 
 // Modes: who the client talks to.
@@ -156,6 +157,7 @@ type Report struct {
 	Duration    string      `json:"duration_per_run"`
 	Workloads   []*Workload `json:"workloads"`
 	BigUpload   *BigUpload  `json:"big_upload,omitempty"`
+	Hashes      []HashRate  `json:"hashes,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -257,6 +259,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for _, name := range o.Workloads {
 		if err := ctx.Err(); err != nil {
 			return rep, err
+		}
+		if name == WorkloadHash {
+			rep.Hashes = measureHashes(ctx, o.Duration/3)
+			rep.relateHashes()
+			continue
 		}
 		if name == WorkloadRSS {
 			bu, err := e.bigUpload(ctx)

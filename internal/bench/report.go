@@ -100,6 +100,19 @@ func (r *Report) WriteTable(out io.Writer) error {
 		fmt.Fprintf(&b, "\n%s upload through the proxy: peak RSS %s → %s, growth %.1f MiB (target < 64 MiB) %s, %.0f MB/s\n",
 			FormatSize(bu.Size), mib(bu.Before), mib(bu.After), bu.GrowthMiB, verdict, bu.MBPerSec)
 	}
+	if len(r.Hashes) > 0 {
+		b.WriteString("\nchecksums, one core:")
+		for _, h := range r.Hashes {
+			fmt.Fprintf(&b, "  %s %.0f MB/s", h.Name, h.MBPerSec)
+			if h.VsUpload > 0 {
+				fmt.Fprintf(&b, " (%.1fx the proxy's large uploads)", h.VsUpload)
+			}
+			if h.Chosen {
+				b.WriteString(" ← recorded")
+			}
+		}
+		b.WriteString("\n")
+	}
 	b.WriteString("\n" + dim.Render("direct: one node, no replication · limit: the client sends every write to all N replicas itself · proxy: through cring") + "\n")
 	b.WriteString(dim.Render("cpu µs/op: CPU time per operation of the client and the nodes (the bench process, and the node processes if any) + the proxy process; cpu busy: all of them over all CPUs") + "\n")
 	_, err := io.WriteString(out, b.String())

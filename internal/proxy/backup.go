@@ -52,8 +52,8 @@ func (t *backupTee) errOrNil() error {
 
 // startBackupTee wraps body so the upload's file bytes also land in a spool
 // file; nil when backups don't apply to this request.
-func (p *Proxy) startBackupTee(r *http.Request, ref fileRef) (*backupTee, io.Reader, error) {
-	if (p.backup == nil && !p.records) || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
+func (p *Proxy) startBackupTee(r *http.Request, ref fileRef, sum bool) (*backupTee, io.Reader, error) {
+	if (p.backup == nil && !sum) || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
 		return nil, r.Body, nil
 	}
 	pr, pw := io.Pipe()
@@ -67,7 +67,7 @@ func (p *Proxy) startBackupTee(r *http.Request, ref fileRef) (*backupTee, io.Rea
 		t.spool = spool
 		to = append(to, spool)
 	}
-	if p.records {
+	if sum {
 		t.sum = sha256.New()
 		to = append(to, t.sum)
 	}

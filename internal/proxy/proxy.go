@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cring-dev/cring/internal/auth"
@@ -104,14 +105,17 @@ type Proxy struct {
 	noTombs    userSet
 	tombBodies tombCache
 	recs       recordCache
-	dirs       keySet
-	inflight   keyedWait
-	lat        *latencies
-	backup     Backup
-	postQuorum time.Duration
-	maxTails   int // background writes per node (maxTailsPerNode; tests lower it)
-	bufs       sync.Pool
-	seqLocks   keyedMutex
+	// keepsStamps: node i confirmed the stamp of its last stored write (a
+	// cring node); uploads to such nodes need no checksum from the proxy.
+	keepsStamps []atomic.Bool
+	dirs        keySet
+	inflight    keyedWait
+	lat         *latencies
+	backup      Backup
+	postQuorum  time.Duration
+	maxTails    int // background writes per node (maxTailsPerNode; tests lower it)
+	bufs        sync.Pool
+	seqLocks    keyedMutex
 }
 
 // New checks opts and returns a Proxy.
@@ -164,6 +168,7 @@ func New(o Options) (*Proxy, error) {
 		p.clock = stamp.NewClock(nil)
 	}
 	p.lat = newLatencies(len(p.nodes))
+	p.keepsStamps = make([]atomic.Bool, len(p.nodes))
 	p.maxTails = maxTailsPerNode
 	if p.postQuorum <= 0 {
 		p.postQuorum = 10 * time.Second

@@ -117,7 +117,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	src := io.Reader(r.Body)
 	if hasBody {
 		var err error
-		if tee, src, err = p.startBackupTee(r, ref); err != nil {
+		if tee, src, err = p.startBackupTee(r, ref, p.mayNeedRecord(targets)); err != nil {
 			p.log.Error("cannot spool the backup of an upload", "err", err)
 			writeError(w, http.StatusServiceUnavailable, "cannot back up the upload: "+err.Error())
 			return
@@ -265,6 +265,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	}
 	// A version record is needed when a replica that stored the upload
 	// can't keep its stamp: a cring node confirms the stamp in its answer.
+	p.learnStamping(got, stored)
 	needRecord := p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) &&
 		slices.ContainsFunc(got, func(o outcome) bool { return stored(o) && o.header.Get(stamp.Header) == "" })
 	if n >= p.w {
@@ -329,6 +330,23 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	}
 	writeError(w, http.StatusServiceUnavailable,
 		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.w))
+}
+
+// mayNeedRecord reports whether an upload to targets may need a version
+// record, so its checksum must be taken as it streams: some target was not
+// seen keeping stamps at its last write (or hasn't been written to yet).
+func (p *Proxy) mayNeedRecord(targets []int) bool {
+	return p.records && slices.ContainsFunc(targets, func(i int) bool { return !p.keepsStamps[i].Load() })
+}
+
+// learnStamping remembers, per node, whether its last stored write was
+// confirmed with the stamp (a cring node) or not (a stock node).
+func (p *Proxy) learnStamping(os []outcome, stored func(outcome) bool) {
+	for _, o := range os {
+		if stored(o) && o.node >= 0 && o.node < len(p.keepsStamps) {
+			p.keepsStamps[o.node].Store(o.header.Get(stamp.Header) != "")
+		}
+	}
 }
 
 // superseded reports a cring node's answer that it holds a newer version.
