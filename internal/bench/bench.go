@@ -36,11 +36,12 @@ const (
 	WorkloadList        = "list"         // directory listings
 	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
 	WorkloadHash        = "hash"         // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
+	WorkloadScrub       = "scrub"        // 4 KiB reads while the scrub hashes every copy at its default rate
 )
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadHash}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadHash}
 }
 
 // Modes: who the client talks to.
@@ -328,6 +329,10 @@ func judge(w *Workload) {
 		half := w.SlowDelayMs / 2
 		w.Target = fmt.Sprintf("p99 < %s", msec(half))
 		check(runs[ModeProxy].P99Ms < half, "p99 %s ≥ %s", msec(runs[ModeProxy].P99Ms), msec(half))
+	case WorkloadScrub:
+		// A background scrub at its default rate costs clients < 10%.
+		w.Target = "throughput ≥ 0.9x"
+		check(w.Ratio.Throughput >= 0.9, "throughput %.2fx < 0.9x", w.Ratio.Throughput)
 	case WorkloadList:
 		w.Target = "p50 and p99 ≤ 1.5x"
 		check(w.Ratio.P50 <= 1.5, "p50 %.2fx > 1.5x", w.Ratio.P50)

@@ -236,7 +236,7 @@ func (e *env) stopProxy(px *proc) {
 // startProxy runs `cring serve` in front of nodes as its own process,
 // listening on httpAddr and logging to logName in the bench directory, and
 // waits until it answers an authenticated request.
-func (e *env) startProxy(ctx context.Context, httpAddr string, nodes []string, logName string) (*proc, error) {
+func (e *env) startProxy(ctx context.Context, httpAddr string, nodes []string, logName string, extra ...string) (*proc, error) {
 	ports, err := devcluster.FreePorts("127.0.0.1", 2)
 	if err != nil {
 		return nil, err
@@ -252,6 +252,7 @@ func (e *env) startProxy(ctx context.Context, httpAddr string, nodes []string, l
 	for _, u := range nodes {
 		args = append(args, "--host", u)
 	}
+	args = append(args, extra...)
 	// The proxy's durable state (hints, known users) stays in the bench's
 	// scratch, not in the user's data directory.
 	data, err := os.MkdirTemp(e.dir, "proxy-data-")

@@ -116,6 +116,35 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		}
 		modes = []mode{{ModeHealthy, withDelay(0)}, {ModeProxy, withDelay(o.SlowDelay)}}
 
+	case WorkloadScrub:
+		// Its own proxy with healing on and a scrub pass starting every
+		// second at the default rate, against the main proxy (no scrub).
+		ports, err := devcluster.FreePorts("127.0.0.1", 1)
+		if err != nil {
+			return nil, err
+		}
+		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), e.nodes, "proxy-"+name+".log",
+			"--server-key", e.dc.KeyPath, "--scrub-interval", "1s"); err != nil {
+			return nil, err
+		}
+		defer e.stopProxy(px)
+		w.Title = fmt.Sprintf("read %s ×%d, scrub at 8MiB/s per node", FormatSize(o.SmallSize), o.SmallConc)
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
+		files, err := e.readSet(ctx)
+		if err != nil {
+			return nil, err
+		}
+		read := func(from string) op {
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				n, err := e.get(ctx, from, files[wk.rng.IntN(len(files))])
+				if err == nil && n != o.SmallSize {
+					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
+				}
+				return n, err
+			}
+		}
+		modes = []mode{{ModeHealthy, read(e.proxyURL)}, {ModeProxy, read(px.url)}}
+
 	case WorkloadList:
 		w.Title = fmt.Sprintf("list %d entries ×%d", o.ListEntries, o.ListConc)
 		w.Concurrency, w.Baseline = o.ListConc, ModeDirect
