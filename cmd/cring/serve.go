@@ -46,6 +46,8 @@ type serveFlags struct {
 	postQuorum     time.Duration
 	backupMode     string
 	backupPath     bool
+	tlsCert        string
+	tlsKey         string
 }
 
 func newServeCmd() *cobra.Command {
@@ -105,6 +107,8 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.scrubInterval, "scrub-interval", config.DefaultScrubInterval, "time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub")
 	fl.StringVar(&f.scrubRate, "scrub-rate", "8MiB", "bytes per second the scrub may read from each node")
 	fl.DurationVar(&f.postQuorum, "post-quorum-timeout", config.DefaultPostQuorum, "after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS on --address; re-read when it changes")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
 }
@@ -203,6 +207,12 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("debug") {
 		cfg.Debug = f.debug
+	}
+	if pick("tls-cert") || cfg.TLSCert == "" {
+		cfg.TLSCert = f.tlsCert
+	}
+	if pick("tls-key") || cfg.TLSKey == "" {
+		cfg.TLSKey = f.tlsKey
 	}
 	if pick("pprof") {
 		cfg.Pprof = f.pprof

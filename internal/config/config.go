@@ -100,6 +100,10 @@ type Config struct {
 	Debug             bool          `yaml:"debug"`
 	// Pprof serves /debug/pprof/ on the admin address.
 	Pprof bool `yaml:"pprof"`
+	// TLSCert and TLSKey (PEM files) make the HTTP address serve HTTPS; the
+	// public URL should then be https://.
+	TLSCert string `yaml:"tls-cert"`
+	TLSKey  string `yaml:"tls-key"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
@@ -262,6 +266,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.TombstoneGrace == 0 {
 		c.TombstoneGrace = DefaultTombstoneGrace
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("TLS needs both --tls-cert and --tls-key (PEM files)")
 	}
 	if c.ServerKey != "" && c.DataDir == "" {
 		return errors.New("healing needs --data-dir for its durable hints (with --server-key)")

@@ -54,6 +54,8 @@ func TestNormalize(t *testing.T) {
 		{name: "bad public url", cfg: Config{Nodes: nodes("http://a:1"), PublicURL: "proxy:35354"}, wantErr: "public-url"},
 		{name: "bad address", cfg: Config{Nodes: nodes("http://a:1"), Address: "35354"}, wantErr: "address"},
 		{name: "bad accounts", cfg: Config{Nodes: nodes("http://a:1"), Accounts: "ldap"}, wantErr: "accounts must be"},
+		{name: "tls cert without key", cfg: Config{Nodes: nodes("http://a:1"), TLSCert: "/c.pem"}, wantErr: "both --tls-cert and --tls-key"},
+		{name: "tls key without cert", cfg: Config{Nodes: nodes("http://a:1"), TLSKey: "/k.pem"}, wantErr: "both --tls-cert and --tls-key"},
 		{name: "s3 backup needs bucket", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "http://minio:9000"}}, wantErr: "backup-bucket is required"},
 		{name: "file backup", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/var/lib/cring", Backup: Backup{URL: "file:///var/backups"}}},
 		{name: "backup needs data dir", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "file:///var/backups"}}, wantErr: "need --data-dir"},

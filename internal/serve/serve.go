@@ -4,6 +4,7 @@ package serve
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,7 +53,8 @@ type Server struct {
 	healer    *heal.Healer
 	backupQ   *backup.Queue
 	sink      *backup.Sink
-	clock     *stamp.Clock // one per process: stamps never go back across reloads
+	clock     *stamp.Clock  // one per process: stamps never go back across reloads
+	certs     *certReloader // nil: plain HTTP
 
 	httpLn, sshLn, adminLn net.Listener
 }
@@ -73,6 +75,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		ReadBufferSize:        64 << 10,
 	}
 
+	if cfg.TLSCert != "" {
+		var err error
+		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(cfg.PublicURL, "http://") {
+			log.Warn("serving HTTPS but --public-url is http://: charm clients use the public URL's scheme and will fail; make it https://", "public_url", cfg.PublicURL)
+		}
+	}
 	s.metrics = metrics.New()
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
 	if cfg.ServerKey != "" {
@@ -273,6 +284,8 @@ func (s *Server) Reload(cfg *config.Config) error {
 		{"public-url", cur.PublicURL, cfg.PublicURL},
 		{"server-key", cur.ServerKey, cfg.ServerKey},
 		{"data-dir", cur.DataDir, cfg.DataDir},
+		{"tls-cert", cur.TLSCert, cfg.TLSCert},
+		{"tls-key", cur.TLSKey, cfg.TLSKey},
 	} {
 		if f.old != f.new {
 			kept = append(kept, f.name)
@@ -281,6 +294,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	next := *cfg
 	next.Address, next.SSHProxyAddress, next.AdminAddress = cur.Address, cur.SSHProxyAddress, cur.AdminAddress
 	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
+	next.TLSCert, next.TLSKey = cur.TLSCert, cur.TLSKey
 	g, err := s.newGeneration(&next)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
@@ -377,6 +391,9 @@ func (s *Server) Listen() error {
 	if s.httpLn, err = net.Listen("tcp", s.cfg.Address); err != nil {
 		return fmt.Errorf("listen http %s: %w", s.cfg.Address, err)
 	}
+	if s.certs != nil {
+		s.httpLn = tls.NewListener(s.httpLn, s.certs.tlsConfig())
+	}
 	if s.sshLn, err = net.Listen("tcp", s.cfg.SSHProxyAddress); err != nil {
 		s.httpLn.Close()
 		return fmt.Errorf("listen ssh %s: %w", s.cfg.SSHProxyAddress, err)
@@ -453,7 +470,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- fmt.Errorf("ssh: %w", err)
 		}
 	}()
-	s.log.Info("cring serving", "http", s.httpLn.Addr().String(), "ssh", s.sshLn.Addr().String(),
+	s.log.Info("cring serving", "http", s.httpLn.Addr().String(), "tls", s.certs != nil, "ssh", s.sshLn.Addr().String(),
 		"admin", s.adminLn.Addr().String(), "nodes", len(s.cfg.Nodes), "replicas", s.cfg.Replicas, "write_quorum", s.cfg.WriteQuorum,
 		"healing", s.healer != nil)
 
