@@ -28,15 +28,17 @@ import (
 // `cring serve` process; the only addition is the proxy's listen addresses as
 // CRING_* variables (a `systemctl edit` drop-in), since all four machines
 // share this host's loopback. Then the real charm CLI, with no key yet, runs
-// `fs cp` and `kv set` through the proxy; a node killed during a write gets
-// the file back from the healer when it returns.
+// `fs cp` and `kv set` through the proxy, over HTTPS (the public URL is
+// https, the certificate from a test CA it trusts through SSL_CERT_FILE); a
+// node killed during a write gets the file back from the healer when it
+// returns.
 func TestClusterInitBoot(t *testing.T) {
 	charmBin := charmCLI(t)
 	bin := cringBinary(t)
 	pgURL := pgtest.Start(t)
 	hosts := ciLoopbacks(t, 4) // three nodes, then the proxy
 	nodeHosts, proxyHost := hosts[:3], hosts[3]
-	publicURL := "http://" + net.JoinHostPort(proxyHost, "35354")
+	publicURL := "https://" + net.JoinHostPort(proxyHost, "35354")
 	out := filepath.Join(t.TempDir(), "cluster")
 	if b, err := exec.Command(bin, "cluster", "init", "--dir", out, "--hosts", strings.Join(nodeHosts, ","),
 		"--public-url", publicURL, "--accounts", pgURL).CombinedOutput(); err != nil {
@@ -60,6 +62,17 @@ func TestClusterInitBoot(t *testing.T) {
 	proxy.install(filepath.Join(out, "cring.yaml"), "/etc/cring/cring.yaml", 0o644)
 	proxy.install(filepath.Join(out, "keys", "charm_server_ed25519"), "/etc/cring/charm_server_ed25519", 0o640)
 	proxy.install(filepath.Join(out, "cring.service"), "/etc/systemd/system/cring.service", 0o644)
+	// The public URL is https: cring.yaml names a certificate, here one from
+	// a test CA the charm CLI trusts through SSL_CERT_FILE.
+	caPEM, certPEM, keyPEM := testCA(t, proxyHost)
+	tlsDir := t.TempDir()
+	for name, b := range map[string][]byte{"ca.pem": caPEM, "fullchain.pem": certPEM, "privkey.pem": keyPEM} {
+		if err := os.WriteFile(filepath.Join(tlsDir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy.install(filepath.Join(tlsDir, "fullchain.pem"), "/etc/cring/tls/fullchain.pem", 0o640)
+	proxy.install(filepath.Join(tlsDir, "privkey.pem"), "/etc/cring/tls/privkey.pem", 0o640)
 	proxy.unit = "/etc/systemd/system/cring.service"
 	admin := net.JoinHostPort(proxyHost, "35356")
 	proxy.dropIn = []string{
@@ -82,7 +95,8 @@ func TestClusterInitBoot(t *testing.T) {
 
 	// A brand-new user: no key, no account anywhere.
 	home := t.TempDir()
-	env := append(bootBaseEnv(home), "CHARM_HOST="+proxyHost, "CHARM_DATA_DIR="+filepath.Join(home, "charm"))
+	env := append(bootBaseEnv(home), "CHARM_HOST="+proxyHost, "CHARM_DATA_DIR="+filepath.Join(home, "charm"),
+		"SSL_CERT_FILE="+filepath.Join(tlsDir, "ca.pem"), "SSL_CERT_DIR="+t.TempDir())
 	charm := func(args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -170,7 +184,7 @@ func (m *bootMachine) install(src, dst string, perm os.FileMode) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if !strings.Contains(dst, "charm_server_ed25519") {
+	if !strings.Contains(dst, "charm_server_ed25519") && !strings.HasSuffix(dst, ".pem") {
 		b = []byte(m.rooted(string(b)))
 	}
 	if err := os.MkdirAll(filepath.Dir(m.path(dst)), 0o755); err != nil {

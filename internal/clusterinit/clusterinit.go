@@ -50,6 +50,10 @@ const (
 	cringBin      = "/usr/local/bin/cring"
 	cringYAMLPath = "/etc/cring/cring.yaml"
 	cringKeyPath  = "/etc/cring/" + KeyName
+	// TLSCertPath and TLSKeyPath are where cring.yaml expects the proxy's
+	// certificate when the public URL is https.
+	TLSCertPath = "/etc/cring/tls/fullchain.pem"
+	TLSKeyPath  = "/etc/cring/tls/privkey.pem"
 	// ProxyDataDir is the proxy's state (hints, known users, backup queue):
 	// the unit's StateDirectory.
 	ProxyDataDir = "/var/lib/cring"

@@ -182,6 +182,10 @@ func TestGenerate(t *testing.T) {
 		if c.ServerKey != "/etc/cring/charm_server_ed25519" || c.DataDir != "/var/lib/cring" || c.Accounts != config.AccountsShared {
 			t.Fatalf("server-key %q, data-dir %q, accounts %q", c.ServerKey, c.DataDir, c.Accounts)
 		}
+		// An https public URL: the proxy serves TLS itself.
+		if c.TLSCert != TLSCertPath || c.TLSKey != TLSKeyPath {
+			t.Fatalf("tls-cert %q, tls-key %q", c.TLSCert, c.TLSKey)
+		}
 		want := []config.Node{
 			{Name: "charm1", URL: "http://10.0.0.1:35354", SSH: "10.0.0.1:35353", Health: "http://10.0.0.1:35356/", Meta: "http://10.0.0.1:35357", Zone: "rack-a"},
 			{Name: "charm2", URL: "http://charm-b.internal:35354", SSH: "charm-b.internal:35353", Health: "http://charm-b.internal:35356/", Meta: "http://charm-b.internal:35357", Zone: "rack-b"},
@@ -278,7 +282,8 @@ func TestGenerate(t *testing.T) {
 		if len(p.DependsOn) != 3 || p.DependsOn["charm2"].Condition != "service_healthy" || !slices.Contains(p.Ports, "35354:35354") ||
 			!slices.Contains(p.Volumes, "./compose/cring.yaml:/etc/cring/cring.yaml:ro") ||
 			!slices.Contains(p.Volumes, "./keys/charm_server_ed25519:/etc/cring/charm_server_ed25519:ro") ||
-			!slices.Contains(p.Volumes, "./compose/cring-data:/var/lib/cring") || len(p.Healthcheck.Test) == 0 {
+			!slices.Contains(p.Volumes, "./compose/cring-data:/var/lib/cring") || !slices.Contains(p.Volumes, "./tls:/etc/cring/tls:ro") ||
+			len(p.Healthcheck.Test) == 0 {
 			t.Errorf("cring service: %+v", p)
 		}
 		if st, err := os.Stat(filepath.Join(dir, "compose.yaml")); err != nil || st.Mode().Perm() != 0o600 {
@@ -299,7 +304,7 @@ func TestGenerateStock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Accounts != config.AccountsPerNode || c.ServerKey == "" || c.DataDir == "" || c.Nodes[0].Meta != "" {
+	if c.Accounts != config.AccountsPerNode || c.ServerKey == "" || c.DataDir == "" || c.Nodes[0].Meta != "" || c.TLSCert != "" {
 		t.Fatalf("stock cring.yaml: %+v", c)
 	}
 	env := parseEnv(t, read(t, dir, "nodes/charm1/charm.env"))
