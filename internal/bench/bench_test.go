@@ -57,6 +57,7 @@ func TestRunSmoke(t *testing.T) {
 		WorkloadUploadSlow:  {ModeHealthy, ModeProxy},
 		WorkloadList:        {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadMixed:       {ModeDirect, ModeLimit, ModeProxy},
+		WorkloadScrub:       {ModeHealthy, ModeProxy},
 	}
 	if len(rep.Workloads) != len(want) {
 		t.Fatalf("%d workloads in the report, want %d", len(rep.Workloads), len(want))
@@ -85,13 +86,16 @@ func TestRunSmoke(t *testing.T) {
 	if bu := rep.BigUpload; bu == nil || bu.Before <= 0 || bu.After < bu.Before || bu.Size != 8<<20 {
 		t.Errorf("big upload: %+v", rep.BigUpload)
 	}
+	if len(rep.Hashes) != 3 || rep.Hashes[0].Name != "sha256" || !rep.Hashes[0].Chosen || rep.Hashes[0].MBPerSec <= 0 {
+		t.Errorf("hashes: %+v", rep.Hashes)
+	}
 
 	var table bytes.Buffer
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload"} {
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload", "checksums, one core", "scrub at 8MiB/s per node"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q", s)
 		}
