@@ -20,10 +20,13 @@ func main() {
 	root := &cobra.Command{
 		Use:           "cring",
 		Short:         "High availability and backups for self-hosted Charm",
+		Version:       buildVersion(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
+	root.SetVersionTemplate("cring {{.Version}}\n")
 	root.AddCommand(newServeCmd(), newDevCmd(), newClusterCmd(), newRepairCmd(), newStatusCmd(), newStatsCmd(), newTopCmd(), newNodeCmd(), newAccountsCmd(), newBackupCmd(), newRestoreCmd(), newBenchCmd(), newChaosCmd(), newProbeCmd())
+	root.AddCommand(newManCmd(root))
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "cring:", err)
