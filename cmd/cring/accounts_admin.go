@@ -408,7 +408,7 @@ and directory of the account is deleted through the cluster (--proxy,
 			switch {
 			case allKeys:
 				if files != nil {
-					if res.Purged, err = files.Purge(ctx, acct.CharmID); err != nil {
+					if res.Purged, err = files.Purge(ctx, acct.CharmID, time.Minute); err != nil {
 						return fmt.Errorf("purge (the account is kept; run it again): %w", err)
 					}
 				}
@@ -463,7 +463,7 @@ func printRemove(w io.Writer, r removeResult, purged bool) {
 	}
 	switch {
 	case purged:
-		fmt.Fprintln(w, acctDim.Render(fmt.Sprintf("  files: %d top-level files and directories deleted through the cluster", r.Purged)))
+		fmt.Fprintln(w, acctDim.Render(fmt.Sprintf("  files: deleted through the cluster (%s)", acctPlural(r.Purged, "delete"))))
 	case r.Account:
 		fmt.Fprintln(w, acctDim.Render("  files kept on the nodes under the charm ID (--purge deletes them)"))
 	}

@@ -107,30 +107,55 @@ func (f *Files) Usage(ctx context.Context, charmID string) (int64, error) {
 
 // Purge deletes every file and directory of a user through the front door
 // (each top-level entry, as `charm fs rm` would) and returns how many
-// entries it deleted. The account itself is untouched.
-func (f *Files) Purge(ctx context.Context, charmID string) (int, error) {
-	entries, err := f.list(ctx, charmID, "")
-	if errors.Is(err, errNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
+// deletes it sent. A delete is acknowledged once W nodes took it and the
+// rest follow in the background, so a listing can still show an entry for
+// a moment: Purge lists again, deleting what is still there, until the
+// listing is empty or settle has passed. The account itself is untouched.
+func (f *Files) Purge(ctx context.Context, charmID string, settle time.Duration) (int, error) {
+	deadline := time.Now().Add(settle)
+	wait := 100 * time.Millisecond
 	n := 0
-	for _, e := range entries {
-		resp, err := f.do(ctx, http.MethodDelete, charmID, e.Name)
+	for {
+		entries, err := f.list(ctx, charmID, "")
+		if errors.Is(err, errNotFound) || (err == nil && len(entries) == 0) {
+			return n, nil
+		}
 		if err != nil {
-			return n, fmt.Errorf("delete %q of %s: %w", e.Name, charmID, err)
+			return n, err
 		}
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
-			return n, fmt.Errorf("delete %q of %s: %s %s", e.Name, charmID, resp.Status, strings.TrimSpace(string(b)))
+		if n > 0 && time.Now().After(deadline) {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name)
+			}
+			return n, fmt.Errorf("purge %s: still listed after %v: %s", charmID, settle, strings.Join(names, ", "))
 		}
-		n++
+		if n > 0 {
+			select {
+			case <-ctx.Done():
+				return n, ctx.Err()
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 2*time.Second)
+		}
+		for _, e := range entries {
+			if err := f.remove(ctx, charmID, e.Name); err != nil {
+				return n, err
+			}
+			n++
+		}
 	}
-	if left, err := f.list(ctx, charmID, ""); err == nil && len(left) > 0 {
-		return n, fmt.Errorf("purge %s: %d entries still listed after deleting", charmID, len(left))
+}
+
+func (f *Files) remove(ctx context.Context, charmID, name string) error {
+	resp, err := f.do(ctx, http.MethodDelete, charmID, name)
+	if err != nil {
+		return fmt.Errorf("delete %q of %s: %w", name, charmID, err)
 	}
-	return n, nil
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
+		return fmt.Errorf("delete %q of %s: %s %s", name, charmID, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
 }
