@@ -3,8 +3,11 @@ package node
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +15,9 @@ import (
 	"github.com/charmbracelet/charm/client"
 	charm "github.com/charmbracelet/charm/proto"
 	"github.com/charmbracelet/charm/server"
+	"github.com/charmbracelet/charm/server/db"
 	"github.com/charmbracelet/charm/server/db/sqlite"
+	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/devcluster"
 	gossh "golang.org/x/crypto/ssh"
@@ -134,5 +139,74 @@ func TestClosedNodeRefusesUnknownKeys(t *testing.T) {
 	}
 	if keys, err := cc.AuthorizedKeysWithMetadata(); err != nil || len(keys.Keys) != 1 {
 		t.Fatalf("after add: keys %+v %v", keys, err)
+	}
+}
+
+// downDB is an account store that can't be reached.
+type downDB struct{ db.DB }
+
+func (downDB) UserForKey(string, bool) (*charm.User, error) {
+	return nil, errors.New("dial tcp 10.0.0.9:5432: connection refused")
+}
+
+// TestClosedNodeStoreDown: a closed node that can't read its account store
+// refuses every key with a reason, rather than guess who is allowed.
+func TestClosedNodeStoreDown(t *testing.T) {
+	ports, err := devcluster.FreePorts("127.0.0.1", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.BindAddr, cfg.Host = "127.0.0.1", "127.0.0.1"
+	cfg.HTTPPort, cfg.SSHPort, cfg.HealthPort, cfg.StatsPort = ports[0], ports[1], ports[2], ports[3]
+	cfg.DataDir = t.TempDir()
+	kp, err := keygen.New(KeyPath(cfg.DataDir), keygen.WithKeyType(keygen.Ed25519), keygen.WithWrite())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := accounts.OpenSQLite(filepath.Join(cfg.DataDir, "db", sqlite.DbName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := closedDB{downDB{store}}
+	srv, err := server.NewServer(cfg.WithKeys(kp.RawAuthorizedKey(), kp.RawPrivateKey()).WithDB(users))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := closeDoor(srv, &closedGate{users: users, log: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Start() }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-done
+	})
+	cc, err := client.NewClient(&client.Config{Host: "127.0.0.1", SSHPort: cfg.SSHPort, HTTPPort: cfg.HTTPPort, DataDir: t.TempDir(), KeyType: "ed25519"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPort(t, cfg.SSHPort)
+	_, idErr := cc.ID()
+	const want = "Process exited with status 1. Reason was: the account store is unavailable; try again later"
+	if idErr == nil || idErr.Error() != want {
+		t.Fatalf("id with the store down: %v, want %q", idErr, want)
+	}
+}
+
+// waitPort polls until something accepts connections on the loopback port.
+func waitPort(t *testing.T, port int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("port %d not listening after 30s: %v", port, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
