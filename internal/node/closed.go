@@ -128,12 +128,25 @@ func closeDoor(srv *server.Server, g *closedGate) error {
 		return errors.New("--closed: charm's SSH server has no handler")
 	}
 	ss.Handler = func(s ssh.Session) {
-		if g.refuse(s) {
+		if g.refuseSafely(s) {
 			return
 		}
 		next(s)
 	}
 	return nil
+}
+
+// refuseSafely is refuse outside charm's recovering middleware: a panic
+// refuses the session instead of ending the process.
+func (g *closedGate) refuseSafely(s ssh.Session) (refused bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			g.log.Error("closed: panic while checking a key, refusing", "panic", r)
+			refuseSession(s, "internal error; try again later")
+			refused = true
+		}
+	}()
+	return g.refuse(s)
 }
 
 // charmSSHServer finds charm's *ssh.Server: server.Server.ssh.server
