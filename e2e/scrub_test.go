@@ -88,7 +88,18 @@ func TestRotNeverServedByCringNodes(t *testing.T) {
 		return true
 	}
 	waitFor(t, 5*time.Second, same)
-	for i := range 2 { // two of three replicas rot: whichever is asked, no rot is served
+	// Two of three replicas rot the same way: the scrub trusts each node's
+	// checksum recorded at write time, not the majority.
+	for i := range 2 {
+		rot(t, copyOn(i))
+	}
+	waitFor(t, 20*time.Second, same)
+	waitFor(t, 10*time.Second, func() bool {
+		st := pc.srv.Healer().Status().Scrub
+		return st != nil && st.Corrupt >= 2 && st.Repaired >= 2
+	})
+	// Rot again and read: whichever replica is asked, no rot is served.
+	for i := range 2 {
 		rot(t, copyOn(i))
 	}
 	for range 10 {
@@ -96,11 +107,6 @@ func TestRotNeverServedByCringNodes(t *testing.T) {
 			t.Fatal("a read returned rotten bytes")
 		}
 	}
-	waitFor(t, 20*time.Second, same)
-	waitFor(t, 10*time.Second, func() bool {
-		st := pc.srv.Healer().Status().Scrub
-		return st != nil && st.Corrupt >= 2 && st.Repaired >= 2
-	})
 }
 
 // TestKillMidUploadLeavesNoPartialFile: a cring node killed (-9) in the
@@ -178,4 +184,43 @@ func TestScrubRate(t *testing.T) {
 		t.Fatalf("a pass over %.0f bytes per node took %v, faster than %d bytes/s allows (%v)", perNode, took, rate, min)
 	}
 	t.Logf("scrubbed %.1f MiB per node in %v: %.2f MiB/s per node (limit 1)", perNode/(1<<20), took.Round(time.Millisecond), perNode/(1<<20)/took.Seconds())
+}
+
+// TestRotRepairedByReads: with no scrub, a read that meets a cring node's
+// refusal of a rotten copy has it repaired (read repair hashes every copy).
+func TestRotRepairedByReads(t *testing.T) {
+	pc := startPGCluster(t, 3, func(c *config.Config) { c.ScrubInterval = -1 })
+	u := pc.newUser(t)
+	data := randBytes(t, 60<<10)
+	u.put(t, "s/read", data)
+	ep, err := u.fs.EncryptPath("s/read")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyOn := func(i int) string { return filepath.Join(pc.nodes[i].dataDir, "files", u.id, ep) }
+	waitFor(t, 5*time.Second, func() bool {
+		for i := range pc.nodes {
+			if _, err := os.Stat(copyOn(i)); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	good, err := os.ReadFile(copyOn(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot(t, copyOn(0))
+	rot(t, copyOn(1))
+	waitFor(t, 20*time.Second, func() bool {
+		if !bytes.Equal(u.get(t, "s/read"), data) {
+			t.Fatal("a read returned rotten bytes")
+		}
+		for i := range 2 {
+			if b, _ := os.ReadFile(copyOn(i)); !bytes.Equal(b, good) {
+				return false
+			}
+		}
+		return true
+	})
 }

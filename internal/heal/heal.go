@@ -19,6 +19,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/token"
+	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // Node is one Charm server's HTTP API.
@@ -310,7 +311,9 @@ func (h *Healer) readRepair(ctx context.Context) {
 			if h.limiter != nil {
 				h.limiter(ctx)
 			}
-			res := h.RepairKey(ctx, s.user, s.path, false)
+			// Deep: a read found a copy missing, torn or refused as rotten,
+			// and only hashing every copy tells which are good.
+			res := h.repair(ctx, h.gather(ctx, s.user, tombstone.Clean(s.path)), false, true)
 			if res.changed() {
 				h.counts.add("read_repairs")
 			}

@@ -140,6 +140,11 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			continue
 		}
 		p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "status", o.status)
+		if o.status >= 500 {
+			// A cring node refuses a copy that no longer matches its
+			// checksum: have it repaired, not only avoided.
+			p.healer.Suspect(ref.user, ref.path)
+		}
 		unreachable++
 	}
 	// A copy that was no recorded version means a write is landing: it
