@@ -49,16 +49,17 @@ type Op struct {
 }
 
 // QueueStats is the queue's state for status pages and metrics.
+// Its JSON keys are /status's style (snake_case, like every other section).
 type QueueStats struct {
-	Depth       int       // ops not yet applied (including in flight)
-	Oldest      time.Time // when the oldest pending op was enqueued; zero when empty. Lag = now - Oldest.
-	Failures    uint64    // failed attempts since the queue was opened
-	LastError   string    // the most recent failure; empty if none
-	LastErrorAt time.Time
+	Depth       int       `json:"depth"`         // ops not yet applied (including in flight)
+	Oldest      time.Time `json:"oldest"`        // when the oldest pending op was enqueued; zero when empty. Lag = now - Oldest.
+	Failures    uint64    `json:"failures"`      // failed attempts since the queue was opened
+	LastError   string    `json:"last_error"`    // the most recent failure; empty if none
+	LastErrorAt time.Time `json:"last_error_at"` // when it happened
 	// Parked counts ops set aside in <dir>/failed because retrying cannot
 	// help (their spooled body is missing or damaged). They need an
 	// operator; each was logged at error level.
-	Parked int
+	Parked int `json:"parked"`
 }
 
 // Queue carries ops to a Target durably: an op is on disk (record and body
