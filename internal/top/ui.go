@@ -255,7 +255,9 @@ func overview(s Summary) []string {
 			field("backup lag", gauge(s.BackupLag, func(v float64) string { return fmtDuration(time.Duration(v * float64(time.Second))) })),
 			field("hints pending", gauge(s.HintsPending, fmtCount))),
 		label("REPAIR") + join(
-			field("under-replicated", gauge(s.UnderReplicated, fmtCount)+stDim.Render(" (last scan)")),
+			// What the last scan found; it repaired them as it went, so
+			// the live figure is hints pending, not this one.
+			field("under-replicated", gauge(s.UnderReplicated, fmtCount)+stDim.Render(" found by the last scan")),
 			field("copied", fmtRate(s.CopyRate)+"/s"),
 			field("read repairs", fmtRate(s.ReadRepairRate)+"/s"),
 			field("hints replayed", fmtRate(s.HintReplayRate)+"/s")),
