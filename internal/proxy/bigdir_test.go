@@ -44,6 +44,7 @@ func TestBigListings(t *testing.T) {
 	c.fakes[2].put("big", bigDir("big", n, t0, gone, only3))
 	for _, f := range c.fakes {
 		f.put(tombstone.Dir, bigDir("tombstones", n, t0, tomb))
+		f.put(tombstone.Path("big/gone"), entry{data: tombstone.Body("big/gone", stamp.Legacy(t0.Add(time.Minute))), mode: "384", modtime: t0.Add(time.Minute)})
 	}
 	for _, mode := range []string{"first walk", "known directory"} {
 		r := c.call(http.MethodGet, "/v1/fs/big", nil, "")

@@ -184,11 +184,13 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 // tombstoneStamps reads the tombstones that cover a listing's entries (and
 // the listed directory) and returns name → the newest delete's time, from
 // the stamps in their bodies. Bodies are cached by each copy's size and
-// modification time, so a listing reads each tombstone once.
-func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRef, dir *charm.FileInfo, tombs map[string][]tombCopy) map[string]time.Time {
+// modification time, so a listing reads each tombstone once. ok is false
+// when no copy of some tombstone could be read: the listing can't tell
+// what it deleted, and hiding entries on a guess would shorten it.
+func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRef, dir *charm.FileInfo, tombs map[string][]tombCopy) (map[string]time.Time, bool) {
 	out := map[string]time.Time{}
 	if len(tombs) == 0 {
-		return out
+		return out, true
 	}
 	want := map[string]bool{}
 	for _, c := range tombstone.Covering(ref.path) {
@@ -198,17 +200,23 @@ func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRe
 		want[tombstone.Name(ref.path+"/"+f.Name)] = true
 	}
 	for name := range want {
-		for _, c := range tombs[name] {
+		copies := tombs[name]
+		read := 0
+		for _, c := range copies {
 			s, ok := p.tombBodies.stamp(ctx, p, r, ref.user, name, c)
 			if !ok {
-				s = stamp.Stamp{Wall: time.Now().UnixNano()} // unreadable: counts as newer
+				continue // gone since it was listed, or unreadable: the others may say
 			}
+			read++
 			if t := s.Time(); t.After(out[name]) {
 				out[name] = t
 			}
 		}
+		if len(copies) > 0 && read == 0 {
+			return nil, false
+		}
 	}
-	return out
+	return out, true
 }
 
 // tombCache remembers tombstone stamps by copy (node, user, name, size,

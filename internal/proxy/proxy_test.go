@@ -29,6 +29,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -1080,6 +1081,7 @@ func TestListingTombstones(t *testing.T) {
 					f.put("d", tt.listings[i])
 				}
 				f.put(tombstone.Dir, tombs)
+				f.put(tombstone.Path("d/gone"), entry{data: tombstone.Body("d/gone", stamp.Legacy(t0.Add(time.Minute))), mode: "384", modtime: t0.Add(time.Minute)})
 				f.setHook(func(_ *fake, _ http.ResponseWriter, r *http.Request) bool {
 					if strings.HasPrefix(r.URL.Path, "/v1/fs/"+tombstone.Root) {
 						asked.Add(1)
@@ -1334,5 +1336,62 @@ func TestReadWaitsForOwnWrite(t *testing.T) {
 	}
 	if r := <-read; r.status != 200 || !bytes.Equal(r.body, next) {
 		t.Fatalf("read: %d, %d bytes; want the new version's %d", r.status, len(r.body), len(next))
+	}
+}
+
+// TestListingWithUnreadableTombstone: a tombstone that is listed but can't be
+// read from any node leaves the listing unable to tell what it deleted: 503,
+// never entries hidden on a guess (a chaos run lost a file from a listing
+// this way). One readable copy is enough.
+func TestListingWithUnreadableTombstone(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		readable int // nodes whose tombstone body can be read
+		status   int
+		want     []string
+	}{
+		{"readable on one node", 1, http.StatusOK, []string{"a", "kept"}},
+		{"readable nowhere", 0, http.StatusServiceUnavailable, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			kept := charm.FileInfo{Name: "kept", Size: 1, ModTime: t0.Add(2 * time.Minute), Mode: 0o600}
+			listing := entry{dir: &charm.FileInfo{Name: "d", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700,
+				Files: []charm.FileInfo{{Name: "a", Size: 1, ModTime: t0, Mode: 0o600}, kept}}}
+			tombs := entry{dir: &charm.FileInfo{Name: "tombstones", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700,
+				Files: []charm.FileInfo{{Name: tombstone.Name("d/kept"), Size: 1, ModTime: t0.Add(time.Minute), Mode: 0o600}}}}
+			stale := entry{dir: &charm.FileInfo{Name: "d", IsDir: true, ModTime: t0, Mode: fs.ModeDir | 0o700,
+				Files: []charm.FileInfo{{Name: "a", Size: 1, ModTime: t0, Mode: 0o600}}}}
+			for i, f := range c.fakes {
+				f.put("d", listing)
+				if i == 2 {
+					f.put("d", stale) // listings disagree: the tombstones decide
+				}
+				f.put(tombstone.Dir, tombs)
+				if i < tt.readable {
+					f.put(tombstone.Path("d/kept"), entry{data: tombstone.Body("d/kept", stamp.Legacy(t0.Add(time.Minute))), mode: "384", modtime: t0.Add(time.Minute)})
+				}
+			}
+			r := c.call(http.MethodGet, "/v1/fs/d", nil, "")
+			if r.status != tt.status {
+				t.Fatalf("listing: %d %q, want %d", r.status, r.body, tt.status)
+			}
+			if tt.status != http.StatusOK {
+				return
+			}
+			var got charm.FileInfo
+			if err := json.Unmarshal(r.body, &got); err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, f := range got.Files {
+				names = append(names, f.Name)
+			}
+			if !slices.Equal(names, tt.want) {
+				t.Fatalf("listed %v, want %v (an entry newer than its delete stays)", names, tt.want)
+			}
+		})
 	}
 }

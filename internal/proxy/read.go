@@ -320,7 +320,13 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 			return
 		}
 	}
-	dropDeleted(merged, ref.path, p.tombstoneStamps(r.Context(), r, ref, merged, l.tombs))
+	deleted, ok := p.tombstoneStamps(r.Context(), r, ref, merged, l.tombs)
+	if !ok {
+		p.obs.QuorumFailure("list")
+		writeError(w, http.StatusServiceUnavailable, "listing incomplete: a delete's record could not be read from any node")
+		return
+	}
+	dropDeleted(merged, ref.path, deleted)
 	w.Header().Set("Content-Type", "application/json")
 	if l.mode != "" {
 		w.Header().Set("X-File-Mode", l.mode)
