@@ -81,7 +81,8 @@ func TestLateWriteLosesToDelete(t *testing.T) {
 	if err := os.WriteFile(late, old, 0o600); err != nil { // the abandoned write lands now
 		t.Fatal(err)
 	}
-	scan(t, tc)
+	rep := scan(t, tc)
+	t.Logf("scan: keys %d healthy %d unreachable %v fixes %+v", rep.Keys, rep.Healthy, rep.Unreachable, rep.Fixes)
 	identicalOn(t, tc, u, "k", nil, time.Second)
 	if _, err := u.fs.ReadFile("k"); err == nil {
 		t.Fatal("the deleted file is back")

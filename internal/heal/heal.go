@@ -8,6 +8,7 @@
 package heal
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -271,6 +272,10 @@ func (h *Healer) replay(ctx context.Context, due []hint) {
 		}
 		byKey[k] = append(byKey[k], hn)
 	}
+	// Clients' keys first: reads skip a node while it is owed one.
+	slices.SortStableFunc(order, func(a, b key) int {
+		return cmp.Compare(b2i(tombstone.Reserved(a.path)), b2i(tombstone.Reserved(b.path)))
+	})
 	sem := make(chan struct{}, replayWorkers)
 	var wg sync.WaitGroup
 	for _, k := range order {
@@ -286,6 +291,13 @@ func (h *Healer) replay(ctx context.Context, due []hint) {
 		}()
 	}
 	wg.Wait()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // replayKey repairs one key and settles the hints of every node it reached.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cring-dev/cring/internal/stamp"
@@ -428,7 +429,7 @@ func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps [
 		if o.ok() {
 			o = outcome{node: o.node, err: errors.New("answered before receiving the whole body")}
 		}
-		p.healer.Missed(ref.user, ref.path, p.nodes[o.node].Name)
+		p.hint(ref, o.node)
 		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
 		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
 			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
@@ -440,9 +441,19 @@ func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps [
 func (p *Proxy) missedReplicas(ref fileRef, pref, targets []int) {
 	for _, i := range pref[:p.ring.Replicas()] {
 		if !slices.Contains(targets, i) {
-			p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
+			p.hint(ref, i)
 		}
 	}
+}
+
+// hint records that node i is owed ref. Version records get none: one is
+// written per upload on stock nodes and never read by clients, so their
+// hints would only queue ahead of the keys reads wait for; scans copy them.
+func (p *Proxy) hint(ref fileRef, i int) {
+	if strings.HasPrefix(ref.path, tombstone.Versions+"/") {
+		return
+	}
+	p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
 }
 
 // sameClientError reports whether every outcome is the same 4xx answer.
