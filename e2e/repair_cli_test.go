@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,4 +100,56 @@ func TestRepairAndStatusCommands(t *testing.T) {
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 || !strings.Contains(stderr.String(), "--server-key is required") {
 		t.Fatalf("repair without key: %v %q", err, stderr.String())
 	}
+}
+
+// TestRepairHonoursDrain: `cring repair --config` places keys as the proxy
+// does: a node marked drain holds no replicas, so its copies are moved off
+// it (the command the README gives before removing a drained node used to
+// ignore drain and report nothing left to move).
+func TestRepairHonoursDrain(t *testing.T) {
+	bin := cringBinary(t)
+	tc := startCluster(t, clusterOpts{nodes: 4, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	u.put(t, "drain/f", randBytes(t, 4<<10))
+	var holders []string
+	waitFor(t, 5*time.Second, func() bool {
+		holders = holders[:0]
+		for name := range tc.onDisk(t, u, "drain/f") {
+			holders = append(holders, name)
+		}
+		return len(holders) == 3
+	})
+	drained := holders[0]
+	var yaml strings.Builder
+	fmt.Fprintf(&yaml, "public-url: %s\nserver-key: %s\nreplicas: 3\nwrite-quorum: 2\nnodes:\n", tc.cfg.PublicURL, tc.dc.KeyPath)
+	for _, n := range tc.dc.Nodes {
+		fmt.Fprintf(&yaml, "  - {name: %s, url: %s, drain: %v}\n", n.Name, n.HTTPURL(), n.Name == drained)
+	}
+	cfgPath := filepath.Join(t.TempDir(), "cring.yaml")
+	if err := os.WriteFile(cfgPath, []byte(yaml.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "repair", "--config", cfgPath, "--user", u.id, "--json").Output()
+	if err != nil {
+		t.Fatalf("cring repair: %v\n%s", err, out)
+	}
+	var r heal.Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("decode report: %v\n%s", err, out)
+	}
+	if r.Repaired != 1 || len(r.Fixes) != 1 || !slices.Contains(r.Fixes[0].Removed, drained) {
+		t.Fatalf("report %+v: want the copy on the drained %s moved", r, drained)
+	}
+	on := tc.onDisk(t, u, "drain/f")
+	if _, still := on[drained]; still || len(on) != 3 {
+		t.Fatalf("after repair the file is on %v, want 3 nodes without %s", keysOf(on), drained)
+	}
+}
+
+func keysOf(m map[string][]byte) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }

@@ -88,6 +88,9 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 			if cfg.PublicURL == "" {
 				return usageError{errors.New("--public-url is required: the issuer the nodes accept")}
 			}
+			if dataDir == "" {
+				dataDir = cfg.DataDir // the proxy's, from --config: its known users
+			}
 			tmp, err := os.MkdirTemp("", "cring-repair")
 			if err != nil {
 				return err
@@ -141,8 +144,16 @@ func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []s
 		if err != nil {
 			return usageError{err}
 		}
-		rnodes = append(rnodes, ring.Node{Name: n.Name, Zone: n.Zone})
-		hnodes = append(hnodes, heal.Node{Name: n.Name, URL: u})
+		// As serve places them: a draining node holds no replicas, and a
+		// cring node's metadata endpoint hashes its copies locally.
+		rnodes = append(rnodes, ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain})
+		hn := heal.Node{Name: n.Name, URL: u, Drain: n.Drain}
+		if n.Meta != "" {
+			if hn.Meta, err = url.Parse(n.Meta); err != nil {
+				return usageError{fmt.Errorf("node %s meta: %w", n.Name, err)}
+			}
+		}
+		hnodes = append(hnodes, hn)
 		hu := n.Health
 		if hu == "" {
 			hu = n.URL + "/v1/public/jwks"

@@ -237,8 +237,44 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 		h.progress(prog, func(p *Progress) { p.Keys++ })
 		h.check(ctx, v, o, rep)
 	}
+	h.keepRecords(ctx, m, user, trees, unknown, o)
 	h.collectTombstones(ctx, m, user, tombs, len(unknown) == 0, o.DryRun, rep)
 	return nil
+}
+
+// keepRecords brings cring's own files (tombstones, version records) back
+// to their N replicas: they decide which copies win, so they must outlive
+// the nodes that hold them. They are not counted in the report.
+func (h *Healer) keepRecords(ctx context.Context, m *membership, user string, trees map[int]map[string]nodeFile, unknown map[int]bool, o ScanOptions) {
+	own := map[string]bool{}
+	for _, files := range trees {
+		for p := range files {
+			if tombstone.Reserved(p) {
+				own[p] = true
+			}
+		}
+	}
+	for p := range own {
+		if ctx.Err() != nil {
+			return
+		}
+		v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
+			replicas: m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]}
+		for i, files := range trees {
+			if f, ok := files[p]; ok {
+				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime, stamp: f.stamp}
+			}
+		}
+		if h.healthy(ctx, v) {
+			continue
+		}
+		if h.limiter != nil && !o.DryRun {
+			h.limiter(ctx)
+		}
+		if res := h.repair(ctx, v, o.DryRun, false); res.Err != "" {
+			h.log.Warn("scan: cannot repair a record", "user", user, "path", p, "err", res.Err)
+		}
+	}
 }
 
 // check classifies one key and repairs it when needed.
