@@ -69,7 +69,7 @@ func (o *Op) covers(key string) bool {
 }
 
 // before reports whether o ended before p started: o happened first in
-// real time, so p's version is newer (DESIGN: versions are stamped when the
+// real time, so p's version is newer (docs/design.md: versions are stamped when the
 // proxy accepts them, between start and end).
 func (o *Op) before(p *Op) bool { return o.End.Before(p.Start) }
 
