@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 
 	charm "github.com/charmbracelet/charm/proto"
@@ -59,8 +60,25 @@ func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.obs.QuorumFailure("account")
+	if knowsNoUser(failed) {
+		writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(stored, len(p.nodes)))
+		return
+	}
 	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-		"account update reached %d of %d nodes, %d required", stored, len(p.nodes), p.w))
+		"saving your account's keys reached %d of %d nodes, %d required", stored, len(p.nodes), p.w))
+}
+
+// knowsNoUser reports whether some node answered 404: it doesn't know the
+// user, so the nodes' per-node account stores differ.
+func knowsNoUser(os []outcome) bool {
+	return slices.ContainsFunc(os, func(o outcome) bool { return o.err == nil && o.status == http.StatusNotFound })
+}
+
+// accountsDifferMessage tells a user, and the operator they will ask, why
+// an account call failed on stock nodes whose account stores differ.
+func accountsDifferMessage(known, nodes int) string {
+	return fmt.Sprintf("your account exists on %d of %d nodes: the nodes' account stores differ; "+
+		"the server's administrator must sync them (cring accounts sync) or run every node on one account store (cring node --accounts postgres://…)", known, nodes)
 }
 
 // seqQuorums are how many nodes must answer a seq increment and a seq read so
@@ -129,6 +147,10 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 	}
 	if len(vals) < need {
 		p.obs.QuorumFailure("seq")
+		if knowsNoUser(failed) {
+			writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(len(vals), len(p.nodes)))
+			return
+		}
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), len(vals)))
 		return

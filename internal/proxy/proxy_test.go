@@ -1398,3 +1398,25 @@ func TestListingWithUnreadableTombstone(t *testing.T) {
 		})
 	}
 }
+
+// TestAccountsDifferMessage: with stock nodes whose account stores differ
+// (a new user exists only on the node SSH reached), an account call says so
+// and names the fix, instead of an "account update" the user never asked for.
+func TestAccountsDifferMessage(t *testing.T) {
+	c := newCluster(t, 2, nil, nil, nil)
+	for _, f := range c.fakes[1:] {
+		f.setHook(func(_ *fake, w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/v1/encrypt-key" || strings.HasPrefix(r.URL.Path, "/v1/seq/") {
+				replyJSON(w, http.StatusNotFound, message("missing user"))
+				return true
+			}
+			return false
+		})
+	}
+	for _, call := range []struct{ method, path string }{{http.MethodPost, "/v1/encrypt-key"}, {http.MethodPost, "/v1/seq/kv"}} {
+		r := c.call(call.method, call.path, []byte(`{}`), "application/json")
+		if r.status != http.StatusServiceUnavailable || !strings.HasPrefix(r.message(), "your account exists on 1 of 3 nodes") {
+			t.Errorf("%s %s: %d %q", call.method, call.path, r.status, r.message())
+		}
+	}
+}
