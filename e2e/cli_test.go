@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -110,6 +113,11 @@ func TestCharmCLI(t *testing.T) {
 	if out := must("kv", "get", "color"); strings.TrimSpace(out) != "violet" {
 		t.Fatalf("kv get with node1 down = %q", out)
 	}
+	// Every login above went to node2: each is an SSH failover, although
+	// the proxy didn't even dial node1 (known down).
+	if n := metricValue(t, tc.admin, "cring_ssh_failovers_total"); n < 4 {
+		t.Fatalf("cring_ssh_failovers_total = %v after 4 logins with node1 down", n)
+	}
 	tc.start(0)
 	tc.waitReady(3)
 
@@ -120,4 +128,29 @@ func TestCharmCLI(t *testing.T) {
 	if out := must("fs", "ls", "charm:docs"); strings.Contains(out, "notes.txt") {
 		t.Fatalf("fs ls after rm still lists notes.txt: %q", out)
 	}
+}
+
+// metricValue scrapes one unlabeled metric from a proxy's admin address.
+func metricValue(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s not in the scrape", name)
+	return 0
 }

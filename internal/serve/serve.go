@@ -135,6 +135,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			}
 		},
 		OnConnect: func(addr string, failover bool) {
+			// A failover is any session not on the primary (the first
+			// configured node): a primary known down is not even dialed,
+			// so the dial order alone doesn't show it.
+			if nodes := s.gen.Load().cfg.Nodes; len(nodes) > 0 && addr != nodes[0].SSH {
+				failover = true
+			}
 			s.metrics.SSHConnect(failover)
 			if failover {
 				log.Warn("ssh failed over", "backend", addr)
