@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // promtool is Debian's (package prometheus), installed by scripts/test.
@@ -133,4 +135,42 @@ func TestPprof(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetricsDuringLongTransfer: bytes are counted as they stream and the
+// request shows in flight while it runs, so `cring top` shows a transfer's
+// rate before it ends (it showed 0 B/s and 0 req/s during long uploads).
+func TestMetricsDuringLongTransfer(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2})
+	u := tc.newUser(t)
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	req := mustReq(t, "POST", "http://"+tc.httpAddr+"/v1/fs/long/upload?mode=420", pr)
+	req.Header.Set("Authorization", "bearer "+u.jwt(t))
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	part, err := mw.CreateFormFile("data", "upload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := part.Write(randBytes(t, 2<<20)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { // the upload still open
+		return metricValue(t, tc.admin, "cring_client_received_bytes_total") >= 2<<20 &&
+			metricValue(t, tc.admin, "cring_http_requests_in_flight") >= 1
+	})
+	_ = mw.Close()
+	_ = pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return metricValue(t, tc.admin, "cring_http_requests_in_flight") == 0 })
 }

@@ -26,6 +26,7 @@ type Metrics struct {
 	quorumFailures  *prometheus.CounterVec
 	received        prometheus.Counter
 	sent            prometheus.Counter
+	inFlight        prometheus.Gauge
 	nodeUp          *prometheus.GaugeVec
 	sshConnections  prometheus.Counter
 	sshFailovers    prometheus.Counter
@@ -65,6 +66,9 @@ func New() *Metrics {
 	m.sent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "cring_client_sent_bytes_total", Help: "Response body bytes sent to clients.",
 	})
+	m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "cring_http_requests_in_flight", Help: "Client requests being served now (a long transfer counts here until it ends).",
+	})
 	m.nodeUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cring_node_up", Help: "1 when the node is believed healthy, else 0.",
 	}, []string{"node"})
@@ -81,7 +85,7 @@ func New() *Metrics {
 		Name: "cring_hedged_reads_total", Help: "Reads that also asked the next replica because the first was slower than its p95.",
 	})
 	m.reg.MustRegister(m.hedged, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
-		m.quorumFailures, m.received, m.sent, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
+		m.quorumFailures, m.received, m.sent, m.inFlight, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -98,9 +102,21 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) Request(route, method string, code int, d time.Duration, in, out int64) {
 	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
 	m.requestDuration.WithLabelValues(route, method).Observe(d.Seconds())
-	m.received.Add(float64(in))
-	m.sent.Add(float64(out))
 }
+
+// Streamed counts client body bytes as they pass, so rates show during long
+// transfers, not only when they end.
+func (m *Metrics) Streamed(in, out int64) {
+	if in > 0 {
+		m.received.Add(float64(in))
+	}
+	if out > 0 {
+		m.sent.Add(float64(out))
+	}
+}
+
+// InFlight moves the gauge of requests being served.
+func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
 // NodeRequest records one request to a node (status 0 with err on failure).
 func (m *Metrics) NodeRequest(node string, status int, err error, d time.Duration) {

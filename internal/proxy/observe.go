@@ -18,6 +18,9 @@ type Observer interface {
 	ReplicaFailure(node, op string)
 	QuorumFailure(op string)
 	Hedged()
+	// Streamed: client body bytes in and out, counted as they pass.
+	Streamed(in, out int64)
+	InFlight(delta int)
 }
 
 type nopObserver struct{}
@@ -27,6 +30,8 @@ func (nopObserver) NodeRequest(string, int, error, time.Duration)            {}
 func (nopObserver) ReplicaFailure(string, string)                            {}
 func (nopObserver) QuorumFailure(string)                                     {}
 func (nopObserver) Hedged()                                                  {}
+func (nopObserver) Streamed(int64, int64)                                    {}
+func (nopObserver) InFlight(int)                                             {}
 
 // trace collects, for the request log line, which nodes a request tried and
 // how each answered. Node requests carry it in their context.
@@ -113,6 +118,7 @@ func routeOf(r *http.Request) string {
 // recorder keeps the status and bytes a handler wrote.
 type recorder struct {
 	http.ResponseWriter
+	obs    Observer
 	status int
 	bytes  int64
 }
@@ -130,18 +136,21 @@ func (r *recorder) Write(b []byte) (int, error) {
 	}
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
+	r.obs.Streamed(0, int64(n))
 	return n, err
 }
 
 // counted counts a request body's bytes as the handler reads them.
 type counted struct {
 	io.ReadCloser
-	n int64
+	obs Observer
+	n   int64
 }
 
 func (c *counted) Read(b []byte) (int, error) {
 	n, err := c.ReadCloser.Read(b)
 	c.n += int64(n)
+	c.obs.Streamed(int64(n), 0)
 	return n, err
 }
 
@@ -150,13 +159,15 @@ func (c *counted) Read(b []byte) (int, error) {
 func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serve func(http.ResponseWriter, *http.Request)) {
 	start := time.Now()
 	tr := &trace{}
-	rec := &recorder{ResponseWriter: w}
-	body := &counted{ReadCloser: r.Body}
+	rec := &recorder{ResponseWriter: w, obs: p.obs}
+	body := &counted{ReadCloser: r.Body, obs: p.obs}
+	p.obs.InFlight(1)
 	if r.Body != nil {
 		r.Body = body
 	}
 	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, tr))
 	defer func() {
+		p.obs.InFlight(-1)
 		d := time.Since(start)
 		status := rec.status
 		aborted := recover()

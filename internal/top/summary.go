@@ -20,6 +20,7 @@ const (
 	mSSHFailovers   = "cring_ssh_failovers_total"
 	mSSHRejected    = "cring_ssh_rejected_total"
 	mSSHActive      = "cring_ssh_active_connections"
+	mInFlight       = "cring_http_requests_in_flight"
 	mWriteQuorum    = "cring_write_quorum"
 	mReplicas       = "cring_replicas"
 	mBackupDepth    = "cring_backup_queue_depth"
@@ -46,6 +47,7 @@ type Summary struct {
 	RSS               float64
 
 	ReqRate, Rate4xx, Rate5xx float64
+	InFlight                  float64 // requests being served (long transfers count until they end)
 	P50, P99                  float64
 	InRate, OutRate           float64
 	QuorumFailures            float64 // total
@@ -114,6 +116,7 @@ func Summarize(prev, cur *Scrape) Summary {
 		s.RSS = c.Max(mRSS, nil)
 		s.QuorumFailures = c.Count(mQuorumFails, nil)
 		s.SSHActive = c.Max(mSSHActive, nil)
+		s.InFlight = c.Max(mInFlight, nil)
 		s.SSHTotal = c.Count(mSSHConns, nil)
 		s.SSHFailovers = c.Count(mSSHFailovers, nil)
 		s.SSHRejected = c.Count(mSSHRejected, nil)

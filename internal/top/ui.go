@@ -237,6 +237,7 @@ func overview(s Summary) []string {
 	return []string{
 		label("REQUESTS") + join(
 			fmtRate(s.ReqRate)+"/s",
+			field("in flight", fmtCount(s.InFlight)),
 			field("p50", fmtSeconds(s.P50)),
 			field("p99", fmtSeconds(s.P99)),
 			field("in", fmtBytes(s.InRate)+"/s"),
