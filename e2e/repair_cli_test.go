@@ -46,13 +46,13 @@ func TestRepairAndStatusCommands(t *testing.T) {
 		}
 		return r
 	}
-	if r := run("--dry-run"); r.UnderReplicated != 1 || r.Repaired != 0 || len(r.Fixes) != 1 {
+	if r := run("--dry-run"); r.UnderReplicated != 1 || r.UnderReplicatedLeft != 1 || r.Repaired != 0 || len(r.Fixes) != 1 {
 		t.Fatalf("dry run report %+v", r)
 	}
 	if len(tc.onDisk(t, u, "cli/f")) != 2 {
 		t.Fatal("dry run changed the cluster")
 	}
-	if r := run(); r.UnderReplicated != 1 || r.Repaired != 1 {
+	if r := run(); r.UnderReplicated != 1 || r.UnderReplicatedLeft != 0 || r.Repaired != 1 {
 		t.Fatalf("repair report %+v", r)
 	}
 	identicalOn(t, tc, u, "cli/f", []string{"node1", "node2", "node3"}, time.Second)

@@ -233,7 +233,8 @@ func printReport(out io.Writer, r *heal.Report) {
 		fmt.Fprintf(out, "  %-28s %s\n", label, v)
 	}
 	row("healthy", r.Healthy, false)
-	row("under-replicated", r.UnderReplicated, true)
+	row("under-replicated", r.UnderReplicated, false)
+	row("  still under-replicated", r.UnderReplicatedLeft, true)
 	row("copies outside replicas", r.Misplaced, true)
 	row("replicas differing", r.Differing, true)
 	row("deleted but present", r.Resurrected, true)

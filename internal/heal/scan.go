@@ -47,14 +47,17 @@ type Report struct {
 	Keys            int       `json:"keys"`
 	Healthy         int       `json:"healthy"`
 	UnderReplicated int       `json:"under_replicated"` // a replica missing its copy
-	Misplaced       int       `json:"misplaced"`        // copies outside their replicas (rebalancing)
-	Differing       int       `json:"differing"`        // replicas disagree (stale, truncated, corrupt)
-	Resurrected     int       `json:"deleted_present"`  // deleted, yet copies remained
-	Repaired        int       `json:"repaired"`
-	Failed          int       `json:"failed"`
-	Unreachable     []string  `json:"unreachable_nodes,omitempty"`
-	TombstonesGC    int       `json:"tombstones_collected"`
-	Fixes           []Result  `json:"fixes,omitempty"`
+	// UnderReplicatedLeft: of those, the keys the scan could not repair
+	// (or, dry, did not): what is still under-replicated after it.
+	UnderReplicatedLeft int      `json:"under_replicated_left"`
+	Misplaced           int      `json:"misplaced"`       // copies outside their replicas (rebalancing)
+	Differing           int      `json:"differing"`       // replicas disagree (stale, truncated, corrupt)
+	Resurrected         int      `json:"deleted_present"` // deleted, yet copies remained
+	Repaired            int      `json:"repaired"`
+	Failed              int      `json:"failed"`
+	Unreachable         []string `json:"unreachable_nodes,omitempty"`
+	TombstonesGC        int      `json:"tombstones_collected"`
+	Fixes               []Result `json:"fixes,omitempty"`
 	// Usage: what each node holds (blob distribution) and each user stores.
 	Nodes     map[string]*NodeUsage `json:"nodes,omitempty"`
 	UserUsage []UserUsage           `json:"users_by_size,omitempty"` // largest first, at most 100
@@ -304,6 +307,9 @@ func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report)
 		rep.Failed++
 	} else if res.changed() && !o.DryRun {
 		rep.Repaired++
+	}
+	if res.Problem == "missing replica" && (res.Err != "" || o.DryRun) {
+		rep.UnderReplicatedLeft++
 	}
 	if len(rep.Fixes) < 1000 {
 		rep.Fixes = append(rep.Fixes, res)

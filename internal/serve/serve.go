@@ -619,9 +619,9 @@ func (s *Server) registerHealMetrics() {
 		}
 		return float64(st.LastFullPass.Unix())
 	}))
-	s.metrics.GaugeFunc("cring_heal_last_scan_under_replicated", "Keys missing a replica at the last scan.", func() float64 {
+	s.metrics.GaugeFunc("cring_heal_last_scan_under_replicated", "Keys the last scan found missing a replica and could not repair: still under-replicated after it.", func() float64 {
 		if r := h.Status().LastScan; r != nil {
-			return float64(r.UnderReplicated)
+			return float64(r.UnderReplicatedLeft)
 		}
 		return 0
 	})

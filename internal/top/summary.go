@@ -57,7 +57,7 @@ type Summary struct {
 
 	BackupDepth, BackupLag, HintsPending float64
 
-	UnderReplicated                          float64 // at the healer's last scan
+	UnderReplicated                          float64 // left unrepaired by the healer's last scan
 	CopyRate, ReadRepairRate, HintReplayRate float64
 
 	Nodes  []NodeRow

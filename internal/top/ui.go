@@ -258,7 +258,7 @@ func overview(s Summary) []string {
 		label("REPAIR") + join(
 			// What the last scan found; it repaired them as it went, so
 			// the live figure is hints pending, not this one.
-			field("under-replicated", gauge(s.UnderReplicated, fmtCount)+stDim.Render(" found by the last scan")),
+			field("under-replicated", gauge(s.UnderReplicated, fmtCount)+stDim.Render(" left by the last scan")),
 			field("copied", fmtRate(s.CopyRate)+"/s"),
 			field("read repairs", fmtRate(s.ReadRepairRate)+"/s"),
 			field("hints replayed", fmtRate(s.HintReplayRate)+"/s")),
