@@ -1420,3 +1420,50 @@ func TestAccountsDifferMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestKnownDownNotDialed: a replica health marks down is not dialed on
+// every write while the healthy targets can still make W (it is owed a
+// hint); when they can't, down targets are tried anyway, since a stale
+// mark must not fail a write that could succeed.
+func TestKnownDownNotDialed(t *testing.T) {
+	tests := []struct {
+		name   string
+		down   []int
+		dialed []bool // per node: got the write
+		status int
+	}{
+		{"one down", []int{2}, []bool{true, true, false}, 200},
+		{"two down: tried anyway", []int{1, 2}, []bool{true, true, true}, 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(t, 2, nil, nil, nil)
+			h := &missHealer{missed: map[string]int{}}
+			c.p.healer = h
+			c.health.mu.Lock()
+			for _, i := range tt.down {
+				c.health.up[i] = false
+			}
+			c.health.mu.Unlock()
+			for _, f := range c.fakes {
+				f.reqs.Store(0)
+			}
+			body, ctype := multipartBody(t, 100<<10, 4) // streamed, not from one buffer
+			if r := c.upload("docs/down", body, ctype); r.status != tt.status {
+				t.Fatalf("write: %d %q", r.status, r.body)
+			}
+			for i, f := range c.fakes {
+				if got := f.reqs.Load() > 0; got != tt.dialed[i] {
+					t.Errorf("node%d dialed %v, want %v", i+1, got, tt.dialed[i])
+				}
+			}
+			if len(tt.down) == 1 {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				if h.missed[c.p.nodes[2].Name] != 1 {
+					t.Errorf("hints for the skipped node: %v", h.missed)
+				}
+			}
+		})
+	}
+}

@@ -152,9 +152,17 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	reps := make([]*replica, len(targets))
 	var bodyErr error
 	cancels := make(map[int]context.CancelCauseFunc, len(targets)+len(extra))
+	skip := p.knownDown(targets)
 	for k, i := range targets {
 		nctx, cancel := context.WithCancelCause(nodeCtx)
 		cancels[i] = cancel
+		if skip[i] {
+			// Health says it's down and enough healthy targets remain:
+			// not dialed on every write, just owed a hint.
+			cancel(nil)
+			results <- outcome{node: i, err: errKnownDown}
+			continue
+		}
 		var body io.Reader
 		if small != nil {
 			body = bytes.NewReader(small)
@@ -180,7 +188,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	}
 
 	if hasBody {
-		bodyErr = p.pump(ctx, src, reps)
+		bodyErr = p.pump(ctx, src, slices.DeleteFunc(slices.Clone(reps), func(rp *replica) bool { return rp == nil }))
 		p.finishTee(key, tee, bodyErr)
 	}
 	if bodyErr != nil {
@@ -350,6 +358,26 @@ func (p *Proxy) learnStamping(os []outcome, stored func(outcome) bool) {
 	}
 }
 
+// knownDown picks the targets not to dial: those health marks down, as long
+// as the healthy ones can still make W. Below that, every target is tried:
+// a stale down mark must not fail a write that could succeed.
+func (p *Proxy) knownDown(targets []int) map[int]bool {
+	var down []int
+	for _, i := range targets {
+		if !p.health.Healthy(i) {
+			down = append(down, i)
+		}
+	}
+	if len(down) == 0 || len(targets)-len(down) < p.w {
+		return nil
+	}
+	skip := make(map[int]bool, len(down))
+	for _, i := range down {
+		skip[i] = true
+	}
+	return skip
+}
+
 // superseded reports a cring node's answer that it holds a newer version.
 func superseded(o outcome) bool { return o.err == nil && o.status == http.StatusConflict }
 
@@ -378,7 +406,7 @@ func (p *Proxy) discardSpool(tee *backupTee) {
 // logFailures logs and counts replicas that failed a write none stored.
 func (p *Proxy) logFailures(r *http.Request, ref fileRef, targets []int, os []outcome) {
 	for _, o := range os {
-		if !slices.Contains(targets, o.node) {
+		if !slices.Contains(targets, o.node) || errors.Is(o.err, errKnownDown) {
 			continue
 		}
 		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
@@ -431,6 +459,9 @@ func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps [
 		}
 		p.hint(ref, o.node)
 		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
+		if errors.Is(o.err, errKnownDown) {
+			continue // the health checker logged the state change once
+		}
 		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
 			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
 	}
@@ -498,6 +529,7 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 }
 
 var (
+	errKnownDown    = errors.New("known down: not dialed")
 	errAnswered     = errors.New("node answered")
 	errTooManyTails = errors.New("too many writes still running on the node")
 )
