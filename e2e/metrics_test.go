@@ -29,7 +29,9 @@ func promtool(t *testing.T) string {
 // TestMetrics: a live scrape passes promtool, counts what happened, and the
 // shipped alert rules and dashboard are valid and name real metrics.
 func TestMetrics(t *testing.T) {
-	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2})
+	// Healing and the scrub on: the dashboard's healing panels name their
+	// metrics too.
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true, scrub: time.Hour})
 	u := tc.newUser(t)
 	u.put(t, "m/a", []byte("metrics"))
 	u.get(t, "m/a")
