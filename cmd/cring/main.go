@@ -64,6 +64,19 @@ func applyEnv(fs *pflag.FlagSet) (map[string]bool, error) {
 		vals := []string{v}
 		if f.Value.Type() == "stringArray" {
 			vals = strings.Split(v, ",")
+			for k := range vals {
+				vals[k] = strings.TrimSpace(vals[k])
+			}
+		}
+		// Replace, not append: this runs again on every config reload, and
+		// a list set twice would name every node twice.
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			if serr := sv.Replace(vals); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
+				return
+			}
+			set[f.Name] = true
+			return
 		}
 		for _, x := range vals {
 			if serr := f.Value.Set(strings.TrimSpace(x)); serr != nil {
