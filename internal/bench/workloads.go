@@ -57,15 +57,7 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		if err != nil {
 			return nil, err
 		}
-		read := func(from string) op {
-			return func(ctx context.Context, wk *worker) (int64, error) {
-				n, err := e.get(ctx, from, files[wk.rng.IntN(len(files))])
-				if err == nil && n != o.SmallSize {
-					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
-				}
-				return n, err
-			}
-		}
+		read := func(from string) op { return e.readOp(from, files) }
 		modes = []mode{{ModeDirect, read(direct[0])}, {ModeProxy, read(e.proxyURL)}}
 
 	case WorkloadReadSlow, WorkloadUploadSlow:
@@ -134,15 +126,7 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		if err != nil {
 			return nil, err
 		}
-		read := func(from string) op {
-			return func(ctx context.Context, wk *worker) (int64, error) {
-				n, err := e.get(ctx, from, files[wk.rng.IntN(len(files))])
-				if err == nil && n != o.SmallSize {
-					err = fmt.Errorf("read %d bytes, want %d", n, o.SmallSize)
-				}
-				return n, err
-			}
-		}
+		read := func(from string) op { return e.readOp(from, files) }
 		modes = []mode{{ModeHealthy, read(e.proxyURL)}, {ModeProxy, read(px.url)}}
 
 	case WorkloadList:
@@ -421,4 +405,16 @@ func (e *env) remove(ctx context.Context, base, path string) error {
 		return err
 	}
 	return drain(resp, "delete "+path, nil)
+}
+
+// readOp reads a random file of the read set from one endpoint (a node or
+// a proxy), checking its size.
+func (e *env) readOp(from string, files []string) op {
+	return func(ctx context.Context, wk *worker) (int64, error) {
+		n, err := e.get(ctx, from, files[wk.rng.IntN(len(files))])
+		if err == nil && n != e.o.SmallSize {
+			err = fmt.Errorf("read %d bytes, want %d", n, e.o.SmallSize)
+		}
+		return n, err
+	}
 }
