@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -143,11 +145,39 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 		}
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
 	}
-	return serveInProcess(t, cfg)
+	// A port picked free can be taken before the proxy binds it (other
+	// packages' tests run at the same time): pick again. The public URL is
+	// only the tokens' issuer, so it may keep the first port.
+	for try := 0; ; try++ {
+		p, err := tryServe(t, cfg)
+		if err == nil {
+			return p
+		}
+		if try == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatal(err)
+		}
+		ports, perr := devcluster.FreePorts("127.0.0.1", 3)
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		cfg.Address = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		cfg.SSHProxyAddress = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		cfg.AdminAddress = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	}
 }
 
 // serveInProcess normalizes cfg and runs a proxy on it until the test ends.
 func serveInProcess(t testing.TB, cfg *config.Config) *proxyInst {
+	t.Helper()
+	p, err := tryServe(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tryServe is serveInProcess that returns a failure to listen.
+func tryServe(t testing.TB, cfg *config.Config) (*proxyInst, error) {
 	t.Helper()
 	if err := cfg.Normalize(); err != nil {
 		t.Fatal(err)
@@ -158,7 +188,7 @@ func serveInProcess(t testing.TB, cfg *config.Config) *proxyInst {
 		t.Fatal(err)
 	}
 	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
+		return nil, err // what New opened (the healer's state files) is left to the process's end
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -167,7 +197,7 @@ func serveInProcess(t testing.TB, cfg *config.Config) *proxyInst {
 	t.Cleanup(stop)
 	p := &proxyInst{cfg: cfg, srv: srv, stop: stop}
 	p.httpAddr, p.sshAddr, p.admin = srv.Addrs()
-	return p
+	return p, nil
 }
 
 // localNodes starts n in-process Charm nodes whose public URL is a free
