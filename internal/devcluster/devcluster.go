@@ -80,9 +80,42 @@ type Node struct {
 	StatsPort  int // process nodes only
 	DataDir    string
 
-	mu   sync.Mutex
-	srv  interface{ Close() error } // charm's server, or cring node's around it
-	proc *process                   // when the node runs as its own process
+	mu      sync.Mutex
+	srv     interface{ Close() error } // charm's server, or cring node's around it
+	proc    *process                   // when the node runs as its own process
+	started bool                       // once: its ports are its identity from then on
+}
+
+// claimPorts makes sure n's ports are still free before its first start,
+// picking new ones if another process took one since New (tests of other
+// packages run at the same time). A node that ran before keeps its ports.
+func (n *Node) claimPorts() error {
+	if n.started {
+		return nil
+	}
+	n.started = true
+	free := func() bool {
+		for _, p := range []int{n.HTTPPort, n.SSHPort, n.HealthPort, n.StatsPort} {
+			if p == 0 {
+				continue
+			}
+			l, err := net.Listen("tcp", net.JoinHostPort(n.Host, strconv.Itoa(p)))
+			if err != nil {
+				return false
+			}
+			l.Close()
+		}
+		return true
+	}
+	if free() {
+		return nil
+	}
+	ports, err := FreePorts(n.Host, 4)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", n.Name, err)
+	}
+	n.HTTPPort, n.SSHPort, n.HealthPort, n.StatsPort = ports[0], ports[1], ports[2], ports[3]
+	return nil
 }
 
 // New prepares a cluster under dir (reusing its key and data when present)
@@ -228,6 +261,9 @@ func (c *Cluster) Start(ctx context.Context, n *Node) error {
 	defer n.mu.Unlock()
 	if n.srv != nil || n.proc != nil {
 		return nil
+	}
+	if err := n.claimPorts(); err != nil {
+		return err
 	}
 	if c.binary != "" {
 		return c.startProcess(ctx, n)
