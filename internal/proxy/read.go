@@ -73,7 +73,10 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			continue
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
-			att.close() // a hedged twin still running loses
+			verify := !isJSON(resp.Header) && p.mustVerify(resp, ref)
+			if !verify {
+				att.close() // a hedged twin still running loses
+			}
 			if isJSON(resp.Header) {
 				p.mergeListing(w, r, ref, i, resp, cancel, asked, unreachable)
 				cancel(nil)
@@ -101,7 +104,9 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 					return
 				}
 			}
-			if p.mustVerify(resp, ref) {
+			if verify {
+				// A hedged twin keeps running until this copy proves to be
+				// a recorded version: if it isn't, the twin may be.
 				served, err := p.serveVerified(w, r, ref, resp, cancel)
 				resp.Body.Close()
 				cancel(nil)
@@ -111,6 +116,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 					unverified++
 					continue
 				}
+				att.close()
 				if err != nil && err != errClientGone {
 					p.healer.Suspect(ref.user, ref.path)
 					p.log.Warn("read cut: copy not verified", "node", p.nodes[i].Name, "key", key, "err", err)
