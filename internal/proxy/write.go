@@ -389,7 +389,9 @@ func (p *Proxy) keepFailedVersion(r *http.Request, ref fileRef, st stamp.Stamp, 
 			p.log.Warn("no version record for a failed write that survives", "key", ref.key(), "err", err)
 		}
 	}
-	ctx := context.WithoutCancel(r.Context())
+	// Best effort, and bounded: the client is waiting for its 503.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), p.postQuorum)
+	defer cancel()
 	if err := p.backupAck(ctx, r, ref, tee); err != nil {
 		p.log.Warn("no backup of a failed write that survives", "key", ref.key(), "err", err)
 	}
