@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -163,5 +165,27 @@ func TestKeyCache(t *testing.T) {
 	var ae *auth.Error
 	if err == nil || errors.As(err, &ae) {
 		t.Fatalf("Verify with no key source = %v, want a non-auth error", err)
+	}
+}
+
+// TestManyDotsCostNothing: a token of a million dots (CVE-2025-30204) is
+// refused without allocating per dot (jwt v4.5.0 split it into a million
+// strings, 16 MiB for every such request).
+func TestManyDotsCostNothing(t *testing.T) {
+	src := &source{}
+	src.keys.Store(&[]jose.JSONWebKey{})
+	v := auth.NewVerifier(src.fetch, issuer)
+	header := "bearer " + strings.Repeat(".", 1<<20)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := v.Verify(context.Background(), header)
+	runtime.ReadMemStats(&after)
+	var ae *auth.Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("Verify = %v, want a refusal", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 2<<20 {
+		t.Errorf("verifying a token of 1 Mi dots allocated %d MiB, want < 2 MiB", got>>20)
 	}
 }
