@@ -73,7 +73,8 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful shutdown (30 s, like charm serve,
 	// when 0): charm clients leave SSH connections open, which it waits for.
 	ShutdownTimeout time.Duration
-	// MetaPort, when > 0, serves versioned.MetaHandler there (on the bind address).
+	// MetaPort, when > 0, serves versioned.MetaHandler there (on the bind
+	// address), over TLS when the node serves TLS (CHARM_SERVER_USE_TLS).
 	MetaPort int
 	// TombstoneGrace: how long a delete refuses older writes (30 days when 0).
 	TombstoneGrace time.Duration
@@ -97,6 +98,16 @@ func Run(ctx context.Context, o Options) error {
 	cfg = cfg.WithKeys(kp.RawAuthorizedKey(), kp.RawPrivateKey())
 	if err := portsFree(cfg); err != nil {
 		return err
+	}
+	var metaTLS *tls.Config
+	if cfg.UseTLS {
+		// Checked before anything starts: charm would only report a bad
+		// pair once its other servers stopped.
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("CHARM_SERVER_USE_TLS: CHARM_SERVER_TLS_CERT_FILE %q and CHARM_SERVER_TLS_KEY_FILE %q: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
+		}
+		metaTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	store, err := OpenAccounts(octx, o.Accounts, cfg.DataDir)
@@ -138,6 +149,10 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			_ = srv.Close()
 			return fmt.Errorf("meta port %s: %w", ms.Addr, err)
+		}
+		if metaTLS != nil {
+			// Its callers send tokens: TLS like the node's other ports.
+			ln = tls.NewListener(ln, metaTLS)
 		}
 		go func() { _ = ms.Serve(ln) }()
 		defer ms.Close()
