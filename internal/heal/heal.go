@@ -142,6 +142,7 @@ func New(o Options) (*Healer, error) {
 			issuer:  o.Issuer,
 			timeout: o.StallTimeout,
 			tokens:  map[string]cachedToken{},
+			log:     o.Logger.With("component", "heal"),
 		},
 		state:    st,
 		log:      o.Logger.With("component", "heal"),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cring-dev/cring/internal/fsname"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/token"
 )
@@ -43,6 +45,7 @@ type nodeAPI struct {
 	signer  *token.Signer
 	issuer  func() string
 	timeout time.Duration
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	tokens map[string]cachedToken
@@ -91,13 +94,27 @@ func (a *nodeAPI) do(ctx context.Context, method, u, user string, body io.Reader
 	return a.client.Do(req)
 }
 
-// list returns a directory listing; errNotFound when the node has no such
-// directory (or the path is a file).
+// list returns a directory listing, its entries named by path (a node lists
+// names escaped, fsname); errNotFound when the node has no such directory
+// (or the path is a file).
 func (a *nodeAPI) list(ctx context.Context, base *url.URL, user, dir string) (*listing, error) {
 	var fi listing
 	if err := a.getJSON(ctx, fsURL(base, dir), user, &fi); err != nil {
 		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}
+	kept := fi.Files[:0]
+	for _, f := range fi.Files {
+		p, ok := fsname.FromListing(f.Name)
+		if !ok {
+			// No path addresses it: acting on its path would act on
+			// another file.
+			a.log.Warn("a file no path names is left alone", "node", base.Host, "user", user, "dir", dir, "name", f.Name)
+			continue
+		}
+		f.Name = p
+		kept = append(kept, f)
+	}
+	fi.Files = kept
 	return &fi, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	charm "github.com/charmbracelet/charm/proto"
+	"github.com/cring-dev/cring/internal/fsname"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -218,7 +219,11 @@ func (c *Cluster) Walk(ctx context.Context, charmID string) ([]File, error) {
 			continue
 		}
 		for _, f := range info.Files {
-			p := path.Join(dir, f.Name)
+			name, ok := fsname.FromListing(f.Name) // listed escaped
+			if !ok {
+				continue // no path names it: not a file a client can have backed up
+			}
+			p := path.Join(dir, name)
 			if f.IsDir {
 				dirs = append(dirs, p)
 				continue

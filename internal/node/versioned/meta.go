@@ -45,7 +45,8 @@ func MetaHandler(store *filestore.Store, signer *token.Signer, issuer string) ht
 	set := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{signer.JWK()}}
 	v := auth.NewVerifier(func(context.Context) (*jose.JSONWebKeySet, string, error) { return set, issuer, nil }, issuer)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, MetaPath) {
+		// The path as sent, escaped, as the file API stores it (fs.go).
+		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.EscapedPath(), MetaPath) {
 			reply(w, http.StatusNotFound, message{Message: "not found"})
 			return
 		}
@@ -58,7 +59,7 @@ func MetaHandler(store *filestore.Store, signer *token.Signer, issuer string) ht
 			reply(w, http.StatusBadRequest, message{Message: "bad subject"})
 			return
 		}
-		p := strings.TrimPrefix(r.URL.Path, MetaPath) // cleaned as rooted by the store
+		p := strings.TrimPrefix(r.URL.EscapedPath(), MetaPath) // cleaned as rooted by the store
 		m, err := fileMeta(store, user, p, r.URL.Query().Get("verify") == "1")
 		if errors.Is(err, fs.ErrNotExist) {
 			nf := message{Message: "file not found"}
