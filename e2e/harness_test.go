@@ -48,6 +48,9 @@ type clusterOpts struct {
 	// count puts a counting reverse proxy in front of each node's HTTP API,
 	// to prove what never reaches a node.
 	count bool
+	// observe, when set, sees every request a node gets through its front
+	// (which it then forwards), in the order the fronts received them.
+	observe func(node int, r *http.Request)
 	// heal gives the proxy the server key and a data dir: self-healing on.
 	heal bool
 	// proxyNodes: how many of the nodes the proxy fronts (default all).
@@ -136,12 +139,16 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 			cfg.ScrubRate = o.scrubRate
 		}
 	}
-	for _, nd := range tc.dc.Nodes[:n] {
+	for k, nd := range tc.dc.Nodes[:n] {
 		u := nd.HTTPURL()
-		if o.count {
+		if o.count || o.observe != nil {
 			c := &atomic.Int64{}
 			tc.counters = append(tc.counters, c)
-			u = countingFront(t, u, c)
+			u = countingFront(t, u, c, func(r *http.Request) {
+				if o.observe != nil {
+					o.observe(k, r)
+				}
+			})
 		}
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
 	}
@@ -222,12 +229,13 @@ func localNodes(t testing.TB, n int) (dc *devcluster.Cluster, httpAddr, sshAddr,
 
 // countingFront is instrumentation, not a fake: it forwards to the real node
 // and counts authenticated-route requests.
-func countingFront(t testing.TB, target string, c *atomic.Int64) string {
+func countingFront(t testing.TB, target string, c *atomic.Int64, observe func(*http.Request)) string {
 	u, _ := url.Parse(target)
 	rp := httputil.NewSingleHostReverseProxy(u)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/v1/public/") && !strings.HasPrefix(r.URL.Path, "/.well-known/") {
 			c.Add(1)
+			observe(r)
 		}
 		rp.ServeHTTP(w, r)
 	})}

@@ -3,13 +3,24 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -244,4 +255,182 @@ func TestReadVerifiesStockCopies(t *testing.T) {
 	if st := u.status(t, tc, ep); st != http.StatusServiceUnavailable {
 		t.Fatalf("read with every copy torn: %d, want 503", st)
 	}
+}
+
+// TestRecordsPrecedeStockData: a stock copy must never exist without a
+// record saying what it may be, or a healer judging the key in between
+// takes it for a torn or late copy and writes over an upload about to be
+// acknowledged (the stock chaos run's lost write). A small upload's version
+// record, and a streamed upload's intent record, reach W nodes before any
+// node gets the data; a streamed upload's version record follows it.
+func TestRecordsPrecedeStockData(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		size  int
+		first string // the record that precedes the data
+	}{
+		{"small", 1 << 10, "record"},
+		{"streamed", 256 << 10, "intent"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var seen []string // "record", "intent" or "data", in arrival order
+			var ep string
+			observe := func(_ int, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				if r.Method != http.MethodPost || ep == "" {
+					return
+				}
+				p := strings.TrimPrefix(r.URL.Path, "/v1/fs/")
+				switch {
+				case p == ep:
+					seen = append(seen, "data")
+				case strings.HasPrefix(p, tombstone.VersionDir(ep)+"/"):
+					if tombstone.IsPending(p) {
+						seen = append(seen, "intent")
+					} else {
+						seen = append(seen, "record")
+					}
+				}
+			}
+			tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, observe: observe})
+			u := tc.newUser(t)
+			e, err := u.fs.EncryptPath("k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			ep = e
+			mu.Unlock()
+			u.put(t, "k", bytes.Repeat([]byte{'x'}, tt.size))
+			identicalOn(t, tc, u, "k", all3, 5*time.Second)
+			mu.Lock()
+			defer mu.Unlock()
+			firstData := slices.Index(seen, "data")
+			if firstData < 0 || slices.Contains(seen[firstData:], tt.first) ||
+				len(slices.DeleteFunc(slices.Clone(seen[:firstData]), func(s string) bool { return s != tt.first })) < 2 {
+				t.Fatalf("requests in order %v: want %s on W=2 nodes before any data", seen, tt.first)
+			}
+			if tt.first == "intent" && !slices.Contains(seen[firstData:], "record") {
+				t.Fatalf("requests in order %v: no version record after the data", seen)
+			}
+		})
+	}
+}
+
+// TestUploadAwaitingRecordKept: a streamed upload's copies on stock nodes
+// match no version record until the upload is stored at W and its record
+// is written. A scan in between must not write the older recorded version
+// over them (the acknowledged upload would be lost); its intent record says
+// an upload is in flight.
+func TestUploadAwaitingRecordKept(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true})
+	u := tc.newUser(t)
+	u.put(t, "k", []byte("v1, recorded"))
+	u.put(t, "other", bytes.Repeat([]byte("v2, streamed "), 10_000))
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	identicalOn(t, tc, u, "other", all3, 5*time.Second)
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := tc.onDisk(t, u, "other")["node1"]
+	st := stamp.NewClockID("test", nil).Now()
+	writeOn := func(i int, p string, b []byte) {
+		t.Helper()
+		f := tc.dc.Nodes[i].FilePath(u.id, p)
+		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The proxy's intent is on every node, v2's data on W of them; the
+	// third replica still holds v1.
+	for i := range 3 {
+		writeOn(i, tombstone.PendingPath(ep, st), tombstone.VersionBody(tombstone.Version{Path: ep, Stamp: st.String()}))
+	}
+	writeOn(0, ep, v2)
+	writeOn(1, ep, v2)
+	scan(t, tc)
+	if c := tc.onDisk(t, u, "k"); !bytes.Equal(c["node1"], v2) || !bytes.Equal(c["node2"], v2) {
+		t.Fatal("the scan wrote over an upload waiting for its version record")
+	}
+	// The record follows; the upload is acknowledged and the next scan
+	// spreads it.
+	sum := sha256.Sum256(v2)
+	for i := range 3 {
+		writeOn(i, tombstone.VersionPath(ep, st), tombstone.VersionBody(tombstone.Version{Path: ep, Stamp: st.String(), Size: int64(len(v2)), SHA256: hex.EncodeToString(sum[:])}))
+	}
+	scan(t, tc)
+	identicalOn(t, tc, u, "k", all3, time.Second)
+	if c := tc.onDisk(t, u, "k"); !bytes.Equal(c["node3"], v2) {
+		t.Fatal("the acknowledged upload did not win")
+	}
+	// An intent older than the pending grace is an upload that died with
+	// its proxy: a copy matching no record is then torn, and repaired.
+	torn := bytes.Clone(v2)
+	copy(torn[len(torn)/2:], "torn by an upload that never finished")
+	writeOn(2, ep, torn)
+	old := stamp.NewClockID("test", func() time.Time { return time.Now().Add(-heal.PendingGrace - time.Minute) }).Now()
+	writeOn(2, tombstone.PendingPath(ep, old), tombstone.VersionBody(tombstone.Version{Path: ep, Stamp: old.String()}))
+	scan(t, tc)
+	identicalOn(t, tc, u, "k", all3, time.Second)
+}
+
+// TestFailedUploadDropsIntent: an upload whose client goes away mid-body
+// leaves torn copies on stock nodes; its proxy removes the intent record,
+// so the healer repairs them at once rather than after the pending grace.
+func TestFailedUploadDropsIntent(t *testing.T) {
+	var intents atomic.Int64
+	observe := func(_ int, r *http.Request) {
+		if r.Method == http.MethodPost && tombstone.IsPending(r.URL.Path) {
+			intents.Add(1)
+		}
+	}
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, observe: observe})
+	u := tc.newUser(t)
+	ep, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		part, _ := mw.CreateFormFile("data", "k")
+		_, _ = part.Write(bytes.Repeat([]byte{'x'}, 64<<10))
+	}()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+tc.httpAddr+"/v1/fs/"+ep, pr)
+	req.Header.Set("Authorization", "Bearer "+u.jwt(t))
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("an upload cut mid-body answered %d", resp.StatusCode)
+		} else {
+			err = nil
+		}
+		done <- err
+	}()
+	// The intent is written before any data; then the client goes away.
+	waitFor(t, 10*time.Second, func() bool { return intents.Load() >= 2 })
+	pw.CloseWithError(errors.New("client gone mid-body"))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		for _, n := range tc.dc.Nodes {
+			ents, _ := os.ReadDir(n.FilePath(u.id, tombstone.VersionDir(ep)))
+			for _, e := range ents {
+				if tombstone.IsPending(e.Name()) {
+					return false
+				}
+			}
+		}
+		return true
+	})
 }

@@ -311,6 +311,11 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		if ok && !v.dead(c) && sameVersion(c, win) {
 			continue
 		}
+		if ok && v.settling(c, win.stamp) {
+			res.Err = errSettling(v, i)
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			continue
+		}
 		switch {
 		case !ok:
 			res.Problem = "missing replica"
@@ -321,6 +326,11 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		}
 		if dry {
 			res.Copied = append(res.Copied, v.m.nodes[i].Name)
+			continue
+		}
+		if !h.unchanged(ctx, v, i) {
+			res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
 			continue
 		}
 		if err := h.copy(ctx, v, win, i); err != nil {
@@ -348,6 +358,27 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		}
 	}
 	return res
+}
+
+// unchanged reports whether node i still holds what v says of the key,
+// asked right before a copy is written over it: a stock node can't refuse
+// an older copy, so a write that landed since v was read must not be
+// written over (docs/design.md, "Acting on what is still true").
+func (h *Healer) unchanged(ctx context.Context, v *view, i int) bool {
+	dir, name := path.Split(v.path)
+	d, err := h.api.list(ctx, v.m.nodes[i].URL, v.user, strings.TrimSuffix(dir, "/"))
+	if err != nil && !errors.Is(err, errNotFound) {
+		return false
+	}
+	was, had := v.copies[i]
+	if d != nil {
+		for _, f := range d.Files {
+			if f.Name == name && !f.IsDir {
+				return had && f.Size == was.size && f.ModTime.Equal(was.mtime)
+			}
+		}
+	}
+	return !had
 }
 
 // sameVersion reports whether c holds win's version.
@@ -583,6 +614,10 @@ func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool,
 	if !ok {
 		return // gone already
 	}
+	if now.settling(c, newestOn(now, now.replicas)) {
+		res.Err = errSettling(now, node)
+		return
+	}
 	var with stamp.Stamp
 	switch {
 	case now.dead(c):
@@ -599,6 +634,15 @@ func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool,
 	h.log.Info("removed copy", "user", v.user, "path", v.path, "node", name, "tombstone", with.String())
 	h.counts.add("removed")
 	res.Removed = append(res.Removed, name)
+}
+
+// newestOn is the newest stamp the given nodes hold of v's key.
+func newestOn(v *view, nodes []int) stamp.Stamp {
+	var s stamp.Stamp
+	for _, i := range nodes {
+		s = stamp.Max(s, v.copies[i].stamp)
+	}
+	return s
 }
 
 // safeToMove reports whether a copy outside the key's replicas can go:

@@ -376,7 +376,7 @@ func (h *Healer) readRecords(ctx context.Context, m *membership, i int, user str
 			tombs[name] = stamp.Max(tombs[name], f.stamp)
 			continue
 		}
-		if r, err := parseRecord(b); err == nil {
+		if r, err := parseRecord(path.Base(p), b); err == nil {
 			name := path.Base(path.Dir(p)) // .cring/versions/<name>/<stamp>
 			recs[name] = addRecords(recs[name], r)
 		}

@@ -25,11 +25,13 @@ import (
 // match the checksum it recorded at write time: such a copy never wins.
 const corruptMark = "corrupt:"
 
-// versionRecord is the newest version record seen for a key.
+// versionRecord is a version record seen for a key, or an intent record
+// (pending: an upload whose checksum is not known yet).
 type versionRecord struct {
-	stamp stamp.Stamp
-	size  int64
-	sum   string
+	stamp   stamp.Stamp
+	size    int64
+	sum     string
+	pending bool
 }
 
 // factKey names one node's bytes of a path: rewriting them changes the
@@ -142,25 +144,26 @@ func (h *Healer) recordsOn(ctx context.Context, m *membership, i int, user, p st
 		if err != nil {
 			return nil, fmt.Errorf("version records of %s: %w", p, err)
 		}
-		if r, err := parseRecord(b); err == nil {
+		if r, err := parseRecord(f.Name, b); err == nil {
 			out = append(out, r)
 		}
 	}
 	return out, nil
 }
 
-func parseRecord(b []byte) (*versionRecord, error) {
+// parseRecord decodes the version or intent record in file name.
+func parseRecord(name string, b []byte) (*versionRecord, error) {
 	v, s, err := tombstone.ParseVersion(b)
 	if err != nil {
 		return nil, err
 	}
-	return &versionRecord{stamp: s, size: v.Size, sum: v.SHA256}, nil
+	return &versionRecord{stamp: s, size: v.Size, sum: v.SHA256, pending: tombstone.IsPending(name)}, nil
 }
 
-// addRecords merges version records into a set, once per stamp.
+// addRecords merges version records into a set, once per stamp and kind.
 func addRecords(set []*versionRecord, rs ...*versionRecord) []*versionRecord {
 	for _, r := range rs {
-		if !slices.ContainsFunc(set, func(o *versionRecord) bool { return o.stamp == r.stamp }) {
+		if !slices.ContainsFunc(set, func(o *versionRecord) bool { return o.stamp == r.stamp && o.pending == r.pending }) {
 			set = append(set, r)
 		}
 	}
@@ -177,7 +180,7 @@ func (h *Healer) stampStockCopies(ctx context.Context, v *view) error {
 			continue
 		}
 		for _, r := range v.records {
-			if r.size != c.size || !r.stamp.After(c.stamp) {
+			if r.pending || r.size != c.size || !r.stamp.After(c.stamp) {
 				continue
 			}
 			sum, err := h.sum(ctx, v, c, false)
@@ -196,7 +199,7 @@ func (h *Healer) stampStockCopies(ctx context.Context, v *view) error {
 // recordFor is the version record of stamp s, nil if none.
 func (v *view) recordFor(s stamp.Stamp) *versionRecord {
 	for _, r := range v.records {
-		if r.stamp == s {
+		if r.stamp == s && !r.pending {
 			return r
 		}
 	}
@@ -223,4 +226,39 @@ func (h *Healer) sum(ctx context.Context, v *view, c replicaCopy, fresh bool) (s
 	c.sum = s
 	v.copies[c.node] = c
 	return s, nil
+}
+
+// A streamed upload's checksum is known only at its end, so its version
+// record follows its data; an intent record (stamp, no checksum) goes
+// before. While an intent newer than what the healer would write is fresh
+// and not yet followed by its record, a stock copy matching no record may be
+// that upload: it is not written over or removed. An intent whose upload
+// failed is removed by its proxy, or expires after the pending grace.
+
+// PendingGrace is how long an intent protects copies: long enough for
+// ordinary streamed uploads; longer ones lose the protection (docs/design.md,
+// "What stock nodes can't guarantee").
+const PendingGrace = time.Hour
+
+// settling reports whether c may be an upload whose version record is not
+// written yet: a stock copy matching no record, with a fresh intent of a
+// version newer than than and than the key's tombstone. Fresh is by the
+// intent's stamp, which the proxies' clocks issue.
+func (v *view) settling(c replicaCopy, than stamp.Stamp) bool {
+	if !c.stamp.IsZero() {
+		return false
+	}
+	for _, r := range v.records {
+		if r.pending && r.stamp.After(than) && r.stamp.After(v.tomb) &&
+			time.Since(r.stamp.Time()) < PendingGrace && v.recordFor(r.stamp) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// errSettling says why a copy was left for a later pass.
+func errSettling(v *view, node int) string {
+	return fmt.Sprintf("%s on %s matches no version record, and an upload of it is in flight; left for a later pass",
+		v.path, v.m.nodes[node].Name)
 }

@@ -78,6 +78,28 @@ func (p *Proxy) recordVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee 
 	return nil
 }
 
+// recordIntent stores the intent record of a streamed upload before its
+// data, so the healer takes its copies for what they are until the version
+// record follows (docs/design.md, "Versions").
+func (p *Proxy) recordIntent(r *http.Request, ref fileRef, st stamp.Stamp) error {
+	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String()})
+	if status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, body, st); status < 200 || status > 299 {
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// dropIntent removes the intent record of an upload that failed, so its
+// torn copies are repaired at once rather than after the pending grace.
+// Best effort and bounded; a proxy that dies instead leaves it to expire.
+func (p *Proxy) dropIntent(r *http.Request, ref fileRef, st stamp.Stamp) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), p.postQuorum)
+	defer cancel()
+	if status, msg := p.internalWrite(r.WithContext(ctx), http.MethodDelete, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, nil, st); status < 200 || status > 299 {
+		p.log.Warn("intent record of a failed upload not removed", "key", ref.key(), "status", status, "err", msg)
+	}
+}
+
 // internalWrite runs the write path for a request of cring's own, with the
 // client's token, and returns the status and message it would have sent.
 func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) (int, string) {

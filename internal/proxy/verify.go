@@ -147,8 +147,8 @@ func (p *Proxy) refreshRecords(ctx context.Context, r *http.Request, ref fileRef
 			continue
 		}
 		for _, f := range d.Files {
-			if p.recs.hasStamp(ref.key(), f.Name) {
-				continue
+			if tombstone.IsPending(f.Name) || p.recs.hasStamp(ref.key(), f.Name) {
+				continue // an intent has no checksum to verify against
 			}
 			rq := r.Clone(ctx)
 			rq.URL = &url.URL{Path: "/v1/fs/" + dir + "/" + f.Name}

@@ -143,6 +143,29 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		}
 		hasBody = false
 	}
+	// A small upload's version record goes before its data, since its
+	// checksum is known already: a stock node's copy then never exists
+	// without its record, so no healer can take it for a torn or late copy
+	// and write over it while the ack waits (docs/design.md, "Versions").
+	// A streamed upload's checksum is known only at its end: an intent
+	// record goes first instead, and the version record follows the data.
+	recorded, intent := false, false
+	if tee != nil && tee.sum != nil { // hashed: a target may not keep stamps
+		var err error
+		if small != nil {
+			err = p.recordVersion(r, ref, st, tee)
+			recorded = err == nil
+		} else {
+			err = p.recordIntent(r, ref, st)
+			intent = err == nil
+		}
+		if err != nil {
+			p.obs.QuorumFailure(r.Method) // the upload's first step failed
+			p.discardSpool(tee)
+			writeError(w, http.StatusServiceUnavailable, "could not record the upload's version: "+err.Error())
+			return
+		}
+	}
 
 	// Node requests outlive the handler (the last replica may finish after
 	// the answer) but not a client that leaves before it.
@@ -268,6 +291,9 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		p.logFailures(r, ref, targets, got)
 	}
 
+	if intent && (bodyErr != nil || n == 0) {
+		p.dropIntent(r, ref, st)
+	}
 	if bodyErr != nil {
 		p.bodyFailed(w, r, key, tee, bodyErr)
 		return
@@ -275,7 +301,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	// A version record is needed when a replica that stored the upload
 	// can't keep its stamp: a cring node confirms the stamp in its answer.
 	p.learnStamping(got, stored)
-	needRecord := p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) &&
+	needRecord := !recorded && p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) &&
 		slices.ContainsFunc(got, func(o outcome) bool { return stored(o) && o.header.Get(stamp.Header) == "" })
 	if n >= p.w {
 		if needRecord {

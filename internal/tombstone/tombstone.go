@@ -60,6 +60,18 @@ func VersionDir(p string) string { return Versions + "/" + Name(p) }
 // VersionPath is the record of one version of a path.
 func VersionPath(p string, s stamp.Stamp) string { return VersionDir(p) + "/" + s.String() }
 
+// PendingPath is the intent record of a streamed upload, written before its
+// data (whose checksum is known only at the end) and superseded by the
+// version record at VersionPath once the upload is stored: until then a
+// copy matching no record may be that upload, not a torn or late one.
+func PendingPath(p string, s stamp.Stamp) string { return VersionPath(p, s) + pendingSuffix }
+
+const pendingSuffix = ".pending"
+
+// IsPending reports whether a file name in a version directory is an
+// intent record.
+func IsPending(name string) bool { return strings.HasSuffix(name, pendingSuffix) }
+
 // Record is a tombstone's content: the path deleted (with everything under
 // it, when it was a directory) and the delete's stamp.
 type Record struct {
