@@ -22,6 +22,10 @@ type serveFlags struct {
 	address        string
 	sshProxyAddr   string
 	sshBackendPort int
+	sshMaxConns    int
+	sshMaxPerAddr  int
+	sshHandshake   time.Duration
+	sshIdle        time.Duration
 	backupURL      string
 	backupBucket   string
 	backupZone     string
@@ -84,6 +88,10 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.StringVar(&f.address, "address", config.DefaultAddress, "HTTP listen address")
 	fl.StringVar(&f.sshProxyAddr, "ssh-proxy-address", config.DefaultSSHProxyAddress, "SSH listen address")
 	fl.IntVar(&f.sshBackendPort, "ssh-backend-port", config.DefaultSSHBackendPort, "nodes' SSH port (a --host node's SSH address is its host name plus this port)")
+	fl.IntVar(&f.sshMaxConns, "ssh-max-conns", config.DefaultSSHMaxConns, "SSH connections in total; more are closed at once")
+	fl.IntVar(&f.sshMaxPerAddr, "ssh-max-conns-per-address", config.DefaultSSHMaxConnsPerAddress, "SSH connections from one source address (an IPv6 /64 is one); more are closed at once")
+	fl.DurationVar(&f.sshHandshake, "ssh-handshake-timeout", config.DefaultSSHHandshakeTimeout, "an SSH client that has not finished its key exchange this long after connecting is closed")
+	fl.DurationVar(&f.sshIdle, "ssh-idle-timeout", config.DefaultSSHIdleTimeout, "an SSH connection with no byte either way for this long is closed")
 	fl.StringVar(&f.backupURL, "backup-url", "", "backup target: S3 endpoint URL or file:///dir")
 	fl.StringVar(&f.backupBucket, "backup-bucket", "", "S3 backup bucket")
 	fl.StringVar(&f.backupZone, "backup-zone", config.DefaultBackupZone, "S3 backup region")
@@ -134,6 +142,18 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("ssh-backend-port") || cfg.SSHBackendPort == 0 {
 		cfg.SSHBackendPort = f.sshBackendPort
+	}
+	if pick("ssh-max-conns") || cfg.SSHMaxConns == 0 {
+		cfg.SSHMaxConns = f.sshMaxConns
+	}
+	if pick("ssh-max-conns-per-address") || cfg.SSHMaxConnsPerAddress == 0 {
+		cfg.SSHMaxConnsPerAddress = f.sshMaxPerAddr
+	}
+	if pick("ssh-handshake-timeout") || cfg.SSHHandshakeTimeout == 0 {
+		cfg.SSHHandshakeTimeout = f.sshHandshake
+	}
+	if pick("ssh-idle-timeout") || cfg.SSHIdleTimeout == 0 {
+		cfg.SSHIdleTimeout = f.sshIdle
 	}
 	if pick("admin-address") || cfg.AdminAddress == "" {
 		cfg.AdminAddress = f.adminAddress

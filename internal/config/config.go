@@ -43,6 +43,14 @@ const (
 	AccountsShared  = "shared"
 )
 
+// SSH front door bounds (sshproxy).
+const (
+	DefaultSSHMaxConns           = 1024
+	DefaultSSHMaxConnsPerAddress = 64
+	DefaultSSHHandshakeTimeout   = 30 * time.Second
+	DefaultSSHIdleTimeout        = 10 * time.Minute
+)
+
 // Node is one Charm server behind the proxy.
 type Node struct {
 	Name   string `yaml:"name"`
@@ -81,6 +89,11 @@ type Config struct {
 	NodeTimeout     time.Duration `yaml:"node-timeout"`
 	SSHMaxConns     int           `yaml:"ssh-max-conns"`
 	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout"`
+	// SSHMaxConnsPerAddress bounds the SSH connections from one source
+	// address; a client that has not finished its SSH key exchange within
+	// SSHHandshakeTimeout is closed.
+	SSHMaxConnsPerAddress int           `yaml:"ssh-max-conns-per-address"`
+	SSHHandshakeTimeout   time.Duration `yaml:"ssh-handshake-timeout"`
 	// Accounts says where nodes keep accounts: "per-node" (stock nodes, each
 	// its own sqlite) or "shared" (one store every node uses).
 	Accounts string `yaml:"accounts"`
@@ -233,6 +246,21 @@ func (c *Config) Normalize() error {
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			return fmt.Errorf("%s %q: %w", a.name, v, err)
 		}
+	}
+	if c.SSHMaxConns < 0 || c.SSHMaxConnsPerAddress < 0 || c.SSHHandshakeTimeout < 0 || c.SSHIdleTimeout < 0 {
+		return errors.New("ssh-max-conns, ssh-max-conns-per-address, ssh-handshake-timeout and ssh-idle-timeout must not be negative")
+	}
+	if c.SSHMaxConns == 0 {
+		c.SSHMaxConns = DefaultSSHMaxConns
+	}
+	if c.SSHMaxConnsPerAddress == 0 {
+		c.SSHMaxConnsPerAddress = min(DefaultSSHMaxConnsPerAddress, c.SSHMaxConns)
+	}
+	if c.SSHHandshakeTimeout == 0 {
+		c.SSHHandshakeTimeout = DefaultSSHHandshakeTimeout
+	}
+	if c.SSHIdleTimeout == 0 {
+		c.SSHIdleTimeout = DefaultSSHIdleTimeout
 	}
 	if c.Address == "" {
 		c.Address = DefaultAddress

@@ -126,6 +126,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		IdleTimeout: cfg.SSHIdleTimeout,
 		MaxConns:    cfg.SSHMaxConns,
 		Logger:      log,
+		// One address can't take every slot, nor hold one without SSH.
+		MaxConnsPerAddr:  cfg.SSHMaxConnsPerAddress,
+		HandshakeTimeout: cfg.SSHHandshakeTimeout,
 		OnDialError: func(addr string, err error) {
 			g := s.gen.Load()
 			for i, n := range g.cfg.Nodes {

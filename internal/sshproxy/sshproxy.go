@@ -5,6 +5,10 @@
 // the order given by the caller (a sticky primary, never round-robin), because
 // pairing two sessions with `charm link` only works when both land on the same
 // backend.
+//
+// Connections are bounded in total and per source address, and one whose
+// client has not finished its SSH key exchange within the handshake timeout
+// is closed: idle TCP connections from one address can't take every slot.
 package sshproxy
 
 import (
@@ -20,9 +24,11 @@ import (
 )
 
 const (
-	defaultDialTimeout = 5 * time.Second
-	defaultIdleTimeout = 10 * time.Minute
-	defaultMaxConns    = 1024
+	defaultDialTimeout      = 5 * time.Second
+	defaultIdleTimeout      = 10 * time.Minute
+	defaultMaxConns         = 1024
+	defaultMaxConnsPerAddr  = 64
+	defaultHandshakeTimeout = 30 * time.Second
 )
 
 // Proxy forwards TCP connections to the first reachable backend.
@@ -33,13 +39,20 @@ type Proxy struct {
 	DialTimeout time.Duration // per backend dial; default 5s when zero
 	IdleTimeout time.Duration // close both sides when no bytes flow either way for this long; default 10m when zero
 	MaxConns    int           // concurrent client connections; default 1024 when zero; extra connections are closed at once (logged)
-	Logger      *slog.Logger  // log/slog; nil means slog.Default()
+	// MaxConnsPerAddr bounds the concurrent connections from one source
+	// address (an IPv6 /64 counts as one); default 64 when zero.
+	MaxConnsPerAddr int
+	// HandshakeTimeout closes a connection whose client has not finished
+	// its SSH key exchange this long after its backend answered; default
+	// 30s when zero.
+	HandshakeTimeout time.Duration
+	Logger           *slog.Logger // log/slog; nil means slog.Default()
 	// OnDialError, if set, is called when a backend cannot be dialed (so the caller can mark it down).
 	OnDialError func(addr string, err error)
 	// OnConnect, if set, is called with the backend chosen for a connection and whether it was a failover (not the first candidate).
 	OnConnect func(addr string, failover bool)
-	// OnReject, if set, is called when a client connection is closed unproxied
-	// (reason "max_conns" or "no_backend").
+	// OnReject, if set, is called when a client connection is closed
+	// unproxied, with one of the Reject* reasons.
 	OnReject func(reason string)
 
 	active atomic.Int64
@@ -73,11 +86,15 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		log:      p.logger(),
 		dialTO:   orDefault(p.DialTimeout, defaultDialTimeout),
 		idleTO:   orDefault(p.IdleTimeout, defaultIdleTimeout),
+		kexTO:    orDefault(p.HandshakeTimeout, defaultHandshakeTimeout),
 		sessions: make(map[*session]struct{}),
 	}
-	maxConns := int64(p.MaxConns)
-	if maxConns <= 0 {
-		maxConns = defaultMaxConns
+	slots := &Slots{Max: p.MaxConns, PerAddr: p.MaxConnsPerAddr}
+	if slots.Max <= 0 {
+		slots.Max = defaultMaxConns
+	}
+	if slots.PerAddr <= 0 {
+		slots.PerAddr = defaultMaxConnsPerAddr
 	}
 
 	var wg sync.WaitGroup
@@ -114,23 +131,22 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff = 0
 
-		if n := p.active.Add(1); n > maxConns {
-			p.active.Add(-1)
+		release, reason := slots.Take(c.RemoteAddr())
+		if reason != "" {
 			_ = c.Close()
-			srv.log.Warn("sshproxy: too many connections; rejecting client",
-				"client", c.RemoteAddr().String(), "max_conns", maxConns)
-			if p.OnReject != nil {
-				p.OnReject("max_conns")
-			}
+			srv.reject(reason, "client", c.RemoteAddr().String(), "max_conns", slots.Max, "max_conns_per_address", slots.PerAddr)
 			continue
 		}
+		p.active.Add(1)
 		s := &session{client: c}
 		if !srv.add(s) {
 			// Unreachable while we are still accepting, but keep the count honest.
 			p.active.Add(-1)
+			release()
 			continue
 		}
 		wg.Go(func() {
+			defer release()
 			defer p.active.Add(-1)
 			defer srv.remove(s)
 			defer s.close()
@@ -151,10 +167,24 @@ type server struct {
 	log    *slog.Logger
 	dialTO time.Duration
 	idleTO time.Duration
+	kexTO  time.Duration
+
+	lastRejectLog atomic.Int64 // unix nanoseconds: a flood logs once a second, counts every one
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	closing  bool
+}
+
+// reject reports a connection closed unproxied.
+func (srv *server) reject(reason string, attrs ...any) {
+	if srv.p.OnReject != nil {
+		srv.p.OnReject(reason)
+	}
+	now := time.Now().UnixNano()
+	if last := srv.lastRejectLog.Load(); now-last >= int64(time.Second) && srv.lastRejectLog.CompareAndSwap(last, now) {
+		srv.log.Warn("sshproxy: closing client connection", append([]any{"reason", reason}, attrs...)...)
+	}
 }
 
 func (srv *server) add(s *session) bool {
@@ -231,7 +261,7 @@ func (srv *server) handle(s *session) {
 		if srv.ctx.Err() == nil {
 			srv.log.Warn("sshproxy: no backend reachable; closing client", "client", clientAddr, "err", err)
 			if srv.p.OnReject != nil {
-				srv.p.OnReject("no_backend")
+				srv.p.OnReject(RejectNoBackend)
 			}
 		}
 		return
@@ -246,6 +276,9 @@ func (srv *server) handle(s *session) {
 
 	start := time.Now()
 	up, down, reason := srv.pipe(s, backend)
+	if reason == reasonHandshake {
+		srv.reject(RejectHandshake, "client", clientAddr, "handshake_timeout", srv.kexTO)
+	}
 	srv.log.Debug("sshproxy: connection closed", "client", clientAddr, "backend", addr,
 		"bytes_up", up, "bytes_down", down, "duration", time.Since(start), "reason", reason)
 }
@@ -280,8 +313,11 @@ func (srv *server) dial() (net.Conn, string, bool, error) {
 
 type closeWriter interface{ CloseWrite() error }
 
+const reasonHandshake = "handshake timeout"
+
 // pipe copies both directions until both end, closing the session when idle
-// for idleTO. It returns the bytes copied each way and why it ended.
+// for idleTO, or when the client has not finished its key exchange within
+// kexTO. It returns the bytes copied each way and why it ended.
 func (srv *server) pipe(s *session, backend net.Conn) (up, down int64, reason string) {
 	// Activity is a shared timestamp so traffic in either direction keeps the
 	// connection alive. A watchdog timer (rather than per-conn read deadlines)
@@ -295,8 +331,14 @@ func (srv *server) pipe(s *session, backend net.Conn) (up, down int64, reason st
 		err error
 	}
 	done := make(chan result, 2)
+	var kex kexWatch
+	var kexDone atomic.Bool
 	half := func(dst, src net.Conn, up bool) {
-		n, err := io.Copy(dst, &activityReader{r: src, start: start, last: &last})
+		ar := &activityReader{r: src, start: start, last: &last}
+		if up {
+			ar.kex, ar.kexDone = &kex, &kexDone
+		}
+		n, err := io.Copy(dst, ar)
 		if err == nil {
 			// Clean EOF: forward the half-close so SSH can finish its
 			// shutdown exchange in the other direction.
@@ -313,6 +355,8 @@ func (srv *server) pipe(s *session, backend net.Conn) (up, down int64, reason st
 
 	timer := time.NewTimer(srv.idleTO)
 	defer timer.Stop()
+	kexTimer := time.NewTimer(srv.kexTO)
+	defer kexTimer.Stop()
 	ctxDone := srv.ctx.Done()
 	for pending := 2; pending > 0; {
 		select {
@@ -336,6 +380,13 @@ func (srv *server) pipe(s *session, backend net.Conn) (up, down int64, reason st
 			} else {
 				timer.Reset(srv.idleTO - idle)
 			}
+		case <-kexTimer.C:
+			if !kexDone.Load() {
+				if reason == "" {
+					reason = reasonHandshake
+				}
+				s.close()
+			}
 		case <-ctxDone:
 			// closeAll closes the session too; doing it here just labels the log line.
 			ctxDone = nil
@@ -351,17 +402,26 @@ func (srv *server) pipe(s *session, backend net.Conn) (up, down int64, reason st
 	return up, down, reason
 }
 
-// activityReader records the time of every successful Read.
+// activityReader records the time of every successful Read and, on the
+// client's side, follows its key exchange until it is done.
 type activityReader struct {
-	r     io.Reader
-	start time.Time
-	last  *atomic.Int64
+	r       io.Reader
+	start   time.Time
+	last    *atomic.Int64
+	kex     *kexWatch // nil: not watched
+	kexDone *atomic.Bool
 }
 
 func (a *activityReader) Read(b []byte) (int, error) {
 	n, err := a.r.Read(b)
 	if n > 0 {
 		a.last.Store(int64(time.Since(a.start)))
+		if a.kex != nil && !a.kex.done() {
+			a.kex.feed(b[:n])
+			if a.kex.done() {
+				a.kexDone.Store(true)
+			}
+		}
 	}
 	return n, err
 }
