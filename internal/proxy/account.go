@@ -96,26 +96,63 @@ func (p *Proxy) seqQuorums() (inc, read int) {
 // a single request; a node further behind catches up over several requests.
 const maxCatchUp = 10000
 
-// seq serves GET and POST /v1/seq/:name. Each node keeps its own counter; the
-// answer is the max over the nodes that answered, and every answering node
-// is brought up to that max before the answer leaves. Requests for one
-// user's sequence are serialized in this proxy so two clients never get the
-// same increment.
+// maxSeqRounds bounds the rounds of one increment that other proxies'
+// increments of the same sequence keep interleaving with.
+const maxSeqRounds = 8
+
+// seq serves GET and POST /v1/seq/:name. Each node keeps its own counter and
+// hands out each of its values once. An increment answers only a value a
+// majority of all the nodes handed to it: two increments, through any
+// number of proxies, never share a value (their majorities share a node),
+// and a later increment gets a larger one (its majority shares a node whose
+// counter is past this one's). Laggards are brought up to the round's max,
+// which gives the max its majority unless another proxy's increment
+// interleaved; then the round is repeated. A read answers the max over
+// nodes that overlap every increment's majority. Within this proxy,
+// requests for one sequence take turns.
 func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 	unlock := p.seqLocks.lock(user + "/" + name)
 	defer unlock()
-	ctx := r.Context()
 	inc, read := p.seqQuorums()
 	need := read
 	if r.Method == http.MethodPost {
 		need = inc
 	}
-	nodes := p.healthyNodes()
-	outs := p.sendAll(ctx, nodes, r, r.Method, nil)
+	majority := len(p.nodes)/2 + 1
+	for range maxSeqRounds {
+		top, handed, answered, failed := p.seqRound(r.Context(), r)
+		if answered < need {
+			p.obs.QuorumFailure("seq")
+			if o, same := sameClientError(failed); answered == 0 && same {
+				relay(w, o)
+				return
+			}
+			if knowsNoUser(failed) {
+				writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(answered, len(p.nodes)))
+				return
+			}
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+				"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), answered))
+			return
+		}
+		if r.Method != http.MethodPost || handed >= majority {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(&charm.SeqMsg{Seq: top})
+			return
+		}
+	}
+	p.obs.QuorumFailure("seq")
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+		"sequence %q is being incremented through other proxies at the same moment; no value reached a majority in %d rounds, try again", name, maxSeqRounds))
+}
+
+// seqRound sends the request to every healthy node and brings each node
+// that answered below the max up to it. It returns the max, how many nodes
+// handed out exactly that value to this request (an increment's answer or
+// a catch-up's), how many answered and ended at the max, and the failures.
+func (p *Proxy) seqRound(ctx context.Context, r *http.Request) (top uint64, handed, answered int, failed []outcome) {
 	vals := map[int]uint64{}
-	var top uint64
-	var failed []outcome
-	for _, o := range outs {
+	for _, o := range p.sendAll(ctx, p.healthyNodes(), r, r.Method, nil) {
 		v, err := seqValue(o)
 		if err != nil {
 			p.log.Warn("seq failed on node", "node", p.nodes[o.node].Name, "err", err)
@@ -125,14 +162,8 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 		vals[o.node] = v
 		top = max(top, v)
 	}
-	if len(vals) == 0 {
-		if o, same := sameClientError(failed); same {
-			relay(w, o)
-			return
-		}
-	}
-	// Bring laggards up so the next request finds the max on any quorum.
 	for i, v := range vals {
+		gave := r.Method == http.MethodPost && v == top
 		for n := 0; v < top && n < maxCatchUp; n++ {
 			nv, err := seqValue(p.send(ctx, i, r, http.MethodPost, nil))
 			if err != nil {
@@ -140,23 +171,17 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 				break
 			}
 			v = nv
+			gave = gave || v == top
 		}
 		if v < top {
-			delete(vals, i)
+			continue
+		}
+		answered++
+		if gave {
+			handed++
 		}
 	}
-	if len(vals) < need {
-		p.obs.QuorumFailure("seq")
-		if knowsNoUser(failed) {
-			writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(len(vals), len(p.nodes)))
-			return
-		}
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-			"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), len(vals)))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(&charm.SeqMsg{Seq: top})
+	return top, handed, answered, failed
 }
 
 func seqValue(o outcome) (uint64, error) {
