@@ -168,15 +168,20 @@ loop:
 	wg.Wait()
 }
 
-// next draws an operation: writes and overwrites 40%, file deletes 10%,
-// directory deletes 3%, reads 32%, listings 15%.
+// next draws an operation: writes and overwrites 40% (one in eight of
+// 64–256 KiB, which the proxy streams instead of reading whole first), file
+// deletes 10%, directory deletes 3%, reads 32%, listings 15%.
 func (w *workload) next(rng *rand.Rand, id int) *Op {
 	d, j := rng.IntN(w.ks.dirs), rng.IntN(w.ks.perDir)
 	op := &Op{ID: id, Proxy: id % len(w.proxies), Path: w.ks.key(d, j)}
 	switch n := rng.IntN(100); {
 	case n < 40:
 		op.Kind = OpWrite
-		op.Data = content(w.o.Seed, id, op.Path, rng.IntN(2048))
+		pad := rng.IntN(2048)
+		if rng.IntN(8) == 0 {
+			pad = 64<<10 + rng.IntN(192<<10)
+		}
+		op.Data = content(w.o.Seed, id, op.Path, pad)
 	case n < 50:
 		op.Kind = OpDelete
 	case n < 53:
