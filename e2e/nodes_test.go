@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -34,6 +36,14 @@ type pgCluster struct {
 	sshAddr   string
 	admin     string
 	srv       *serve.Server
+	tls       *pgTLS // nodes serve TLS (nil: plain HTTP)
+}
+
+// pgTLS is what nodes serving TLS use: a certificate for 127.0.0.1 from a
+// test CA, which the proxy trusts through node-ca.
+type pgTLS struct {
+	caFile, certFile, keyFile string
+	client                    *http.Client // trusts the CA
 }
 
 // pgNode is one `cring node` process and what it needs to restart.
@@ -45,15 +55,47 @@ type pgNode struct {
 	cmd               *exec.Cmd
 	done              chan struct{}
 	accountsFromEnv   bool // CRING_ACCOUNTS instead of --accounts
+	tls               bool // its HTTP, health and meta ports serve TLS
 }
 
-func (n *pgNode) httpURL() string   { return fmt.Sprintf("http://127.0.0.1:%d", n.http) }
+func (n *pgNode) scheme() string {
+	if n.tls {
+		return "https"
+	}
+	return "http"
+}
+func (n *pgNode) httpURL() string   { return fmt.Sprintf("%s://127.0.0.1:%d", n.scheme(), n.http) }
 func (n *pgNode) sshAddr() string   { return fmt.Sprintf("127.0.0.1:%d", n.ssh) }
-func (n *pgNode) healthURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", n.health) }
+func (n *pgNode) healthURL() string { return fmt.Sprintf("%s://127.0.0.1:%d/", n.scheme(), n.health) }
+func (n *pgNode) metaURL() string   { return fmt.Sprintf("%s://127.0.0.1:%d", n.scheme(), n.meta) }
 
 func startPGCluster(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCluster {
 	t.Helper()
-	pc := &pgCluster{t: t, bin: cringBinary(t), pgURL: pgtest.Start(t)}
+	return newPGCluster(t, nodes, nil, tune...)
+}
+
+// startPGClusterTLS is startPGCluster with nodes serving TLS
+// (CHARM_SERVER_USE_TLS) with a certificate from a test CA, reached at
+// https URLs by a proxy whose node-ca is that CA.
+func startPGClusterTLS(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCluster {
+	t.Helper()
+	dir := t.TempDir()
+	caPEM, certPEM, keyPEM := testCA(t, "127.0.0.1")
+	nt := &pgTLS{caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "node.pem"), keyFile: filepath.Join(dir, "node.key")}
+	for f, b := range map[string][]byte{nt.caFile: caPEM, nt.certFile: certPEM, nt.keyFile: keyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	nt.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	return newPGCluster(t, nodes, nt, tune...)
+}
+
+func newPGCluster(t *testing.T, nodes int, nt *pgTLS, tune ...func(*config.Config)) *pgCluster {
+	t.Helper()
+	pc := &pgCluster{t: t, bin: cringBinary(t), pgURL: pgtest.Start(t), tls: nt}
 	ports, err := devcluster.FreePorts("127.0.0.1", 3)
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +121,9 @@ func startPGCluster(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCl
 		DataDir:      filepath.Join(dir, "proxy"),
 		ScanInterval: time.Hour,
 	}
+	if nt != nil {
+		cfg.NodeCA = nt.caFile
+	}
 	for i := range nodes {
 		np, err := devcluster.FreePorts("127.0.0.1", 4)
 		if err != nil {
@@ -89,6 +134,7 @@ func startPGCluster(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCl
 			dataDir: filepath.Join(dir, fmt.Sprintf("node%d", i+1)),
 			http:    np[0], ssh: np[1], health: np[2], meta: np[3],
 			accountsFromEnv: i%2 == 1,
+			tls:             nt != nil,
 		}
 		// Like a real deployment: the shared key copied into each data dir.
 		for _, suffix := range []string{"", ".pub"} {
@@ -105,8 +151,7 @@ func startPGCluster(t *testing.T, nodes int, tune ...func(*config.Config)) *pgCl
 			}
 		}
 		pc.nodes = append(pc.nodes, n)
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL(),
-			Meta: fmt.Sprintf("http://127.0.0.1:%d", n.meta)})
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL(), Meta: n.metaURL()})
 		pc.start(i)
 	}
 	t.Cleanup(func() {
@@ -143,6 +188,11 @@ func (pc *pgCluster) start(i int) {
 	} else {
 		args = append(args, "--accounts", pc.pgURL)
 	}
+	client := http.DefaultClient
+	if pc.tls != nil {
+		env = append(env, "CHARM_SERVER_USE_TLS=true", "CHARM_SERVER_TLS_CERT_FILE="+pc.tls.certFile, "CHARM_SERVER_TLS_KEY_FILE="+pc.tls.keyFile)
+		client = pc.tls.client
+	}
 	cmd := exec.Command(pc.bin, args...)
 	cmd.Env = env
 	out := prefixWriter{t: t, prefix: n.name + ": "}
@@ -158,7 +208,7 @@ func (pc *pgCluster) start(i int) {
 			t.Fatalf("%s exited while starting: %v", n.name, cmd.ProcessState)
 		default:
 		}
-		resp, err := http.Get(n.healthURL())
+		resp, err := client.Get(n.healthURL())
 		if err != nil {
 			return false
 		}

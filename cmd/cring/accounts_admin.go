@@ -16,6 +16,7 @@ import (
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
 	"github.com/cring-dev/cring/internal/node"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/spf13/cobra"
 )
@@ -222,7 +223,7 @@ func printAdd(w io.Writer, r *accounts.AddResult) {
 
 // filesFlags reach users' files through the cluster, for usage and purge.
 type filesFlags struct {
-	proxy, serverKey, publicURL string
+	proxy, serverKey, publicURL, ca string
 }
 
 func (f *filesFlags) register(cmd *cobra.Command, what string) {
@@ -230,6 +231,7 @@ func (f *filesFlags) register(cmd *cobra.Command, what string) {
 	fl.StringVar(&f.proxy, "proxy", "", "the cluster's HTTP URL (cring serve, e.g. http://proxy:35354): "+what)
 	fl.StringVar(&f.serverKey, "server-key", "", "the nodes' shared charm_server_ed25519, to act as the user")
 	fl.StringVar(&f.publicURL, "public-url", "", "the nodes' CHARM_SERVER_PUBLIC_URL (default: --proxy)")
+	fl.StringVar(&f.ca, "ca", "", "PEM CA certificate(s) trusted for an https --proxy, besides the system's roots (a private CA's)")
 }
 
 func (f *filesFlags) open() (*accounts.Files, error) {
@@ -248,7 +250,12 @@ func (f *filesFlags) open() (*accounts.Files, error) {
 	if issuer == "" {
 		issuer = strings.TrimRight(f.proxy, "/")
 	}
-	return &accounts.Files{Base: u, Signer: signer, Issuer: issuer, Client: &http.Client{Timeout: time.Minute}}, nil
+	tlsConf, err := nodetls.ClientConfig(f.ca)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--ca: %w", err)}
+	}
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsConf, TLSHandshakeTimeout: 10 * time.Second}}
+	return &accounts.Files{Base: u, Signer: signer, Issuer: issuer, Client: client}, nil
 }
 
 func newAccountsListCmd() *cobra.Command {

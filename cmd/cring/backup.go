@@ -14,6 +14,7 @@ import (
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/backup/restore"
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -84,12 +85,14 @@ type backupClusterFlags struct {
 	serverKey string
 	publicURL string
 	url       string
+	ca        string
 }
 
 func (f *backupClusterFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.serverKey, "server-key", "", "the cluster's shared server private key (charm_server_ed25519), to sign tokens")
 	fl.StringVar(&f.publicURL, "public-url", "", "the issuer the nodes expect in tokens: their CHARM_SERVER_PUBLIC_URL (default: asked from --url)")
 	fl.StringVar(&f.url, "url", "http://127.0.0.1:35354", "the cluster's HTTP API: the proxy (or a node)")
+	fl.StringVar(&f.ca, "ca", "", "PEM CA certificate(s) trusted for an https --url, besides the system's roots (a private CA's)")
 }
 
 func (f *backupClusterFlags) cluster(ctx context.Context) (*restore.Cluster, error) {
@@ -100,13 +103,17 @@ func (f *backupClusterFlags) cluster(ctx context.Context) (*restore.Cluster, err
 	if err != nil {
 		return nil, usageError{err}
 	}
+	tlsConf, err := nodetls.ClientConfig(f.ca)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--ca: %w", err)}
+	}
 	issuer := f.publicURL
 	if issuer == "" {
-		if issuer, err = restore.DiscoverIssuer(ctx, f.url); err != nil {
+		if issuer, err = restore.DiscoverIssuer(ctx, f.url, tlsConf); err != nil {
 			return nil, fmt.Errorf("%w (or give --public-url)", err)
 		}
 	}
-	c, err := restore.NewCluster(f.url, issuer, signer)
+	c, err := restore.NewCluster(f.url, issuer, signer, tlsConf)
 	if err != nil {
 		return nil, usageError{err}
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/clusterinit"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/spf13/cobra"
 )
 
@@ -166,6 +167,7 @@ func printClusterSummary(w io.Writer, r *clusterinit.Result) {
 // compose.yaml runs it inside every service.
 func newProbeCmd() *cobra.Command {
 	var timeout time.Duration
+	var ca string
 	cmd := &cobra.Command{
 		Use:   "probe URL",
 		Short: "Exit 0 when URL answers 2xx (a container health check)",
@@ -177,7 +179,11 @@ func newProbeCmd() *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("probe %q: %w", args[0], err)}
 			}
-			resp, err := http.DefaultClient.Do(req)
+			tlsConf, err := nodetls.ClientConfig(ca)
+			if err != nil {
+				return usageError{fmt.Errorf("--ca: %w", err)}
+			}
+			resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}}).Do(req)
 			if err != nil {
 				return fmt.Errorf("probe: %w", err)
 			}
@@ -190,5 +196,6 @@ func newProbeCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long the URL may take to answer")
+	cmd.Flags().StringVar(&ca, "ca", "", "PEM CA certificate(s) trusted for an https URL, besides the system's roots (a node's private CA)")
 	return cmd
 }

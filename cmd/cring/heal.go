@@ -25,6 +25,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/token"
 )
@@ -42,6 +43,7 @@ func newRepairCmd() *cobra.Command {
 		dry, deep   bool
 		jsonOut     bool
 		nodeTimeout time.Duration
+		nodeCA      string
 	)
 	cmd := &cobra.Command{
 		Use:   "repair",
@@ -81,6 +83,9 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 			}
 			if serverKey != "" {
 				cfg.ServerKey = serverKey
+			}
+			if nodeCA != "" {
+				cfg.NodeCA = nodeCA
 			}
 			if cfg.ServerKey == "" {
 				return usageError{errors.New("--server-key is required: repairs act for users with tokens signed by the nodes' shared key")}
@@ -128,6 +133,7 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 	fl.BoolVar(&deep, "deep", false, "read and hash every copy (finds silent corruption)")
 	fl.BoolVar(&jsonOut, "json", false, "JSON report")
 	fl.DurationVar(&nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may stall")
+	fl.StringVar(&nodeCA, "node-ca", "", "PEM CA certificate(s) trusted for https node URLs, besides the system's roots (as serve --node-ca)")
 	return cmd
 }
 
@@ -164,11 +170,23 @@ func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []s
 	if err != nil {
 		return usageError{err}
 	}
+	nodeTLS, err := nodetls.ClientConfig(cfg.NodeCA)
+	if err != nil {
+		return usageError{fmt.Errorf("--node-ca: %w", err)}
+	}
+	// One transport for health checks and the healer, as serve has.
+	tr := &http.Transport{
+		Proxy:               nil, // nodes are reached directly
+		TLSClientConfig:     nodeTLS,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 16,
+	}
+	defer tr.CloseIdleConnections()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hc := health.New(targets, health.Options{Interval: time.Second, Logger: quiet})
+	hc := health.New(targets, health.Options{Interval: time.Second, Logger: quiet, Transport: tr})
 	hc.CheckAll(ctx)
 	h, err := heal.New(heal.Options{
-		Nodes: hnodes, Ring: rg, WriteQuorum: cfg.WriteQuorum, Health: hc, Signer: signer,
+		Nodes: hnodes, Ring: rg, WriteQuorum: cfg.WriteQuorum, Health: hc, Signer: signer, Transport: tr,
 		Issuer: func() string { return strings.TrimRight(cfg.PublicURL, "/") }, DataDir: cfg.DataDir,
 		Logger: quiet, StallTimeout: cfg.NodeTimeout,
 	})
@@ -194,9 +212,27 @@ func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []s
 	if jsonOut {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printReport(out, rep)
 	}
-	printReport(out, rep)
+	if len(rep.Unreachable) == len(cfg.Nodes) {
+		// Nothing was scanned: say why (a firewall, a wrong node-ca…)
+		// rather than report an empty cluster.
+		var why []string
+		for _, st := range hc.Snapshot() {
+			if st.LastError == "" {
+				st.LastError = "did not answer the scan"
+			}
+			why = append(why, st.Name+": "+st.LastError)
+		}
+		return fmt.Errorf("no node reachable: %s", strings.Join(why, "; "))
+	}
+	if jsonOut {
+		return nil
+	}
 	if rep.Failed > 0 {
 		return fmt.Errorf("%d keys could not be repaired", rep.Failed)
 	}

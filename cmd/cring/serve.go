@@ -52,6 +52,7 @@ type serveFlags struct {
 	backupPath     bool
 	tlsCert        string
 	tlsKey         string
+	nodeCA         string
 }
 
 func newServeCmd() *cobra.Command {
@@ -117,6 +118,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.postQuorum, "post-quorum-timeout", config.DefaultPostQuorum, "after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS on --address; re-read when it changes")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.nodeCA, "node-ca", "", "PEM CA certificate(s) trusted, besides the system's roots, for https node URLs (nodes serving TLS with a private CA's certificates)")
 	fl.StringVar(&f.accounts, "accounts", config.AccountsPerNode, "where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)")
 	return cmd
 }
@@ -233,6 +235,9 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("tls-key") || cfg.TLSKey == "" {
 		cfg.TLSKey = f.tlsKey
+	}
+	if pick("node-ca") || cfg.NodeCA == "" {
+		cfg.NodeCA = f.nodeCA
 	}
 	if pick("pprof") {
 		cfg.Pprof = f.pprof

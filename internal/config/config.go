@@ -117,6 +117,10 @@ type Config struct {
 	// public URL should then be https://.
 	TLSCert string `yaml:"tls-cert"`
 	TLSKey  string `yaml:"tls-key"`
+	// NodeCA is a PEM file of CA certificates trusted, besides the
+	// system's roots, for https node URLs (nodes serving TLS with
+	// certificates from a private CA).
+	NodeCA string `yaml:"node-ca"`
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.

@@ -30,6 +30,7 @@ import (
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
 	"github.com/cring-dev/cring/internal/metrics"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/cring-dev/cring/internal/proxy"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/sshproxy"
@@ -70,13 +71,20 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: cfg.NodeTimeout,
 		ExpectContinueTimeout: time.Second,
+		TLSHandshakeTimeout:   10 * time.Second, // https nodes
 		DisableCompression:    true,
 		WriteBufferSize:       64 << 10,
 		ReadBufferSize:        64 << 10,
 	}
+	// One transport for every node call (proxying, health, JWKS, the
+	// healer's reads, writes and metadata), so https nodes are trusted alike.
+	nodeTLS, err := nodetls.ClientConfig(cfg.NodeCA)
+	if err != nil {
+		return nil, fmt.Errorf("--node-ca: %w", err)
+	}
+	s.transport.TLSClientConfig = nodeTLS
 
 	if cfg.TLSCert != "" {
-		var err error
 		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, log); err != nil {
 			return nil, err
 		}
@@ -295,6 +303,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		{"data-dir", cur.DataDir, cfg.DataDir},
 		{"tls-cert", cur.TLSCert, cfg.TLSCert},
 		{"tls-key", cur.TLSKey, cfg.TLSKey},
+		{"node-ca", cur.NodeCA, cfg.NodeCA},
 	} {
 		if f.old != f.new {
 			kept = append(kept, f.name)
@@ -303,7 +312,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	next := *cfg
 	next.Address, next.SSHProxyAddress, next.AdminAddress = cur.Address, cur.SSHProxyAddress, cur.AdminAddress
 	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
-	next.TLSCert, next.TLSKey = cur.TLSCert, cur.TLSKey
+	next.TLSCert, next.TLSKey, next.NodeCA = cur.TLSCert, cur.TLSKey, cur.NodeCA
 	g, err := s.newGeneration(&next)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)

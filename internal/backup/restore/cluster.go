@@ -8,6 +8,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,8 +50,9 @@ type signed struct {
 const tokenTTL = 15 * time.Minute
 
 // NewCluster talks to baseURL (e.g. http://127.0.0.1:35354), signing tokens
-// for issuer (the public URL the nodes were given) with signer.
-func NewCluster(baseURL, issuer string, signer *token.Signer) (*Cluster, error) {
+// for issuer (the public URL the nodes were given) with signer. tlsConf, when
+// not nil, is the TLS client config for an https baseURL (a private CA).
+func NewCluster(baseURL, issuer string, signer *token.Signer, tlsConf *tls.Config) (*Cluster, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("cluster url %q: want http(s)://host:port", baseURL)
@@ -62,15 +64,16 @@ func NewCluster(baseURL, issuer string, signer *token.Signer) (*Cluster, error) 
 		base:   u,
 		issuer: issuer,
 		signer: signer,
-		hc:     &http.Client{Transport: transport()},
+		hc:     &http.Client{Transport: transport(tlsConf)},
 		tokens: map[string]signed{},
 	}, nil
 }
 
 // transport bounds connecting and waiting for headers; bodies take as long
 // as they take (big files), under the caller's context.
-func transport() *http.Transport {
+func transport(tlsConf *tls.Config) *http.Transport {
 	return &http.Transport{
+		TLSClientConfig:       tlsConf,
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost:   16,
@@ -83,7 +86,7 @@ func transport() *http.Transport {
 // DiscoverIssuer asks the cluster which issuer its nodes sign tokens for,
 // the default for --public-url. Charm's /.well-known/openid-configuration
 // has no "issuer" but a jwks_uri under the same public URL it signs with.
-func DiscoverIssuer(ctx context.Context, baseURL string) (string, error) {
+func DiscoverIssuer(ctx context.Context, baseURL string, tlsConf *tls.Config) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	u := strings.TrimRight(baseURL, "/") + "/.well-known/openid-configuration"
@@ -91,7 +94,7 @@ func DiscoverIssuer(ctx context.Context, baseURL string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("discover issuer: %w", err)
 	}
-	resp, err := (&http.Client{Transport: transport()}).Do(req)
+	resp, err := (&http.Client{Transport: transport(tlsConf)}).Do(req)
 	if err != nil {
 		return "", fmt.Errorf("discover issuer from %s: %w", baseURL, err)
 	}
