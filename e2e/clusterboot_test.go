@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io/fs"
 	"net"
@@ -31,7 +33,9 @@ import (
 // `fs cp` and `kv set` through the proxy, over HTTPS (the public URL is
 // https, the certificate from a test CA it trusts through SSL_CERT_FILE); a
 // node killed during a write gets the file back from the healer when it
-// returns.
+// returns. With --node-tls the nodes serve TLS with the certificates init
+// generated, and the proxy reaches them over https trusting the generated
+// node CA: health checks, key set, files and the healer's repairs.
 func TestClusterInitBoot(t *testing.T) {
 	charmBin := charmCLI(t)
 	bin := cringBinary(t)
@@ -41,10 +45,16 @@ func TestClusterInitBoot(t *testing.T) {
 	publicURL := "https://" + net.JoinHostPort(proxyHost, "35354")
 	out := filepath.Join(t.TempDir(), "cluster")
 	if b, err := exec.Command(bin, "cluster", "init", "--dir", out, "--hosts", strings.Join(nodeHosts, ","),
-		"--public-url", publicURL, "--accounts", pgURL).CombinedOutput(); err != nil {
+		"--public-url", publicURL, "--accounts", pgURL, "--node-tls").CombinedOutput(); err != nil {
 		t.Fatalf("cring cluster init: %v\n%s", err, b)
 	}
 
+	// This test's own checks of the nodes' health trust the generated CA.
+	roots := x509.NewCertPool()
+	if b, err := os.ReadFile(filepath.Join(out, "keys", "node-ca.pem")); err != nil || !roots.AppendCertsFromPEM(b) {
+		t.Fatalf("keys/node-ca.pem: %v", err)
+	}
+	nodeClient := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 	var nodes []*bootMachine
 	for i := range nodeHosts {
 		name := "charm" + string(rune('1'+i))
@@ -52,8 +62,12 @@ func TestClusterInitBoot(t *testing.T) {
 		m.install(filepath.Join(out, "nodes", name, "charm.env"), "/etc/charm/charm.env", 0o600)
 		m.install(filepath.Join(out, "nodes", name, "charm.service"), "/etc/systemd/system/charm.service", 0o644)
 		m.copyDir(filepath.Join(out, "nodes", name, "data"), "/var/lib/charm")
+		for f, perm := range map[string]os.FileMode{"node.pem": 0o644, "node.key": 0o600, "ca.pem": 0o644} {
+			m.install(filepath.Join(out, "nodes", name, "tls", f), "/etc/charm/tls/"+f, perm)
+		}
 		m.unit = "/etc/systemd/system/charm.service"
-		m.health = "http://" + net.JoinHostPort(nodeHosts[i], "35356") + "/"
+		m.health = "https://" + net.JoinHostPort(nodeHosts[i], "35356") + "/"
+		m.client = nodeClient
 		m.start()
 		nodes = append(nodes, m)
 	}
@@ -61,6 +75,7 @@ func TestClusterInitBoot(t *testing.T) {
 	proxy := newBootMachine(t, "proxy", bin)
 	proxy.install(filepath.Join(out, "cring.yaml"), "/etc/cring/cring.yaml", 0o644)
 	proxy.install(filepath.Join(out, "keys", "charm_server_ed25519"), "/etc/cring/charm_server_ed25519", 0o640)
+	proxy.install(filepath.Join(out, "keys", "node-ca.pem"), "/etc/cring/node-ca.pem", 0o644)
 	proxy.install(filepath.Join(out, "cring.service"), "/etc/systemd/system/cring.service", 0o644)
 	// The public URL is https: cring.yaml names a certificate, here one from
 	// a test CA the charm CLI trusts through SSL_CERT_FILE.
@@ -152,6 +167,7 @@ type bootMachine struct {
 	unit   string   // the installed unit's path on the machine
 	dropIn []string // extra environment, as a systemd drop-in would give
 	health string
+	client *http.Client // for health; nil: plain HTTP
 	stop   func()
 }
 
@@ -184,7 +200,7 @@ func (m *bootMachine) install(src, dst string, perm os.FileMode) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if !strings.Contains(dst, "charm_server_ed25519") && !strings.HasSuffix(dst, ".pem") {
+	if !strings.Contains(dst, "charm_server_ed25519") && !strings.HasSuffix(dst, ".pem") && !strings.HasSuffix(dst, ".key") {
 		b = []byte(m.rooted(string(b)))
 	}
 	if err := os.MkdirAll(filepath.Dir(m.path(dst)), 0o755); err != nil {
@@ -235,7 +251,7 @@ func (m *bootMachine) start() {
 	argv := strings.Fields(exe[0])
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
-	m.stop = ciRun(t, m.name, cmd, m.health)
+	m.stop = ciRunWith(t, m.name, cmd, m.health, m.client)
 }
 
 func (m *bootMachine) kill() { m.stop() }

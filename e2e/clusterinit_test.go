@@ -287,6 +287,13 @@ func ciCharmEnv(t *testing.T, file map[string]string) []string {
 // returned stop kills it (kill -9) and waits for it; calling it again is a no-op.
 func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) (stop func()) {
 	t.Helper()
+	return ciRunWith(t, name, cmd, healthURL, nil)
+}
+
+// ciRunWith is ciRun asking healthURL with client (nil: plain HTTP), for
+// an https health port.
+func ciRunWith(t *testing.T, name string, cmd *exec.Cmd, healthURL string, client *http.Client) (stop func()) {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -314,7 +321,9 @@ func ciRun(t *testing.T, name string, cmd *exec.Cmd, healthURL string) (stop fun
 			t.Logf("%s output (tail):\n%s", name, b)
 		}
 	})
-	client := &http.Client{Timeout: time.Second}
+	if client == nil {
+		client = &http.Client{Timeout: time.Second}
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := client.Get(healthURL)

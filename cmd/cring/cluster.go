@@ -38,6 +38,7 @@ type clusterInitFlags struct {
 	dataDir     string
 	accounts    string
 	stock       bool
+	nodeTLS     bool
 }
 
 func newClusterInitCmd() *cobra.Command {
@@ -89,6 +90,7 @@ set with CRING_<FLAG>, e.g. CRING_HOSTS=10.0.0.1,10.0.0.2,10.0.0.3.`,
 	fl.StringSliceVar(&f.zones, "zones", nil, "one zone per node, comma-separated; replicas spread across zones first")
 	fl.StringVar(&f.accounts, "accounts", "", "PostgreSQL URL every cring node keeps accounts in, e.g. postgres://charm:secret@db:5432/charm (required unless --stock)")
 	fl.BoolVar(&f.stock, "stock", false, "stock charm serve nodes, each with its own sqlite accounts, instead of cring nodes")
+	fl.BoolVar(&f.nodeTLS, "node-tls", false, "nodes serve TLS with certificates from a CA generated here, which the proxy trusts (node-ca); for nodes reached over networks you don't control")
 	fl.StringVar(&f.dataDir, "data-dir", clusterinit.DefaultDataDir, "the nodes' data directory (CHARM_SERVER_DATA_DIR); "+clusterinit.NamePlaceholder+" becomes the node's name")
 	return cmd
 }
@@ -115,6 +117,7 @@ func (f *clusterInitFlags) options(cmd *cobra.Command) (clusterinit.Options, err
 		DataDir:     f.dataDir,
 		Accounts:    f.accounts,
 		Stock:       f.stock,
+		NodeTLS:     f.nodeTLS,
 	}
 	// An explicit --nodes must agree with --hosts; the default gives way to it.
 	if set["nodes"] || len(f.hosts) == 0 {
@@ -143,6 +146,9 @@ func printClusterSummary(w io.Writer, r *clusterinit.Result) {
 	fmt.Fprintf(w, "  public URL %s, %d replicas, write quorum %d, self-healing on\n", r.PublicURL, r.Replicas, r.WriteQuorum)
 	fmt.Fprintf(w, "  server key %s\n\n", r.PublicKey)
 	fmt.Fprintf(w, "  %-34s %s\n", "keys/", "the shared server key pair (secret: keep a copy safe)")
+	if !r.NodeTLSUntil.IsZero() {
+		fmt.Fprintf(w, "  %-34s %s\n", "keys/node-ca.{pem,key}", "the nodes' TLS CA (the .key is secret); certificates valid until "+r.NodeTLSUntil.UTC().Format("2006-01-02"))
+	}
 	for _, n := range r.Nodes {
 		desc := "node on " + n.Host + ", data dir " + n.DataDir
 		if n.Zone != "" {
@@ -157,8 +163,14 @@ func printClusterSummary(w io.Writer, r *clusterinit.Result) {
 	fmt.Fprintf(w, "  1. on each node: a charm user, nodes/<name>/charm.env to /etc/charm/, the contents of\n")
 	fmt.Fprintf(w, "     nodes/<name>/data/ into its data dir (owned by charm), charm.service to\n")
 	fmt.Fprintf(w, "     /etc/systemd/system/, %s to /usr/local/bin/; systemctl enable --now charm\n", bin)
+	if !r.NodeTLSUntil.IsZero() {
+		fmt.Fprintf(w, "     and nodes/<name>/tls/ to %s (node.key readable by charm)\n", clusterinit.NodeTLSDir)
+	}
 	fmt.Fprintln(w, "  2. on the proxy: a cring user, cring.yaml and keys/charm_server_ed25519 (group cring, 0640)")
 	fmt.Fprintln(w, "     to /etc/cring/, cring.service to /etc/systemd/system/; systemctl enable --now cring")
+	if !r.NodeTLSUntil.IsZero() {
+		fmt.Fprintf(w, "     and keys/node-ca.pem to %s\n", clusterinit.NodeCAPath)
+	}
 	fmt.Fprintln(w, "  3. curl http://127.0.0.1:35356/readyz on the proxy")
 	fmt.Fprintln(w, "Details: README.txt in the output directory, and docs/deploy.md.")
 }

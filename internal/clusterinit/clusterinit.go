@@ -15,12 +15,16 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/nodetls"
 	"gopkg.in/yaml.v3"
 )
 
@@ -33,6 +37,7 @@ const (
 	NamePlaceholder = "{name}"
 	CharmImage      = "charmcli/charm:v0.12.6"
 	KeyName         = "charm_server_ed25519"
+	NodeCAName      = "node-ca" // keys/node-ca.pem and .key (--node-tls)
 
 	SSHPort    = 35353
 	HTTPPort   = 35354
@@ -54,6 +59,17 @@ const (
 	// certificate when the public URL is https.
 	TLSCertPath = "/etc/cring/tls/fullchain.pem"
 	TLSKeyPath  = "/etc/cring/tls/privkey.pem"
+	// With --node-tls: each node's certificate, key and the CA that issued
+	// them (for local checks) on the node, and the CA on the proxy.
+	NodeTLSDir      = "/etc/charm/tls"
+	NodeCertPath    = NodeTLSDir + "/node.pem"
+	NodeKeyPath     = NodeTLSDir + "/node.key"
+	NodeLocalCAPath = NodeTLSDir + "/ca.pem"
+	NodeCAPath      = "/etc/cring/node-ca.pem"
+	// NodeCertValidity is how long the node CA and certificates are valid:
+	// long, as only this cluster's proxies trust the CA (docs/deploy.md
+	// says how to issue a new certificate).
+	NodeCertValidity = 10 * 365 * 24 * time.Hour
 	// ProxyDataDir is the proxy's state (hints, known users, backup queue):
 	// the unit's StateDirectory.
 	ProxyDataDir = "/var/lib/cring"
@@ -78,6 +94,12 @@ type Options struct {
 	// Stock generates stock `charm serve` nodes, each with its own sqlite
 	// accounts, instead of cring nodes.
 	Stock bool
+	// NodeTLS makes the nodes serve TLS (CHARM_SERVER_USE_TLS) with
+	// certificates from a private CA generated here, which the proxy trusts
+	// (node-ca); node URLs are then https.
+	NodeTLS bool
+	// Now is the clock certificates are dated by (time.Now when nil).
+	Now func() time.Time
 }
 
 // Node is one generated node.
@@ -99,6 +121,9 @@ type Result struct {
 	Nodes       []Node
 	PublicKey   string   // the shared server key, authorized_keys form
 	Files       []string // paths relative to Dir, in write order
+	// NodeTLSUntil is when the node certificates expire (zero without
+	// NodeTLS).
+	NodeTLSUntil time.Time
 }
 
 // KeysExistError means the output directory already holds a server key.
@@ -116,8 +141,11 @@ type plan struct {
 	writeQuorum int
 	nodes       []Node
 	stock       bool
-	accounts    string // PostgreSQL URL (cring nodes)
-	composePass string // the compose file's own PostgreSQL password (cring nodes)
+	nodeTLS     bool
+	// nodeTLSUntil is when the node certificates expire (with nodeTLS).
+	nodeTLSUntil time.Time
+	accounts     string // PostgreSQL URL (cring nodes)
+	composePass  string // the compose file's own PostgreSQL password (cring nodes)
 }
 
 // Validate reports whether the options describe a valid cluster, without
@@ -138,6 +166,7 @@ func (o Options) plan() (*plan, error) {
 	}
 	p.publicURL = pu
 	p.stock = o.Stock
+	p.nodeTLS = o.NodeTLS
 	if err := checkAccounts(o.Accounts, o.Stock); err != nil {
 		return nil, err
 	}
@@ -341,6 +370,18 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 		return nil, errors.New("generate server key: empty private key")
 	}
 
+	var tlsFiles []file
+	if p.nodeTLS {
+		now := time.Now
+		if o.Now != nil {
+			now = o.Now
+		}
+		t := now()
+		p.nodeTLSUntil = t.Add(NodeCertValidity)
+		if tlsFiles, err = nodeTLSFiles(p, t); err != nil {
+			return nil, err
+		}
+	}
 	if !p.stock {
 		if p.composePass, err = randomHex(16); err != nil {
 			return nil, fmt.Errorf("generate the compose database password: %w", err)
@@ -378,6 +419,8 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 
 	res := &Result{Dir: p.dir, PublicURL: p.publicURL, Replicas: p.replicas, WriteQuorum: p.writeQuorum,
 		Stock: p.stock, Nodes: p.nodes, PublicKey: strings.TrimSpace(string(pub))}
+	keyFiles = append(keyFiles, tlsFiles...)
+	res.NodeTLSUntil = p.nodeTLSUntil
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", p.dir, err)
 	}
@@ -420,6 +463,46 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
+// nodeTLSFiles is a private CA (keys/node-ca.pem, keys/node-ca.key) and a
+// certificate from it for every node (nodes/<name>/tls/), written like keys:
+// exclusively, and removed again if the run fails.
+func nodeTLSFiles(p *plan, now time.Time) ([]file, error) {
+	ca, err := nodetls.NewCA("cring cluster nodes ("+p.publicURL+")", now, NodeCertValidity)
+	if err != nil {
+		return nil, err
+	}
+	files := []file{
+		{rel: filepath.Join("keys", NodeCAName+".pem"), data: ca.CertPEM, perm: 0o644, secret: true},
+		{rel: filepath.Join("keys", NodeCAName+".key"), data: ca.KeyPEM, perm: 0o600, secret: true},
+	}
+	for _, n := range p.nodes {
+		cert, key, err := ca.Issue(certHosts(n), now, NodeCertValidity)
+		if err != nil {
+			return nil, err
+		}
+		dir := filepath.Join(n.Dir, "tls")
+		files = append(files,
+			file{rel: filepath.Join(dir, path.Base(NodeCertPath)), data: cert, perm: 0o644, secret: true},
+			file{rel: filepath.Join(dir, path.Base(NodeKeyPath)), data: key, perm: 0o600, secret: true},
+			file{rel: filepath.Join(dir, path.Base(NodeLocalCAPath)), data: ca.CertPEM, perm: 0o644, secret: true},
+		)
+	}
+	return files, nil
+}
+
+// certHosts are the names a node's certificate is valid for: its host (what
+// cring.yaml reaches it by), its name (compose's service name) and loopback
+// (health checks on the node itself).
+func certHosts(n Node) []string {
+	hosts := []string{n.Host}
+	for _, h := range []string{n.Name, "localhost", "127.0.0.1", "::1"} {
+		if !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
+}
+
 func randomHex(n int) (string, error) {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -434,6 +517,7 @@ func checkNoKeys(dir string) error {
 	candidates := []string{
 		filepath.Join(dir, "keys", KeyName),
 		filepath.Join(dir, "keys", KeyName+".pub"),
+		filepath.Join(dir, "keys", NodeCAName+".key"),
 	}
 	for _, pat := range []string{KeyName, KeyName + ".pub"} {
 		m, err := filepath.Glob(filepath.Join(dir, "nodes", "*", "data", ".ssh", pat))

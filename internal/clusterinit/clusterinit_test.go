@@ -332,6 +332,7 @@ func TestGenerateStock(t *testing.T) {
 type composeFile struct {
 	Services map[string]struct {
 		Image       string            `yaml:"image"`
+		Restart     string            `yaml:"restart"`
 		Command     []string          `yaml:"command"`
 		EnvFile     string            `yaml:"env_file"`
 		Environment map[string]string `yaml:"environment"`
@@ -365,6 +366,7 @@ func TestGenerateRefusesExistingKeys(t *testing.T) {
 		"keys/charm_server_ed25519.pub",
 		"nodes/charm7/data/.ssh/charm_server_ed25519",
 		"nodes/old/data/.ssh/charm_server_ed25519.pub",
+		"keys/node-ca.key",
 	} {
 		t.Run(existing, func(t *testing.T) {
 			dir := t.TempDir()
