@@ -23,6 +23,9 @@ type nodeFlags struct {
 	debug                                    bool
 	shutdownTimeout                          time.Duration
 	metaPort                                 int
+	metaBind                                 string
+	sshMaxConns, sshMaxPerAddr               int
+	sshHandshake                             time.Duration
 	tombstoneGrace                           time.Duration
 	closed                                   bool
 	contact                                  string
@@ -56,6 +59,11 @@ a crash never leaves a partial file. The data directory's filesystem must
 support user extended attributes (ext4, xfs, btrfs). The node answers the
 HTTP port itself and passes every route but /v1/fs to charm's own HTTP server
 on an internal port (docs/node.md).
+
+The metadata endpoint the healer reads (--meta-port, authenticated) listens on
+loopback unless --meta-bind names the address the proxy reaches. SSH
+connections are bounded in total and per source address, and a client that
+has not authenticated within --ssh-handshake-timeout is closed.
 
 With --closed (CRING_CLOSED=true) the node creates no account: a key an
 administrator did not add (` + "`cring accounts add`" + `) is refused over SSH with one
@@ -96,6 +104,7 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 			err := node.Run(ctx, node.Options{
 				Config: cfg, Accounts: f.accounts, Logger: newLogger(f.logFormat, f.debug), ShutdownTimeout: f.shutdownTimeout,
 				MetaPort: f.metaPort, TombstoneGrace: f.tombstoneGrace, Closed: f.closed, Contact: f.contact,
+				MetaBind: f.metaBind, SSHMaxConns: f.sshMaxConns, SSHMaxConnsPerAddr: f.sshMaxPerAddr, SSHHandshakeTimeout: f.sshHandshake,
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -113,6 +122,10 @@ Move existing accounts in with ` + "`cring accounts import`" + `.`,
 	fl.StringVar(&f.logFormat, "log-format", "text", "cring's log format: text or json")
 	fl.BoolVar(&f.debug, "debug", false, "debug logging")
 	fl.IntVar(&f.metaPort, "meta-port", 35357, "port of the authenticated metadata endpoint the healer uses for exact size, mtime and SHA-256 (0: off)")
+	fl.StringVar(&f.metaBind, "meta-bind", "127.0.0.1", "address the metadata endpoint listens on: loopback by default; the node's cluster address (or 0.0.0.0) when the proxy runs on another host")
+	fl.IntVar(&f.sshMaxConns, "ssh-max-conns", node.DefaultSSHMaxConns, "SSH connections in total; more are closed at once")
+	fl.IntVar(&f.sshMaxPerAddr, "ssh-max-conns-per-address", node.DefaultSSHMaxConnsPerAddr, "SSH connections from one source address (an IPv6 /64 is one; a proxy's all come from its address)")
+	fl.DurationVar(&f.sshHandshake, "ssh-handshake-timeout", node.DefaultSSHHandshakeTimeout, "an SSH client that has not authenticated this long after connecting is closed")
 	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long a delete refuses older writes of what it deleted (keep it equal to the proxies')")
 	fl.BoolVar(&f.closed, "closed", false, "create no accounts: only keys added with cring accounts add (or linked by their account's owner) get in (env CRING_CLOSED=true)")
 	fl.StringVar(&f.contact, "contact", "", "with --closed, whom a refused key is told to ask (an email, a URL); default \"the server's administrator\"")

@@ -604,6 +604,16 @@ func yq(s string) string {
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
+// metaBind is where a cring node's metadata endpoint listens for the proxy:
+// the node's IP, or every interface when it is known by name (as charm's
+// own ports then listen).
+func metaBind(host string) string {
+	if net.ParseIP(host) == nil {
+		return "0.0.0.0"
+	}
+	return host
+}
+
 // bindAddress is what charm formats as "<bind>:<port>": only an IP literal
 // binds (a name might resolve elsewhere), and IPv6 needs brackets there.
 func bindAddress(host string) string {

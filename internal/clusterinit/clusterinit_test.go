@@ -208,11 +208,11 @@ func TestGenerate(t *testing.T) {
 
 	t.Run("env files", func(t *testing.T) {
 		for _, tt := range []struct {
-			node, host, bind, data string
+			node, host, bind, data, metaBind string
 		}{
-			{"charm1", "10.0.0.1", "10.0.0.1", "/srv/charm/charm1"},
-			{"charm2", "charm-b.internal", "", "/srv/charm/charm2"},
-			{"charm3", "fd00::3", "[fd00::3]", "/srv/charm/charm3"},
+			{"charm1", "10.0.0.1", "10.0.0.1", "/srv/charm/charm1", "10.0.0.1"},
+			{"charm2", "charm-b.internal", "", "/srv/charm/charm2", "0.0.0.0"},
+			{"charm3", "fd00::3", "[fd00::3]", "/srv/charm/charm3", "fd00::3"},
 		} {
 			env := parseEnv(t, read(t, dir, filepath.Join("nodes", tt.node, "charm.env")))
 			want := map[string]string{
@@ -227,6 +227,7 @@ func TestGenerate(t *testing.T) {
 				"CHARM_SERVER_ENABLE_METRICS": "false",
 				"CRING_ACCOUNTS":              "postgres://charm:pw@db.internal:5432/charm",
 				"CRING_META_PORT":             "35357",
+				"CRING_META_BIND":             tt.metaBind,
 			}
 			for k, v := range want {
 				if got, ok := env[k]; !ok || got != v {

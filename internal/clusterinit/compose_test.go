@@ -91,7 +91,7 @@ func TestComposeMatchesUnits(t *testing.T) {
 				if s.EnvFile != "./"+path.Join(filepath.ToSlash(n.Dir), "charm.env") {
 					t.Errorf("%s env_file %s, not its unit's charm.env", n.Name, s.EnvFile)
 				}
-				overrides := map[string]bool{"CHARM_SERVER_BIND_ADDRESS": true, "CHARM_SERVER_HOST": true, "CHARM_SERVER_DATA_DIR": true, "CRING_ACCOUNTS": true}
+				overrides := map[string]bool{"CHARM_SERVER_BIND_ADDRESS": true, "CHARM_SERVER_HOST": true, "CHARM_SERVER_DATA_DIR": true, "CRING_ACCOUNTS": true, "CRING_META_BIND": true}
 				for k, v := range s.Environment {
 					if !overrides[k] {
 						t.Errorf("%s: compose sets %s=%q beyond the documented container overrides", n.Name, k, v)

@@ -106,6 +106,8 @@ func charmEnv(p *plan, n Node) []byte {
 		fmt.Fprintf(&b, "CRING_ACCOUNTS=%s\n", p.accounts)
 		b.WriteString("# The healer's exact size, stamp and SHA-256 of each copy (cring.yaml's meta:).\n")
 		fmt.Fprintf(&b, "CRING_META_PORT=%d\n", MetaPort)
+		b.WriteString("# It listens on loopback unless told: here where the proxy reaches it.\n")
+		fmt.Fprintf(&b, "CRING_META_BIND=%s\n", metaBind(n.Host))
 	}
 	return []byte(b.String())
 }
@@ -278,6 +280,7 @@ services:
 `, n.Name)
 		if !p.stock {
 			fmt.Fprintf(&b, "      CRING_ACCOUNTS: %s\n", yq(pgURL))
+			b.WriteString("      CRING_META_BIND: 0.0.0.0\n")
 		}
 		fmt.Fprintf(&b, `    volumes:
       - ./cring:/cring:ro

@@ -8,6 +8,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -29,6 +30,7 @@ import (
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
 	"github.com/cring-dev/cring/internal/node/versioned"
+	"github.com/cring-dev/cring/internal/sshproxy"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -73,9 +75,18 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful shutdown (30 s, like charm serve,
 	// when 0): charm clients leave SSH connections open, which it waits for.
 	ShutdownTimeout time.Duration
-	// MetaPort, when > 0, serves versioned.MetaHandler there (on the bind
-	// address), over TLS when the node serves TLS (CHARM_SERVER_USE_TLS).
+	// MetaPort, when > 0, serves versioned.MetaHandler there (on MetaBind),
+	// over TLS when the node serves TLS (CHARM_SERVER_USE_TLS).
 	MetaPort int
+	// MetaBind is the address the metadata endpoint listens on; empty:
+	// loopback only (operator surfaces are not open to the network unless
+	// asked; a proxy on another host needs the node's cluster address).
+	MetaBind string
+	// SSH bounds (sshguard.go): connections in total and per source
+	// address, and how long a client has to authenticate; defaults when 0.
+	SSHMaxConns         int
+	SSHMaxConnsPerAddr  int
+	SSHHandshakeTimeout time.Duration
 	// TombstoneGrace: how long a delete refuses older writes (30 days when 0).
 	TombstoneGrace time.Duration
 	// Closed: no account is ever created; a key without one is refused
@@ -132,6 +143,17 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 	}
+	slots := &sshproxy.Slots{Max: o.SSHMaxConns, PerAddr: o.SSHMaxConnsPerAddr}
+	if slots.Max <= 0 {
+		slots.Max = DefaultSSHMaxConns
+	}
+	if slots.PerAddr <= 0 {
+		slots.PerAddr = min(DefaultSSHMaxConnsPerAddr, slots.Max)
+	}
+	if err := guardSSH(srv.Charm(), slots, cmp.Or(o.SSHHandshakeTimeout, DefaultSSHHandshakeTimeout), log); err != nil {
+		_ = srv.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Start() }()
 	if o.MetaPort > 0 {
@@ -141,7 +163,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		ms := &http.Server{
-			Addr:              net.JoinHostPort(cfg.BindAddr, strconv.Itoa(o.MetaPort)),
+			Addr:              net.JoinHostPort(cmp.Or(o.MetaBind, "127.0.0.1"), strconv.Itoa(o.MetaPort)),
 			Handler:           versioned.MetaHandler(srv.Store(), signer, srv.Issuer()),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
