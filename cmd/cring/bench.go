@@ -40,7 +40,12 @@ write to all N replicas (the limit of N-way replication on this machine), and
 through the proxy. read-slow and upload-slow compare the proxy with one node
 answering late against the same proxy with every node healthy.
 
-Workloads: ` + strings.Join(bench.Workloads(), ", ") + `.
+Workloads: ` + strings.Join(bench.Workloads(), ", ") + ` (all but the peers by
+default). "peers" runs peers-read and peers-upload: 4 KiB reads and uploads
+through one node direct, nginx, HAProxy (plain reverse proxies to one node,
+run unprivileged on loopback; scripts/install-peers installs them), a bare
+httputil.ReverseProxy (go-floor) and cring, in the same rounds, and prints the
+CPU per request of each and of the nodes.
 Prints ops/s, MB/s, p50, p99, the proxy's peak RSS and the ratios proxy/limit
 against the targets; --json prints the same as JSON. See docs/performance.md.`,
 		Args: cobra.NoArgs,
@@ -60,13 +65,34 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl := cmd.Flags()
 	fl.IntVar(&f.nodes, "nodes", 3, "number of Charm nodes")
 	fl.DurationVar(&f.duration, "duration", 5*time.Second, "measured time per workload and mode (large uploads: 4x)")
-	fl.StringSliceVar(&f.workloads, "workloads", nil, "comma-separated subset to run (default all: "+strings.Join(bench.Workloads(), ",")+")")
+	fl.StringSliceVar(&f.workloads, "workloads", nil, "comma-separated subset to run, or peers (default: "+strings.Join(bench.DefaultWorkloads(), ",")+")")
 	fl.StringVar(&f.dir, "dir", "", "where the cluster's data (removed afterwards) and the proxy's log (kept) go (default: a temporary directory, removed afterwards)")
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.DurationVar(&f.slowDelay, "slow-delay", 200*time.Millisecond, "how late the slowed node answers in read-slow and upload-slow")
 	fl.BoolVar(&f.inProcess, "nodes-in-process", false, "run the nodes inside the bench process instead of as their own cring node processes (cheaper baselines than any real client gets)")
 	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
+	cmd.AddCommand(newBenchFloorCmd())
+	return cmd
+}
+
+// newBenchFloorCmd is the peers workloads' Go floor, run by the bench as
+// its own process like the proxy.
+func newBenchFloorCmd() *cobra.Command {
+	var addr, upstream string
+	cmd := &cobra.Command{
+		Use:    "floor",
+		Short:  "Serve a bare httputil.ReverseProxy in front of one node (the bench's Go floor)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return bench.Floor(ctx, addr, upstream)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "address", "127.0.0.1:0", "listen address")
+	cmd.Flags().StringVar(&upstream, "upstream", "", "the node's base URL (http://host:port)")
 	return cmd
 }
 
@@ -92,7 +118,7 @@ func (f *benchFlags) options() (bench.Options, error) {
 		if w = strings.TrimSpace(w); w == "" {
 			continue
 		}
-		if !slices.Contains(bench.Workloads(), w) {
+		if !slices.Contains(bench.Workloads(), w) && w != bench.WorkloadPeers {
 			return bench.Options{}, fmt.Errorf("--workloads: unknown workload %q (known: %s)", w, strings.Join(bench.Workloads(), ", "))
 		}
 		workloads = append(workloads, w)

@@ -37,11 +37,40 @@ const (
 	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
 	WorkloadHash        = "hash"         // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
 	WorkloadScrub       = "scrub"        // 4 KiB reads while the scrub hashes every copy at its default rate
+	// CPU per request of cring against other reverse proxies in front of
+	// one node (nginx, HAProxy, a bare httputil.ReverseProxy): 4 KiB reads
+	// and uploads, 8 concurrent. Not run by default (nginx and HAProxy come
+	// from Debian's packages: scripts/install-peers).
+	WorkloadPeersRead   = "peers-read"
+	WorkloadPeersUpload = "peers-upload"
+	// WorkloadPeers names both peers workloads in --workloads.
+	WorkloadPeers = "peers"
 )
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadHash}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadHash, WorkloadPeersRead, WorkloadPeersUpload}
+}
+
+// DefaultWorkloads are the workloads a run without a list runs: all but the
+// peers, which need nginx and HAProxy installed.
+func DefaultWorkloads() []string {
+	return slices.DeleteFunc(Workloads(), isPeers)
+}
+
+func isPeers(name string) bool { return name == WorkloadPeersRead || name == WorkloadPeersUpload }
+
+// ExpandWorkloads replaces the group name "peers" with its workloads.
+func ExpandWorkloads(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if n == WorkloadPeers {
+			out = append(out, WorkloadPeersRead, WorkloadPeersUpload)
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // Modes: who the client talks to.
@@ -129,8 +158,9 @@ func (o *Options) defaults() error {
 		return fmt.Errorf("read percent %d is over 100", o.ReadPercent)
 	}
 	if len(o.Workloads) == 0 {
-		o.Workloads = Workloads()
+		o.Workloads = DefaultWorkloads()
 	}
+	o.Workloads = ExpandWorkloads(o.Workloads)
 	for _, w := range o.Workloads {
 		if !slices.Contains(Workloads(), w) {
 			return fmt.Errorf("unknown workload %q (known: %s)", w, strings.Join(Workloads(), ", "))
@@ -191,6 +221,20 @@ type Workload struct {
 	Target      string   `json:"target,omitempty"`
 	Met         *bool    `json:"met,omitempty"` // nil: no target
 	Misses      []string `json:"misses,omitempty"`
+	// CPU is, in the peers workloads, cring's CPU against every other mode's.
+	CPU []CPURatio `json:"cpu_ratios,omitempty"`
+}
+
+// CPURatio is cring's CPU per request over another mode's (peers
+// workloads).
+type CPURatio struct {
+	Vs string `json:"vs"`
+	// Proxy: the proxy process's CPU per client request, and per request
+	// it sent to a node (cring replicates an upload to N nodes).
+	ProxyPerOp       float64 `json:"proxy_per_op,omitempty"`
+	ProxyPerUpstream float64 `json:"proxy_per_upstream_request,omitempty"`
+	// Nodes: the nodes' CPU per client request.
+	NodesPerOp float64 `json:"nodes_per_op,omitempty"`
 }
 
 // Result is one mode's measurement.
@@ -215,6 +259,14 @@ type Result struct {
 	BenchCPUPerOpUs float64 `json:"bench_cpu_per_op_us,omitempty"`
 	ProxyCPUPerOpUs float64 `json:"proxy_cpu_per_op_us,omitempty"`
 	CPUBusy         float64 `json:"cpu_busy,omitempty"`
+	// Peers workloads, each the median over the rounds' slices: the nodes'
+	// CPU alone per operation, the requests the front (the proxy, nginx…)
+	// sent to nodes per operation, and its CPU per such request.
+	// ProxyCPUPerOpUs is then the median too, of whatever process stands
+	// in front of the nodes (none: direct).
+	NodesCPUPerOpUs       float64 `json:"nodes_cpu_per_op_us,omitempty"`
+	UpstreamPerOp         float64 `json:"upstream_requests_per_op,omitempty"`
+	ProxyCPUPerUpstreamUs float64 `json:"proxy_cpu_per_upstream_request_us,omitempty"`
 }
 
 // Ratio is the proxy's run over the baseline's.
@@ -290,6 +342,10 @@ func judge(w *Workload) {
 	for _, r := range w.Runs {
 		runs[r.Mode] = r
 	}
+	if isPeers(w.Name) {
+		judgePeers(w, runs)
+		return
+	}
 	ratio := func(base *Result) *Ratio {
 		px := runs[ModeProxy]
 		if base == nil || px == nil || base.OpsPerSec == 0 || base.P50Ms == 0 || base.P99Ms == 0 {
@@ -343,6 +399,74 @@ func judge(w *Workload) {
 	for _, r := range w.Runs {
 		check(r.Errors == 0, "%d errors in %s", r.Errors, r.Mode)
 	}
+	met := len(misses) == 0
+	w.Met = &met
+	w.Misses = misses
+}
+
+// judgePeers relates cring's CPU to every other mode's and checks the
+// targets of issue 18: reads ≤ 1.25x the Go floor and ≤ 2x nginx, and no
+// more of the nodes' CPU than direct reads; uploads ≤ 1.5x nginx per
+// request sent to a node.
+func judgePeers(w *Workload, runs map[string]*Result) {
+	px := runs[ModeProxy]
+	if px == nil || px.ProxyCPUPerOpUs == 0 {
+		return
+	}
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	for _, r := range w.Runs {
+		if r.Mode == ModeProxy {
+			continue
+		}
+		w.CPU = append(w.CPU, CPURatio{Vs: r.Mode,
+			ProxyPerOp:       div(px.ProxyCPUPerOpUs, r.ProxyCPUPerOpUs),
+			ProxyPerUpstream: div(px.ProxyCPUPerUpstreamUs, r.ProxyCPUPerUpstreamUs),
+			NodesPerOp:       div(px.NodesCPUPerOpUs, r.NodesCPUPerOpUs)})
+	}
+	var misses []string
+	check := func(ok bool, msg string, args ...any) {
+		if !ok {
+			misses = append(misses, fmt.Sprintf(msg, args...))
+		}
+	}
+	ratio := func(mode string, f func(CPURatio) float64) (float64, bool) {
+		for _, c := range w.CPU {
+			if c.Vs == mode {
+				return f(c), f(c) > 0
+			}
+		}
+		return 0, false
+	}
+	perOp := func(c CPURatio) float64 { return c.ProxyPerOp }
+	perUp := func(c CPURatio) float64 { return c.ProxyPerUpstream }
+	nodes := func(c CPURatio) float64 { return c.NodesPerOp }
+	var targets []string
+	if w.Name == WorkloadPeersRead {
+		targets = []string{"cpu ≤ 1.25x " + ModeFloor, "≤ 2x " + ModeNginx, "nodes ≤ 1x " + ModeDirect}
+		if v, ok := ratio(ModeFloor, perOp); ok {
+			check(v <= 1.25, "cpu %.2fx %s > 1.25x", v, ModeFloor)
+		}
+		if v, ok := ratio(ModeNginx, perOp); ok {
+			check(v <= 2, "cpu %.2fx %s > 2x", v, ModeNginx)
+		}
+		if v, ok := ratio(ModeDirect, nodes); ok {
+			check(v <= 1, "nodes' cpu %.2fx %s > 1x", v, ModeDirect)
+		}
+	} else {
+		targets = []string{"cpu per node request ≤ 1.5x " + ModeNginx}
+		if v, ok := ratio(ModeNginx, perUp); ok {
+			check(v <= 1.5, "cpu per node request %.2fx %s > 1.5x", v, ModeNginx)
+		}
+	}
+	for _, r := range w.Runs {
+		check(r.Errors == 0, "%d errors in %s", r.Errors, r.Mode)
+	}
+	w.Target = strings.Join(targets, ", ")
 	met := len(misses) == 0
 	w.Met = &met
 	w.Misses = misses

@@ -176,3 +176,101 @@ func TestQuantile(t *testing.T) {
 		t.Errorf("p99 of one sample = %d", q)
 	}
 }
+
+// TestPeersSmoke runs both peers workloads for a moment: nginx, HAProxy and
+// the Go floor come up unprivileged in front of one node, every mode
+// answers, and cring's CPU is related to each of theirs.
+func TestPeersSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster, a proxy, nginx and HAProxy")
+	}
+	for _, mode := range []string{ModeNginx, ModeHAProxy} {
+		if _, err := peerBinary(mode); err != nil {
+			t.Fatalf("%v: run scripts/install-peers (scripts/test does)", err)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "cring")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/cring").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var progress bytes.Buffer
+	rep, err := Run(context.Background(), Options{
+		Nodes:     3,
+		Duration:  500 * time.Millisecond,
+		Rounds:    2,
+		Warmup:    50 * time.Millisecond,
+		Dir:       t.TempDir(),
+		Binary:    bin,
+		Progress:  &progress,
+		SmallSize: 1 << 10,
+		ReadFiles: 16,
+		Workloads: []string{WorkloadPeers},
+	})
+	t.Logf("progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{ModeDirect, ModeNginx, ModeHAProxy, ModeFloor, ModeProxy}
+	if len(rep.Workloads) != 2 {
+		t.Fatalf("%d workloads, want peers-read and peers-upload", len(rep.Workloads))
+	}
+	for _, w := range rep.Workloads {
+		var modes []string
+		for _, r := range w.Runs {
+			modes = append(modes, r.Mode)
+			if r.Ops == 0 || r.Errors != 0 {
+				t.Errorf("%s %s: %+v", w.Name, r.Mode, r)
+			}
+			if r.NodesCPUPerOpUs <= 0 || r.UpstreamPerOp <= 0 {
+				t.Errorf("%s %s: no nodes' CPU or node requests: %+v", w.Name, r.Mode, r)
+			}
+			if (r.Mode == ModeDirect) != (r.ProxyCPUPerOpUs == 0) {
+				t.Errorf("%s %s: front CPU %.0f µs/op", w.Name, r.Mode, r.ProxyCPUPerOpUs)
+			}
+		}
+		if strings.Join(modes, ",") != strings.Join(want, ",") {
+			t.Errorf("%s ran modes %v, want %v", w.Name, modes, want)
+		}
+		if len(w.CPU) != len(want)-1 || w.Met == nil {
+			t.Errorf("%s: ratios %+v, judged %v", w.Name, w.CPU, w.Met)
+		}
+		if px := w.Runs[len(w.Runs)-1]; w.Name == WorkloadPeersUpload && px.UpstreamPerOp < 2.5 {
+			// N=3: every upload is sent to three nodes.
+			t.Errorf("uploads through cring: %.2f node requests each, want ~3", px.UpstreamPerOp)
+		}
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	for _, s := range []string{"read 1KiB ×8, peers", "upload 1KiB ×8, peers", "go-floor", "haproxy", "nginx", "cring vs"} {
+		if !strings.Contains(table.String(), s) {
+			t.Errorf("table lacks %q", s)
+		}
+	}
+}
+
+func TestSumMetric(t *testing.T) {
+	text := `# HELP cring_node_requests_total Requests the proxy sent to nodes.
+# TYPE cring_node_requests_total counter
+cring_node_requests_total{node="a",outcome="2xx"} 10
+cring_node_requests_total{node="b",outcome="4xx"} 2.5
+cring_node_requests_total_other 100
+cring_node_request_duration_seconds_count{node="a"} 7
+`
+	for _, tc := range []struct {
+		name string
+		want float64
+		ok   bool
+	}{
+		{"cring_node_requests_total", 12.5, true},
+		{"cring_node_request_duration_seconds_count", 7, true},
+		{"cring_missing", 0, false},
+	} {
+		got, ok := sumMetric(text, tc.name)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("sumMetric(%s) = %v, %v; want %v, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+}

@@ -54,6 +54,8 @@ type env struct {
 	restoreLogs func()
 	pin         *pinning // nil: not pinned
 	nodeTmp     string   // the in-process nodes' TMPDIR
+	sysTmp      string   // the temporary directory before the bench changed TMPDIR
+	peers       *peers   // nginx, HAProxy and the Go floor, once a peers workload started them
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -113,6 +115,7 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 	}
 	e.scratch = append(e.scratch, tmp)
 	e.nodeTmp = tmp
+	e.sysTmp = os.TempDir()
 	prevTmp, hadTmp := os.LookupEnv("TMPDIR")
 	_ = os.Setenv("TMPDIR", tmp)
 	restore := e.restoreLogs
@@ -196,7 +199,8 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 	return e, nil
 }
 
-// proc is a `cring serve` process the bench runs.
+// proc is a `cring serve` process the bench runs, or a peer (nginx,
+// HAProxy, the Go floor).
 type proc struct {
 	url   string // http://127.0.0.1:port
 	admin string // http://127.0.0.1:port
@@ -205,9 +209,19 @@ type proc struct {
 	err   error         // its Wait error, once done is closed
 	stop  context.CancelFunc
 	log   *os.File
+	tree  bool // its CPU is its own and its descendants' (nginx's workers)
 }
 
 func (px *proc) pid() int { return px.cmd.Process.Pid }
+
+// cpu is the CPU time the process (and its descendants, for a tree) used
+// so far.
+func (px *proc) cpu() (time.Duration, bool) {
+	if px.tree {
+		return treeCPU(px.pid())
+	}
+	return cpuTime(px.pid())
+}
 
 // sweepTmp removes the temporary files the nodes leaked (charm keeps a
 // copy of every upload over 32 MiB), or 64 MiB uploads would fill the disk
@@ -383,12 +397,13 @@ func resetPeakRSS(px *proc) bool {
 }
 
 func (e *env) close() {
-	for _, px := range e.procs {
+	for _, px := range slices.Clone(e.procs) { // stopProxy removes from e.procs
 		e.stopProxy(px)
 	}
 	if e.client != nil {
 		e.client.CloseIdleConnections()
 	}
+	e.peers.close()
 	if e.dc != nil {
 		_ = e.dc.Close()
 		e.dc = nil

@@ -211,6 +211,60 @@ type series struct {
 	first   error
 	wall    time.Duration
 	cpu     cpuSample // CPU used during the slices
+	slices  []sliceCPU
+}
+
+// sliceCPU is one slice's operations, node requests and CPU.
+type sliceCPU struct {
+	ops      int
+	upstream float64
+	cpu      cpuSample
+}
+
+// opsSoFar counts the successful operations measured so far.
+func (s *series) opsSoFar() int { return len(s.lat) }
+
+// addSlice records one slice's CPU (samples c0 and c1 around it).
+func (s *series) addSlice(ops int, upstream float64, c0, c1 cpuSample) {
+	var c cpuSample
+	c.add(c0, c1)
+	if upstream <= 0 {
+		upstream = float64(ops)
+	}
+	if c.ok && ops > 0 {
+		s.slices = append(s.slices, sliceCPU{ops: ops, upstream: upstream, cpu: c})
+	}
+}
+
+// medians puts the medians over the slices of the CPU per operation in r
+// (the peers workloads): a slice disturbed by something else on the
+// machine moves them less than it moves a sum. front: a process stands
+// in front of the nodes.
+func (s *series) medians(r *Result, front bool) {
+	if len(s.slices) == 0 {
+		return
+	}
+	med := func(f func(sliceCPU) float64) float64 {
+		v := make([]float64, len(s.slices))
+		for k, sl := range s.slices {
+			v[k] = f(sl)
+		}
+		slices.Sort(v)
+		if n := len(v); n%2 == 0 {
+			return (v[n/2-1] + v[n/2]) / 2
+		}
+		return v[len(v)/2]
+	}
+	us := func(d time.Duration, n float64) float64 { return float64(d.Microseconds()) / n }
+	r.BenchCPUPerOpUs = med(func(sl sliceCPU) float64 { return us(sl.cpu.bench, float64(sl.ops)) })
+	r.NodesCPUPerOpUs = med(func(sl sliceCPU) float64 { return us(sl.cpu.nodes, float64(sl.ops)) })
+	r.UpstreamPerOp = med(func(sl sliceCPU) float64 { return sl.upstream / float64(sl.ops) })
+	if !front {
+		r.ProxyCPUPerOpUs, r.ProxyCPUPerUpstreamUs = 0, 0
+		return
+	}
+	r.ProxyCPUPerOpUs = med(func(sl sliceCPU) float64 { return us(sl.cpu.proxy, float64(sl.ops)) })
+	r.ProxyCPUPerUpstreamUs = med(func(sl sliceCPU) float64 { return us(sl.cpu.proxy, sl.upstream) })
 }
 
 func newSeries(mode string, conc int, seed uint64) *series {

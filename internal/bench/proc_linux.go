@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"runtime"
 	"strconv"
 	"strings"
@@ -121,4 +122,53 @@ func cpuTime(pid int) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(ut+st) * (time.Second / 100), true
+}
+
+// unprivileged is the user nginx and HAProxy run as when the bench runs as
+// root (nobody); drop is false otherwise: they run as the bench's own user.
+func unprivileged() (uid, gid int, drop bool) {
+	if os.Geteuid() != 0 {
+		return 0, 0, false
+	}
+	uid, gid = 65534, 65534
+	if u, err := user.Lookup("nobody"); err == nil {
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+	}
+	return uid, gid, true
+}
+
+// runAs makes cmd run as uid and gid, with no supplementary groups.
+func runAs(cmd *exec.Cmd, uid, gid int) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
+}
+
+// treeCPU is the CPU time of process pid and its descendants (nginx's
+// master and workers), as cpuTime counts it.
+func treeCPU(pid int) (time.Duration, bool) {
+	total, ok := cpuTime(pid)
+	if !ok {
+		return 0, false
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, c := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(c); err == nil {
+				if d, ok := treeCPU(child); ok {
+					total += d
+				}
+			}
+		}
+	}
+	return total, true
 }

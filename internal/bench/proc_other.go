@@ -23,3 +23,9 @@ func (*pinning) benchCommand(name string, args []string) (string, []string) { re
 func setDeathSignal(*exec.Cmd) {}
 
 func cpuTime(int) (time.Duration, bool) { return 0, false }
+
+func unprivileged() (uid, gid int, drop bool) { return 0, 0, false }
+
+func runAs(*exec.Cmd, int, int) {}
+
+func treeCPU(int) (time.Duration, bool) { return 0, false }

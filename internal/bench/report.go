@@ -32,10 +32,18 @@ func (r *Report) WriteTable(out io.Writer) error {
 	fmt.Fprintf(&b, "%s\n%s\n\n", title.Render(fmt.Sprintf("cring bench · %d nodes, N=%d W=%d · %s per run", r.Nodes, r.Replicas, r.WriteQuorum, r.Duration)),
 		dim.Render(fmt.Sprintf("%s · %s/%s · %s", cpu, r.Machine.OS, r.Machine.Arch, r.Machine.GoVersion)))
 
-	if len(r.Workloads) > 0 {
+	var main, peerWs []*Workload
+	for _, w := range r.Workloads {
+		if isPeers(w.Name) {
+			peerWs = append(peerWs, w)
+		} else {
+			main = append(main, w)
+		}
+	}
+	if len(main) > 0 {
 		rows := [][]string{{"workload", "mode", "ops/s", "MB/s", "p50", "p99", "max", "errors", "cpu µs/op bench+proxy", "cpu busy", "proxy peak RSS"}}
 		var styles []*lipgloss.Style
-		for _, w := range r.Workloads {
+		for _, w := range main {
 			for k, run := range w.Runs {
 				name := ""
 				if k == 0 {
@@ -64,7 +72,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 		b.WriteString("\n")
 		rows = [][]string{{"workload", "proxy vs", "throughput", "p50", "p99", "target", ""}}
 		styles = nil
-		for _, w := range r.Workloads {
+		for _, w := range main {
 			if w.Ratio == nil {
 				continue
 			}
@@ -92,6 +100,10 @@ func (r *Report) WriteTable(out io.Writer) error {
 		table(&b, rows, styles, dim, 2)
 	}
 
+	if len(peerWs) > 0 {
+		writePeers(&b, peerWs, proxyRow, dim, good, bad)
+	}
+
 	if bu := r.BigUpload; bu != nil {
 		verdict := good.Render("✓ met")
 		if !bu.Met {
@@ -117,6 +129,74 @@ func (r *Report) WriteTable(out io.Writer) error {
 	b.WriteString(dim.Render("cpu µs/op: CPU time per operation of the client and the nodes (the bench process, and the node processes if any) + the proxy process; cpu busy: all of them over all CPUs") + "\n")
 	_, err := io.WriteString(out, b.String())
 	return err
+}
+
+// writePeers prints the peers workloads: every mode's CPU per request
+// (medians over the rounds), then cring's over each other mode's.
+func writePeers(b *strings.Builder, ws []*Workload, proxyRow, dim, good, bad lipgloss.Style) {
+	if b.Len() > 0 {
+		b.WriteString("\n")
+	}
+	rows := [][]string{{"peers", "mode", "ops/s", "p50", "p99", "errors", "front µs/op", "node reqs/op", "front µs/node req", "nodes µs/op", "client µs/op"}}
+	var styles []*lipgloss.Style
+	us := func(v float64) string {
+		if v == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.0f", v)
+	}
+	for _, w := range ws {
+		for k, run := range w.Runs {
+			name := ""
+			if k == 0 {
+				name = w.Title
+			}
+			rows = append(rows, []string{name, run.Mode, num(run.OpsPerSec), msec(run.P50Ms), msec(run.P99Ms), fmt.Sprint(run.Errors),
+				us(run.ProxyCPUPerOpUs), fmt.Sprintf("%.2f", run.UpstreamPerOp), us(run.ProxyCPUPerUpstreamUs),
+				us(run.NodesCPUPerOpUs), us(run.BenchCPUPerOpUs - run.NodesCPUPerOpUs)})
+			var st *lipgloss.Style
+			if run.Mode == ModeProxy {
+				st = &proxyRow
+			}
+			styles = append(styles, st)
+		}
+	}
+	table(b, rows, styles, dim, 2)
+
+	b.WriteString("\n")
+	rows = [][]string{{"peers", "cring vs", "cpu/op", "cpu/node req", "nodes' cpu/op"}}
+	styles = nil
+	x := func(v float64) string {
+		if v == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.2fx", v)
+	}
+	var verdicts []string
+	for _, w := range ws {
+		for k, c := range w.CPU {
+			name := ""
+			if k == 0 {
+				name = w.Title
+			}
+			rows = append(rows, []string{name, c.Vs, x(c.ProxyPerOp), x(c.ProxyPerUpstream), x(c.NodesPerOp)})
+			styles = append(styles, nil)
+		}
+		verdict := dim.Render("no target")
+		switch {
+		case w.Met == nil:
+		case *w.Met:
+			verdict = good.Render("✓ met")
+		default:
+			verdict = bad.Render("✗ " + strings.Join(w.Misses, "; "))
+		}
+		verdicts = append(verdicts, fmt.Sprintf("%s: %s %s", w.Title, w.Target, verdict))
+	}
+	table(b, rows, styles, dim, 2)
+	for _, v := range verdicts {
+		b.WriteString(v + "\n")
+	}
+	b.WriteString(dim.Render("front: the process between client and nodes (cring, nginx with its workers, HAProxy, go-floor: a bare httputil.ReverseProxy); medians over the rounds") + "\n")
 }
 
 // table writes rows with columns aligned (text left, numbers right); row 0

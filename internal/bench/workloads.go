@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -30,6 +31,11 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		op   op
 	}
 	var modes []mode
+	// fronts, when set, names the process in front of the nodes in each
+	// mode (nil: none), measured instead of px; upstream counts the
+	// requests a mode's front sent to nodes (nil: one per operation).
+	var fronts map[string]*proc
+	upstream := map[string]func(context.Context) (float64, bool){}
 	switch name {
 	case WorkloadUploadSmall, WorkloadUploadLarge:
 		size, conc := o.SmallSize, o.SmallConc
@@ -168,6 +174,40 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 			{ModeLimit, mixed(ModeLimit, direct[0], replicas)},
 			{ModeProxy, mixed(ModeProxy, e.proxyURL, proxy)},
 		}
+	case WorkloadPeersRead, WorkloadPeersUpload:
+		ps, err := e.startPeers(ctx)
+		if err != nil {
+			return nil, err
+		}
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeFloor
+		var do func(mode, base string) op
+		if name == WorkloadPeersRead {
+			w.Title = fmt.Sprintf("read %s ×%d, peers", FormatSize(o.SmallSize), o.SmallConc)
+			files, err := e.readSet(ctx)
+			if err != nil {
+				return nil, err
+			}
+			do = func(_, base string) op { return e.readOp(base, files) }
+		} else {
+			w.Title = fmt.Sprintf("upload %s ×%d, peers", FormatSize(o.SmallSize), o.SmallConc)
+			do = func(mode, base string) op {
+				paths := newPaths(fmt.Sprintf("bench/%s/%s", name, mode), 0)
+				return func(ctx context.Context, wk *worker) (int64, error) {
+					return o.SmallSize, e.upload(ctx, base, paths.next(wk), o.SmallSize)
+				}
+			}
+		}
+		fronts = map[string]*proc{ModeDirect: nil, ModeProxy: px}
+		modes = []mode{{ModeDirect, do(ModeDirect, direct[0])}}
+		for _, m := range []string{ModeNginx, ModeHAProxy, ModeFloor} {
+			if pp := ps.procs[m]; pp != nil {
+				fronts[m] = pp
+				modes = append(modes, mode{m, do(m, pp.url)})
+			}
+		}
+		modes = append(modes, mode{ModeProxy, do(ModeProxy, e.proxyURL)})
+		upstream[ModeProxy] = func(ctx context.Context) (float64, bool) { return e.nodeRequests(ctx, px) }
+
 	default:
 		return nil, fmt.Errorf("unknown workload %q", name)
 	}
@@ -197,9 +237,23 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		for j := range modes {
 			k := (round + j) % len(modes)
 			m := modes[k]
-			c0 := e.cpuOf(px)
+			front := px
+			if fronts != nil {
+				front = fronts[m.name]
+			}
+			count := upstream[m.name]
+			u0, uok := countOf(ctx, count)
+			c0 := e.cpuOf(front)
+			ops0 := runs[k].opsSoFar()
 			runs[k].slice(ctx, slice, m.op)
-			runs[k].cpu.add(c0, e.cpuOf(px))
+			c1 := e.cpuOf(front)
+			runs[k].cpu.add(c0, c1)
+			ops := runs[k].opsSoFar() - ops0
+			up := float64(ops)
+			if u1, ok := countOf(ctx, count); ok && uok {
+				up = u1 - u0
+			}
+			runs[k].addSlice(ops, up, c0, c1)
 			e.sweepTmp()
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -208,6 +262,9 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	}
 	for k, m := range modes {
 		r := runs[k].result()
+		if fronts != nil {
+			runs[k].medians(r, fronts[m.name] != nil)
+		}
 		if m.name == ModeProxy || m.name == ModeHealthy {
 			if rss, err := e.peakRSS(ctx, px); err == nil {
 				r.PeakRSS = rss
@@ -222,26 +279,33 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	return w, nil
 }
 
-// cpuSample is both processes' CPU time, at one moment or summed over
-// slices.
+// cpuSample is the processes' CPU time, at one moment or summed over
+// slices: the bench side (this process and the node processes, if any),
+// the nodes alone, and the process in front of them.
 type cpuSample struct {
-	bench, proxy time.Duration
-	ok           bool
+	bench, nodes, proxy time.Duration
+	ok                  bool
 }
 
-// cpuOf samples this process with the node processes, if any (the
-// "bench" side), and proxy px.
+// cpuOf samples this process with the node processes, and px (nil: no
+// process in front of the nodes, proxy stays 0).
 func (e *env) cpuOf(px *proc) cpuSample {
 	b, ok := cpuTime(0)
+	var nodes time.Duration
 	for _, n := range e.dc.Nodes {
 		if pid := n.Pid(); pid != 0 {
 			d, nok := cpuTime(pid)
-			b += d
+			nodes += d
 			ok = ok && nok
 		}
 	}
-	p, pok := cpuTime(px.pid())
-	return cpuSample{bench: b, proxy: p, ok: ok && pok}
+	var p time.Duration
+	if px != nil {
+		var pok bool
+		p, pok = px.cpu()
+		ok = ok && pok
+	}
+	return cpuSample{bench: b + nodes, nodes: nodes, proxy: p, ok: ok}
 }
 
 // add adds the CPU used between samples c0 and c1.
@@ -251,7 +315,60 @@ func (c *cpuSample) add(c0, c1 cpuSample) {
 	}
 	c.ok = true
 	c.bench += c1.bench - c0.bench
+	c.nodes += c1.nodes - c0.nodes
 	c.proxy += c1.proxy - c0.proxy
+}
+
+// countOf calls count, if any.
+func countOf(ctx context.Context, count func(context.Context) (float64, bool)) (float64, bool) {
+	if count == nil {
+		return 0, false
+	}
+	return count(ctx)
+}
+
+// nodeRequests is the number of requests proxy px has sent to nodes so
+// far, from its cring_node_requests_total.
+func (e *env) nodeRequests(ctx context.Context, px *proc) (float64, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, px.admin+"/metrics", nil)
+	if err != nil {
+		return 0, false
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return 0, false
+	}
+	return sumMetric(string(b), "cring_node_requests_total")
+}
+
+// sumMetric adds up every sample of a metric in Prometheus text format.
+func sumMetric(text, name string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
 }
 
 // record puts the CPU per operation in r.
