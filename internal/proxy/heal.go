@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"iter"
 	"mime/multipart"
 	"net/http"
 	"net/url"
@@ -178,16 +180,25 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, o := p.list(ctx, i, req)
+			// Copies go to out as they stream in: those of a listing that
+			// breaks off are real tombstones all the same.
+			listed, o := p.listStream(ctx, i, req, func(rd io.Reader) error {
+				_, err := decodeListing(rd, func(b []charm.FileInfo) error {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, f := range b {
+						out[f.Name] = append(out[f.Name], tombCopy{node: i, size: f.Size, mtime: f.ModTime})
+					}
+					return nil
+				})
+				return err
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case d != nil:
+			case listed:
 				read++
 				none = false
-				for _, f := range d.Files {
-					out[f.Name] = append(out[f.Name], tombCopy{node: i, size: f.Size, mtime: f.ModTime})
-				}
 			case o.status == http.StatusNotFound:
 				read++
 			default:
@@ -203,13 +214,15 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 	return out, read
 }
 
-// tombstoneStamps reads the tombstones that cover a listing's entries (and
-// the listed directory) and returns name → the newest delete's time, from
-// the stamps in their bodies. Bodies are cached by each copy's size and
-// modification time, so a listing reads each tombstone once. ok is false
-// when no copy of some tombstone could be read: the listing can't tell
-// what it deleted, and hiding entries on a guess would shorten it.
-func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRef, dir *charm.FileInfo, tombs map[string][]tombCopy) (map[string]time.Time, bool) {
+// tombstoneStamps reads the tombstones that cover a listing's entries
+// (named by names) and the listed directory, and returns name → the newest
+// delete's time, from the stamps in their bodies. Bodies are cached by each
+// copy's size and modification time, so a listing reads each tombstone
+// once. ok is false when no copy of some tombstone could be read: the
+// listing can't tell what it deleted, and hiding entries on a guess would
+// shorten it. Only the tombstones that exist are kept, so a big listing
+// with few deletes costs little.
+func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRef, names iter.Seq[string], tombs map[string][]tombCopy) (map[string]time.Time, bool) {
 	out := map[string]time.Time{}
 	if len(tombs) == 0 {
 		return out, true
@@ -218,8 +231,10 @@ func (p *Proxy) tombstoneStamps(ctx context.Context, r *http.Request, ref fileRe
 	for _, c := range tombstone.Covering(ref.path) {
 		want[tombstone.Name(c)] = true
 	}
-	for _, f := range dir.Files {
-		want[tombstone.Name(ref.path+"/"+f.Name)] = true
+	for n := range names {
+		if name := tombstone.Name(ref.path + "/" + n); len(tombs[name]) > 0 {
+			want[name] = true
+		}
 	}
 	for name := range want {
 		copies := tombs[name]
@@ -314,42 +329,6 @@ func (u *userSet) forget(user string) {
 	u.mu.Lock()
 	delete(u.m, user)
 	u.mu.Unlock()
-}
-
-// dropDeleted removes listing entries that a tombstone at least as new
-// covers (tombs: name → the delete's time), and cring's own directory from
-// the user's root. Entries are compared by modification time: listings
-// don't carry stamps yet (docs/design.md, "What stock nodes can't do").
-func dropDeleted(dir *charm.FileInfo, dirPath string, tombs map[string]time.Time) {
-	for _, c := range tombstone.Covering(dirPath) {
-		if t, ok := tombs[tombstone.Name(c)]; ok {
-			// The directory itself was deleted: only what was written
-			// since survives.
-			kept := dir.Files[:0]
-			for _, f := range dir.Files {
-				if f.IsDir || f.ModTime.After(t) {
-					kept = append(kept, f)
-				}
-			}
-			dir.Files = kept
-		}
-	}
-	kept := dir.Files[:0]
-	for _, f := range dir.Files {
-		p := tombstone.Clean(dirPath + "/" + f.Name)
-		if tombstone.Reserved(p) {
-			continue
-		}
-		if len(tombs) == 0 || f.IsDir {
-			kept = append(kept, f)
-			continue
-		}
-		if t, ok := tombs[tombstone.Name(p)]; ok && !f.ModTime.After(t) {
-			continue
-		}
-		kept = append(kept, f)
-	}
-	dir.Files = kept
 }
 
 // deletion is what the tombstones say of a copy.

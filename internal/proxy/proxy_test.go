@@ -1034,8 +1034,22 @@ func TestListingMerge(t *testing.T) {
 			t.Errorf("status %d %q, want 503 for an incomplete listing", r.status, r.body)
 		}
 	})
-	t.Run("mergeDirs", func(t *testing.T) {
-		got, _ := mergeDirs([]*charm.FileInfo{listings[2].dir, listings[1].dir, listings[0].dir})
+	t.Run("dirMerge", func(t *testing.T) {
+		m := newDirMerge()
+		for _, l := range []entry{listings[2], listings[1], listings[0]} {
+			b, _ := json.Marshal(l.dir)
+			if err := m.add(bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var out bytes.Buffer
+		if err := m.writeJSON(&out, nil); err != nil {
+			t.Fatal(err)
+		}
+		var got charm.FileInfo
+		if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+			t.Fatal(err)
+		}
 		want := []string{"a", "b", "c", "d"}
 		var names []string
 		for _, f := range got.Files {

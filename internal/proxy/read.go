@@ -2,23 +2,15 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
-	"time"
-
-	charm "github.com/charmbracelet/charm/proto"
 
 	"github.com/cring-dev/cring/internal/stall"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
-
-// maxListing caps one node's directory listing held for merging.
-const maxListing = 64 << 20
 
 // read serves GET /v1/fs/*: replicas in preference order (known-down nodes
 // skipped), failing over on errors and 404 until one has it. A directory
@@ -187,9 +179,9 @@ func isJSON(h http.Header) bool {
 // directory contribute nothing.
 func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef, first int, resp *http.Response, cancel context.CancelCauseFunc, asked []bool, unreachable int) {
 	ctx := r.Context()
-	l := &listings{mode: resp.Header.Get("X-File-Mode"), unreachable: unreachable}
+	l := &listings{merged: newDirMerge(), mode: resp.Header.Get("X-File-Mode"), unreachable: unreachable}
 	sr := stall.NewReader(resp.Body, p.stall, cancel, errStalled)
-	dir, err := decodeListing(sr)
+	err := l.merged.add(sr)
 	sr.Stop()
 	resp.Body.Close()
 	if err != nil {
@@ -198,7 +190,6 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 		p.log.Warn("listing failed", "node", p.nodes[first].Name, "err", err)
 		l.unreachable++
 	} else {
-		l.lists = append(l.lists, dir)
 		l.answered = append(l.answered, first)
 	}
 	var others []int
@@ -220,7 +211,7 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 // healthy node at once (one round trip instead of two). False when it turns
 // out not to be one: the caller reads it the usual way.
 func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) bool {
-	l := &listings{}
+	l := &listings{merged: newDirMerge()}
 	var nodes []int
 	for i := range p.nodes {
 		if p.health.Healthy(i) {
@@ -230,7 +221,7 @@ func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) boo
 		}
 	}
 	p.gatherListings(r, ref, nodes, l)
-	if l.sawFile || len(l.lists) == 0 {
+	if l.sawFile || l.merged.lists == 0 {
 		p.dirs.forget(ref.key())
 		return false
 	}
@@ -241,8 +232,8 @@ func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) boo
 // listings collects directory listings from several nodes.
 type listings struct {
 	mu          sync.Mutex
-	lists       []*charm.FileInfo
-	answered    []int // nodes that listed it or said 404
+	merged      *dirMerge // every listing, merged as it streams
+	answered    []int     // nodes that listed it or said 404
 	unreachable int
 	sawFile     bool // a node has a file at that path
 	mode        string
@@ -273,12 +264,11 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, o := p.list(ctx, i, r)
+			listed, o := p.listStream(ctx, i, r, l.merged.add)
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			switch {
-			case d != nil:
-				l.lists = append(l.lists, d)
+			case listed:
 				l.answered = append(l.answered, i)
 				if l.mode == "" {
 					l.mode = o.header.Get("X-File-Mode")
@@ -304,14 +294,14 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 // (or was written again since). A node without the directory adds nothing
 // to the merge, so it can't bring anything back.
 func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRef, l *listings) {
-	if (l.unreachable >= p.w && !p.complete(ref.user, l.answered)) || len(l.lists) == 0 {
+	m := l.merged
+	if (l.unreachable >= p.w && !p.complete(ref.user, l.answered)) || m.lists == 0 {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", l.unreachable, len(p.nodes), p.w-1))
 		return
 	}
-	merged, everywhere := mergeDirs(l.lists)
-	agreed := everywhere && len(l.lists) >= len(p.nodes)-p.w+1
+	agreed := m.everywhere() && m.lists >= len(p.nodes)-p.w+1
 	if !agreed && !tombstone.Reserved(ref.path) {
 		if !l.tombsAsked {
 			l.tombs, l.tombsRead = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
@@ -326,95 +316,49 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 			return
 		}
 	}
-	deleted, ok := p.tombstoneStamps(r.Context(), r, ref, merged, l.tombs)
+	deleted, ok := p.tombstoneStamps(r.Context(), r, ref, m.names, l.tombs)
 	if !ok {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, "listing incomplete: a delete's record could not be read from any node")
 		return
 	}
-	dropDeleted(merged, ref.path, deleted)
 	w.Header().Set("Content-Type", "application/json")
 	if l.mode != "" {
 		w.Header().Set("X-File-Mode", l.mode)
 	}
-	_ = json.NewEncoder(w).Encode(merged)
+	if err := m.writeJSON(w, listingFilter(ref.path, deleted)); err != nil && r.Context().Err() == nil {
+		p.log.Warn("listing not sent whole", "key", ref.key(), "err", err)
+	}
 }
 
-// list asks node i for the directory at r's path: the listing when the
-// node answers with one (read as it streams, up to maxListing: a large
-// directory is larger than the answers send keeps), else its answer as send
+// listStream asks node i for the directory at r's path. When the node
+// answers with a listing, its entries go to add as they are decoded
+// (listed: the whole listing was read); otherwise o is its answer as send
 // keeps it. A listing that can't be read is an error, never a shorter one.
-func (p *Proxy) list(ctx context.Context, i int, r *http.Request) (*charm.FileInfo, outcome) {
+func (p *Proxy) listStream(ctx context.Context, i int, r *http.Request, add func(io.Reader) error) (listed bool, o outcome) {
 	nctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	req, err := p.newNodeRequest(nctx, i, r, http.MethodGet, nil)
 	if err != nil {
-		return nil, outcome{node: i, err: err}
+		return false, outcome{node: i, err: err}
 	}
 	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return nil, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 || !isJSON(resp.Header) {
-		return nil, p.keep(ctx, i, resp, cancel)
+		return false, p.keep(ctx, i, resp, cancel)
 	}
 	defer resp.Body.Close()
 	sr := stall.NewReader(resp.Body, p.stall, cancel, errStalled)
-	d, err := decodeListing(sr)
+	err = add(sr)
 	sr.Stop()
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return nil, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
 	}
-	return d, outcome{node: i, status: resp.StatusCode, header: resp.Header}
-}
-
-func decodeListing(rd io.Reader) (*charm.FileInfo, error) {
-	d := &charm.FileInfo{}
-	if err := json.NewDecoder(io.LimitReader(rd, maxListing)).Decode(d); err != nil {
-		return nil, fmt.Errorf("decode listing: %w", err)
-	}
-	return d, nil
-}
-
-// mergeDirs unions listings by entry name; the newest modtime wins. It also
-// reports whether every file (not directory) is in every listing.
-func mergeDirs(lists []*charm.FileInfo) (*charm.FileInfo, bool) {
-	out := *lists[0]
-	type seen struct {
-		f charm.FileInfo
-		n int
-	}
-	byName := make(map[string]*seen, len(lists[0].Files))
-	var newest time.Time
-	for _, l := range lists {
-		if l.ModTime.After(newest) {
-			newest = l.ModTime
-		}
-		for _, f := range l.Files {
-			cur, ok := byName[f.Name]
-			if !ok {
-				byName[f.Name] = &seen{f: f, n: 1}
-				continue
-			}
-			cur.n++
-			if f.ModTime.After(cur.f.ModTime) {
-				cur.f = f
-			}
-		}
-	}
-	everywhere := true
-	out.ModTime = newest
-	out.Files = make([]charm.FileInfo, 0, len(byName))
-	for _, s := range byName {
-		out.Files = append(out.Files, s.f)
-		if s.n != len(lists) && !s.f.IsDir {
-			everywhere = false
-		}
-	}
-	sort.Slice(out.Files, func(a, b int) bool { return out.Files[a].Name < out.Files[b].Name })
-	return &out, everywhere
+	return true, outcome{node: i, status: resp.StatusCode, header: resp.Header}
 }
 
 // complete reports whether the nodes that answered can be trusted to hold

@@ -1,0 +1,408 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	charm "github.com/charmbracelet/charm/proto"
+
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// Directory listings are merged as they stream (docs/performance.md,
+// "Listings"). Neither stock charm nor cring node sorts a listing (both
+// list in directory order, which differs from node to node), so a k-way
+// merge of the nodes' streams would first need each node's listing sorted,
+// held whole. Instead every node's listing is decoded entry by entry into
+// one table keyed by name: one compact entry per distinct name however many
+// nodes listed it, sorted once at the end and encoded out entry by entry.
+// Its memory is about half the JSON the proxy answers.
+
+const (
+	// maxListing caps one node's listing: about ten million entries.
+	maxListing = 1 << 30
+	// maxNameLen caps one listed name; file systems allow 255 bytes, and
+	// escaping triples that at most.
+	maxNameLen = 4 << 10
+	// arenaChunk and entryChunk size the table's blocks: it grows a block
+	// at a time, never by copying what it holds.
+	arenaChunk = 64 << 10
+	entryChunk = 1 << 10
+)
+
+// mergedEntry is one name's newest entry among the listings (about 40
+// bytes; its name is in the table's arena).
+type mergedEntry struct {
+	size  int64
+	sec   int64 // modification time, Unix seconds
+	off   uint32
+	nsec  int32
+	zone  int32 // the time's UTC offset in seconds, as the node wrote it
+	mode  uint32
+	nlen  uint16
+	n     uint16 // listings that had the name
+	isDir bool
+}
+
+// olderThan reports whether e's time is before sec.nsec.
+func (e *mergedEntry) olderThan(sec int64, nsec int32) bool {
+	return e.sec < sec || e.sec == sec && e.nsec < nsec
+}
+
+// dirMerge is the union of several nodes' listings of one directory: by
+// name, the newest modification time wins; the directory's own fields are
+// the first listing's, its time the newest.
+type dirMerge struct {
+	mu     sync.Mutex
+	hdr    charm.FileInfo
+	lists  int  // listings merged whole
+	broken bool // a listing broke off after adding entries: counts are off
+
+	arena  [][]byte        // names, back to back
+	chunks [][]mergedEntry // entries, entryChunk to a block
+	count  int
+	slots  []uint32 // open addressing: entry index + 1, 0 empty
+	seed   maphash.Seed
+	order  []uint32 // entry indices by name, once sorted
+}
+
+func newDirMerge() *dirMerge { return &dirMerge{seed: maphash.MakeSeed()} }
+
+func (m *dirMerge) entry(i uint32) *mergedEntry { return &m.chunks[i/entryChunk][i%entryChunk] }
+
+func (m *dirMerge) name(e *mergedEntry) []byte {
+	c := m.arena[e.off/arenaChunk]
+	o := e.off % arenaChunk
+	return c[o : o+uint32(e.nlen)]
+}
+
+// add merges one node's listing as it streams from rd. On error the listing
+// counts as not given; entries it added before it broke off stay (a real
+// node listed them), but the merge no longer claims every file is on every
+// node that answered, so deletes are then always checked.
+func (m *dirMerge) add(rd io.Reader) error {
+	added := false
+	hdr, err := decodeListing(rd, func(batch []charm.FileInfo) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		added = true
+		for k := range batch {
+			if err := m.insert(&batch[k]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.broken = m.broken || added
+		return err
+	}
+	if m.lists == 0 {
+		m.hdr = hdr
+	} else if hdr.ModTime.After(m.hdr.ModTime) {
+		m.hdr.ModTime = hdr.ModTime
+	}
+	m.lists++
+	return nil
+}
+
+// insert adds one listed entry (m.mu held).
+func (m *dirMerge) insert(f *charm.FileInfo) error {
+	if len(f.Name) > maxNameLen {
+		return fmt.Errorf("listed name of %d bytes", len(f.Name))
+	}
+	if 2*(m.count+1) > len(m.slots) {
+		m.grow()
+	}
+	sec, nsec := f.ModTime.Unix(), int32(f.ModTime.Nanosecond())
+	_, zone := f.ModTime.Zone()
+	mask := uint32(len(m.slots) - 1)
+	for s := uint32(maphash.String(m.seed, f.Name)) & mask; ; s = (s + 1) & mask {
+		idx := m.slots[s]
+		if idx == 0 {
+			if m.count >= 1<<32-2 {
+				return errors.New("listing too large")
+			}
+			e := m.newEntry(f.Name)
+			e.size, e.sec, e.nsec, e.zone, e.mode, e.isDir, e.n = f.Size, sec, nsec, int32(zone), uint32(f.Mode), f.IsDir, 1
+			m.slots[s] = uint32(m.count)
+			return nil
+		}
+		e := m.entry(idx - 1)
+		if string(m.name(e)) != f.Name {
+			continue
+		}
+		if e.n < 1<<16-1 {
+			e.n++
+		}
+		if e.olderThan(sec, nsec) {
+			e.size, e.sec, e.nsec, e.zone, e.mode, e.isDir = f.Size, sec, nsec, int32(zone), uint32(f.Mode), f.IsDir
+		}
+		return nil
+	}
+}
+
+// newEntry appends an entry named name and returns it; m.count is then its
+// index + 1.
+func (m *dirMerge) newEntry(name string) *mergedEntry {
+	last := len(m.arena) - 1
+	if last < 0 || len(m.arena[last])+len(name) > arenaChunk {
+		m.arena = append(m.arena, make([]byte, 0, arenaChunk))
+		last++
+	}
+	off := uint32(last)*arenaChunk + uint32(len(m.arena[last]))
+	m.arena[last] = append(m.arena[last], name...)
+	if m.count%entryChunk == 0 {
+		m.chunks = append(m.chunks, make([]mergedEntry, entryChunk))
+	}
+	e := m.entry(uint32(m.count))
+	e.off, e.nlen = off, uint16(len(name))
+	m.count++
+	return e
+}
+
+// grow doubles the slot table and places every entry again.
+func (m *dirMerge) grow() {
+	slots := make([]uint32, max(1024, 2*len(m.slots)))
+	mask := uint32(len(slots) - 1)
+	for i := range uint32(m.count) {
+		s := uint32(maphash.Bytes(m.seed, m.name(m.entry(i)))) & mask
+		for slots[s] != 0 {
+			s = (s + 1) & mask
+		}
+		slots[s] = i + 1
+	}
+	m.slots = slots
+}
+
+// everywhere reports whether every file (not directory) was in every
+// listing merged.
+func (m *dirMerge) everywhere() bool {
+	if m.broken {
+		return false
+	}
+	for i := range uint32(m.count) {
+		if e := m.entry(i); !e.isDir && int(e.n) != m.lists {
+			return false
+		}
+	}
+	return true
+}
+
+// names yields every entry's name (an iter.Seq).
+func (m *dirMerge) names(yield func(string) bool) {
+	for i := range uint32(m.count) {
+		if !yield(string(m.name(m.entry(i)))) {
+			return
+		}
+	}
+}
+
+// sort orders the entries by name; the lookup table is no longer needed.
+func (m *dirMerge) sort() {
+	m.slots = nil
+	m.order = make([]uint32, m.count)
+	for i := range m.order {
+		m.order[i] = uint32(i)
+	}
+	slices.SortFunc(m.order, func(a, b uint32) int { return bytes.Compare(m.name(m.entry(a)), m.name(m.entry(b))) })
+}
+
+// listed is an entry as the filter sees it.
+type listed struct {
+	name    string
+	isDir   bool
+	modTime time.Time
+}
+
+// writeJSON writes the merged listing, sorted by name, as charm's JSON
+// (byte for byte what encoding the whole charm.FileInfo would give),
+// leaving out the entries keep refuses. Nothing is held but one entry.
+func (m *dirMerge) writeJSON(w io.Writer, keep func(listed) bool) error {
+	if m.order == nil {
+		m.sort()
+	}
+	bw := bufio.NewWriterSize(w, 16<<10)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf) // escapes as the encoder of a whole listing does
+	hdr := m.hdr
+	hdr.Files = nil
+	if err := enc.Encode(hdr); err != nil {
+		return fmt.Errorf("encode listing: %w", err)
+	}
+	// {"name":…,"mode":…}\n: the files go before its closing brace.
+	head := bytes.TrimSuffix(bytes.TrimSuffix(buf.Bytes(), []byte("\n")), []byte("}"))
+	if _, err := bw.Write(head); err != nil {
+		return err
+	}
+	zones := map[int32]*time.Location{0: time.UTC}
+	wrote := 0
+	for _, i := range m.order {
+		e := m.entry(i)
+		loc, ok := zones[e.zone]
+		if !ok {
+			loc = time.FixedZone("", int(e.zone))
+			zones[e.zone] = loc
+		}
+		f := charm.FileInfo{Name: string(m.name(e)), IsDir: e.isDir, Size: e.size, ModTime: time.Unix(e.sec, int64(e.nsec)).In(loc), Mode: fs.FileMode(e.mode)}
+		if keep != nil && !keep(listed{f.Name, f.IsDir, f.ModTime}) {
+			continue
+		}
+		buf.Reset()
+		if err := enc.Encode(f); err != nil {
+			return fmt.Errorf("encode listing: %w", err)
+		}
+		sep := ","
+		if wrote == 0 {
+			sep = `,"files":[`
+		}
+		if _, err := bw.WriteString(sep); err != nil {
+			return err
+		}
+		if _, err := bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n"))); err != nil {
+			return err
+		}
+		wrote++
+	}
+	end := "}\n"
+	if wrote > 0 {
+		end = "]}\n"
+	}
+	if _, err := bw.WriteString(end); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// decodeListing reads one node's JSON listing (charm's FileInfo) from rd,
+// handing its entries to add a few at a time as they are decoded, and
+// returns the directory's own fields. Fields are matched as encoding/json
+// matches them (case-insensitively); unknown ones are skipped.
+func decodeListing(rd io.Reader, add func([]charm.FileInfo) error) (charm.FileInfo, error) {
+	var hdr charm.FileInfo
+	fail := func(err error) (charm.FileInfo, error) {
+		return charm.FileInfo{}, fmt.Errorf("decode listing: %w", err)
+	}
+	dec := json.NewDecoder(io.LimitReader(rd, maxListing))
+	if err := expectDelim(dec, '{'); err != nil {
+		return fail(err)
+	}
+	batch := make([]charm.FileInfo, 0, 64)
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return fail(err)
+		}
+		key, _ := t.(string)
+		switch strings.ToLower(key) {
+		case "files":
+			t, err := dec.Token()
+			if err != nil {
+				return fail(err)
+			}
+			if t == nil {
+				continue // null
+			}
+			if t != json.Delim('[') {
+				return fail(fmt.Errorf("files: want an array, got %v", t))
+			}
+			for dec.More() {
+				batch = append(batch, charm.FileInfo{})
+				if err := dec.Decode(&batch[len(batch)-1]); err != nil {
+					return fail(err)
+				}
+				if len(batch) == cap(batch) {
+					if err := add(batch); err != nil {
+						return fail(err)
+					}
+					batch = batch[:0]
+				}
+			}
+			if err := expectDelim(dec, ']'); err != nil {
+				return fail(err)
+			}
+			if len(batch) > 0 {
+				if err := add(batch); err != nil {
+					return fail(err)
+				}
+				batch = batch[:0]
+			}
+		case "name":
+			err = dec.Decode(&hdr.Name)
+		case "is_dir":
+			err = dec.Decode(&hdr.IsDir)
+		case "size":
+			err = dec.Decode(&hdr.Size)
+		case "modtime":
+			err = dec.Decode(&hdr.ModTime)
+		case "mode":
+			err = dec.Decode(&hdr.Mode)
+		default:
+			var skip json.RawMessage
+			err = dec.Decode(&skip)
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return fail(err)
+	}
+	return hdr, nil
+}
+
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	t, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if t != d {
+		return fmt.Errorf("want %v, got %v", d, t)
+	}
+	return nil
+}
+
+// listingFilter is what a listing of dirPath leaves out, one entry at a
+// time: entries a tombstone at least as new covers (tombs: name → the
+// delete's time; a delete of the directory or one above it covers its
+// files), and cring's own directory in the user's root. Entries are
+// compared by modification time: listings don't carry stamps yet
+// (docs/design.md, "What stock nodes can't do").
+func listingFilter(dirPath string, tombs map[string]time.Time) func(listed) bool {
+	var dirDeleted []time.Time
+	for _, c := range tombstone.Covering(dirPath) {
+		if t, ok := tombs[tombstone.Name(c)]; ok {
+			dirDeleted = append(dirDeleted, t)
+		}
+	}
+	return func(f listed) bool {
+		for _, t := range dirDeleted {
+			// The directory itself was deleted: only what was written
+			// since survives.
+			if !f.isDir && !f.modTime.After(t) {
+				return false
+			}
+		}
+		p := tombstone.Clean(dirPath + "/" + f.name)
+		if tombstone.Reserved(p) {
+			return false
+		}
+		if len(tombs) == 0 || f.isDir {
+			return true
+		}
+		t, ok := tombs[tombstone.Name(p)]
+		return !ok || f.modTime.After(t)
+	}
+}
