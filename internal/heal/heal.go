@@ -8,7 +8,6 @@
 package heal
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
 	"net/http"
@@ -54,6 +53,12 @@ type Options struct {
 	ScanInterval time.Duration
 	// Rate bounds repairs and copies per second (0: unlimited).
 	Rate float64
+	// ByteRate bounds the bytes per second repairs copy, all nodes
+	// together (0: unlimited).
+	ByteRate float64
+	// HintLimit: hints one node may be owed before it is marked for a
+	// full scan instead [DefaultHintLimit].
+	HintLimit int
 	// TombstoneGrace: tombstones older than this are collected by scans.
 	TombstoneGrace time.Duration
 	// ScrubInterval: a scrub pass (every copy hashed, rotten ones
@@ -73,8 +78,11 @@ type Healer struct {
 	stall    time.Duration
 	interval time.Duration
 	grace    time.Duration
-	limiter  func(context.Context)
+	limiter  func(context.Context) // repairs per second
+	bytes    *pacer                // bytes copied per second; nil: unbounded
 	suspects chan suspect
+	fullScan chan struct{} // a node marked for a full scan is up
+	tombs    tombCounts
 	counts   counters
 	facts    facts
 	scrub    *scrubber // nil: no scrub
@@ -122,7 +130,7 @@ func (h *Healer) Reconfigure(nodes []Node, r *ring.Ring, writeQuorum int, health
 
 // New opens the healer's state under o.DataDir.
 func New(o Options) (*Healer, error) {
-	st, err := openState(o.DataDir)
+	st, err := openState(o.DataDir, o.HintLimit, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -150,31 +158,57 @@ func New(o Options) (*Healer, error) {
 		interval: o.ScanInterval,
 		grace:    o.TombstoneGrace,
 		suspects: make(chan suspect, 4096),
+		fullScan: make(chan struct{}, 1),
 	}
 	h.Reconfigure(o.Nodes, o.Ring, o.WriteQuorum, o.Health)
 	if o.ScrubInterval > 0 {
 		h.scrub = newScrubber(h, o.DataDir, o.ScrubInterval, o.ScrubRate)
 	}
 	if o.Rate > 0 {
-		every := time.Duration(float64(time.Second) / o.Rate)
-		var mu sync.Mutex
-		next := time.Now()
-		h.limiter = func(ctx context.Context) {
-			mu.Lock()
-			now := time.Now()
-			if next.Before(now) {
-				next = now
-			}
-			wait := next.Sub(now)
-			next = next.Add(every)
-			mu.Unlock()
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-			}
-		}
+		p := &pacer{rate: o.Rate}
+		h.limiter = func(ctx context.Context) { p.wait(ctx, 1) }
+	}
+	if o.ByteRate > 0 {
+		h.bytes = &pacer{rate: o.ByteRate}
 	}
 	return h, nil
+}
+
+// pacer spaces work out to rate units a second (repairs, or bytes).
+type pacer struct {
+	rate float64
+	mu   sync.Mutex
+	next time.Time
+}
+
+func (p *pacer) wait(ctx context.Context, units float64) {
+	p.mu.Lock()
+	now := time.Now()
+	if p.next.Before(now) {
+		p.next = now
+	}
+	wait := p.next.Sub(now)
+	p.next = p.next.Add(time.Duration(units / p.rate * float64(time.Second)))
+	p.mu.Unlock()
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// pace waits until a copy of size bytes may start.
+func (h *Healer) pace(ctx context.Context, size int64) {
+	if h.limiter != nil {
+		h.limiter(ctx)
+	}
+	if h.bytes != nil {
+		h.bytes.wait(ctx, float64(max(size, 0)))
+	}
 }
 
 // Close releases the state files.
@@ -187,17 +221,19 @@ func (h *Healer) RecordUser(user string) {
 	}
 }
 
-// Missed records, durably, that node is owed the latest state of path.
+// Missed records, durably, that node is owed the latest state of path: it
+// returns once the hint is fsynced (with every other hint recorded
+// meanwhile), so a write acknowledged after it cannot be forgotten.
 func (h *Healer) Missed(user, path, node string) {
 	if err := h.state.addHint(hint{User: user, Path: path, Node: node}); err != nil {
 		h.log.Error("cannot record hint: the scan will find it", "err", err)
 	}
 }
 
-// Owed reports whether node still has a hint for path: its copy may be
-// stale until the hint is replayed.
+// Owed reports whether node still has a hint for path, or is marked for a
+// full scan: its copy may be stale until then.
 func (h *Healer) Owed(user, path, node string) bool {
-	return h.state.hasHint(hint{User: user, Path: path, Node: node})
+	return h.state.owed(hint{User: user, Path: path, Node: node})
 }
 
 // Complete reports whether node is owed none of user's writes or deletes.
@@ -227,11 +263,14 @@ func (h *Healer) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// replayHints repairs the keys owed to nodes that are up again.
+// replayHints repairs the keys owed to nodes that are up again: every
+// 500 ms it takes the due batches of the nodes that are up (a heap per
+// node, not a walk of every hint) and replays them (replay.go).
 func (h *Healer) replayHints(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	lastUp := 0
+	wasUp := map[string]bool{}
+	var lastFull time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -239,80 +278,41 @@ func (h *Healer) replayHints(ctx context.Context) {
 		case <-t.C:
 		}
 		m := h.mem.Load()
-		up := m.healthyCount()
-		if up > lastUp {
+		cameUp := false
+		for i, n := range m.nodes {
+			up := m.health.Healthy(i)
+			cameUp = cameUp || up && !wasUp[n.Name]
+			wasUp[n.Name] = up
+		}
+		if cameUp {
 			// A node came back: hints that waited for it (a repair can't
 			// settle while W nodes are unasked) are due now, not after
 			// their backoff, or reads keep skipping the nodes they owe.
 			h.state.retryAllNow()
 		}
-		lastUp = up
-		due := h.state.dueHints(func(node string) bool {
+		if (cameUp || time.Since(lastFull) > time.Minute) && h.fullScanDue(m) {
+			lastFull = time.Now()
+			select {
+			case h.fullScan <- struct{}{}:
+			default:
+			}
+		}
+		due := h.state.takeDue(func(node string) bool {
 			i := m.index(node)
 			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it
-		})
-		h.replay(ctx, due)
+		}, time.Now())
+		h.replay(ctx, m, due)
 	}
 }
 
-// replayWorkers bounds the keys repaired at once by hint replay: a node
-// back from a long absence owes many keys, and reads skip it for each
-// until its hint is settled.
-const replayWorkers = 4
-
-// replay repairs the keys of due hints, each key once however many nodes
-// are owed it, a few keys at a time.
-func (h *Healer) replay(ctx context.Context, due []hint) {
-	type key struct{ user, path string }
-	byKey := map[key][]hint{}
-	var order []key
-	for _, hn := range due {
-		k := key{hn.User, hn.Path}
-		if _, ok := byKey[k]; !ok {
-			order = append(order, k)
+// fullScanDue reports whether a node marked for a full scan is up.
+func (h *Healer) fullScanDue(m *membership) bool {
+	for node := range h.state.fullScanOwed() {
+		if i := m.index(node); i >= 0 && m.health.Healthy(i) {
+			return true
 		}
-		byKey[k] = append(byKey[k], hn)
 	}
-	// Clients' keys first: reads skip a node while it is owed one.
-	slices.SortStableFunc(order, func(a, b key) int {
-		return cmp.Compare(b2i(tombstone.Reserved(a.path)), b2i(tombstone.Reserved(b.path)))
-	})
-	sem := make(chan struct{}, replayWorkers)
-	var wg sync.WaitGroup
-	for _, k := range order {
-		if ctx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			h.replayKey(ctx, byKey[k])
-		}()
-	}
-	wg.Wait()
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// replayKey repairs one key and settles the hints of every node it reached.
-func (h *Healer) replayKey(ctx context.Context, hints []hint) {
-	res := h.RepairKey(ctx, hints[0].User, hints[0].Path, false)
-	for _, hn := range hints {
-		if res.Err == "" && !slices.Contains(res.Pending, hn.Node) {
-			h.state.doneHint(hn)
-			h.counts.add("hints_replayed")
-			continue
-		}
-		h.state.retryHint(hn)
-		h.counts.add("hints_retried")
-	}
+	return false
 }
 
 func (h *Healer) readRepair(ctx context.Context) {
@@ -334,27 +334,45 @@ func (h *Healer) readRepair(ctx context.Context) {
 	}
 }
 
+// scanLoop scans every interval (the first 30 s after start), and at once
+// when a node marked for a full scan is up, even with no interval: only a
+// full scan repairs such a node.
 func (h *Healer) scanLoop(ctx context.Context) {
-	if h.interval <= 0 {
-		<-ctx.Done()
-		return
-	}
-	first := time.NewTimer(min(h.interval, 30*time.Second))
-	defer first.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-first.C:
+	var next <-chan time.Time
+	if h.interval > 0 {
+		next = time.After(min(h.interval, 30*time.Second))
 	}
 	for {
-		if _, err := h.Scan(ctx, ScanOptions{}); err != nil && ctx.Err() == nil {
-			h.log.Warn("scan failed", "err", err)
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(h.interval):
+		case <-next:
+		case <-h.fullScan:
 		}
+		started := time.Now()
+		rep, err := h.Scan(ctx, ScanOptions{})
+		if err != nil && ctx.Err() == nil {
+			h.log.Warn("scan failed", "err", err)
+		}
+		if err == nil {
+			h.fullScanned(rep, started)
+		}
+		if h.interval > 0 {
+			next = time.After(h.interval)
+		}
+	}
+}
+
+// fullScanned clears the full-scan mark of every node a complete scan that
+// started after the mark read for every user.
+func (h *Healer) fullScanned(rep *Report, started time.Time) {
+	m := h.mem.Load()
+	for node, since := range h.state.fullScanOwed() {
+		if m.index(node) < 0 || slices.Contains(rep.Unreachable, node) || !started.After(since) {
+			continue
+		}
+		h.state.scanned(node, started)
+		h.log.Info("full scan done: the node's hints are replayed one by one again", "node", node)
 	}
 }
 
@@ -385,7 +403,10 @@ func (c *counters) snapshot() map[string]uint64 {
 
 // Status is what operators see of the healer.
 type Status struct {
-	HintsPending map[string]int    `json:"hints_pending"` // by node
+	HintsPending map[string]int `json:"hints_pending"` // by node
+	// FullScanOwed: nodes that were owed more than the hint limit, owed
+	// everything (reads skip them) until a full scan has read them.
+	FullScanOwed []string          `json:"full_scan_owed,omitempty"`
 	Users        int               `json:"users"`
 	Totals       map[string]uint64 `json:"totals"`
 	LastScan     *Report           `json:"last_scan,omitempty"`
@@ -405,11 +426,15 @@ func (h *Healer) Status() Status {
 	}
 	st := Status{
 		HintsPending: h.state.hintCounts(),
-		Users:        len(h.state.userList()),
+		Users:        h.state.userCount(),
 		Totals:       h.counts.snapshot(),
 		LastScan:     last,
 		Scanning:     curCopy,
 	}
+	for node := range h.state.fullScanOwed() {
+		st.FullScanOwed = append(st.FullScanOwed, node)
+	}
+	slices.Sort(st.FullScanOwed)
 	if h.scrub != nil {
 		sc := h.scrub.status()
 		st.Scrub = &sc

@@ -161,6 +161,26 @@ func (a *nodeAPI) open(ctx context.Context, base *url.URL, user, path string) (*
 	return resp, nil
 }
 
+// absent reports whether a node holds no file at path (a directory of
+// that name counts as none, as in a listing): one request, whatever the
+// size of the directory around it.
+func (a *nodeAPI) absent(ctx context.Context, base *url.URL, user, path string) bool {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	resp, err := a.do(ctx, http.MethodGet, fsURL(base, path), user, nil, nil)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close() // unread: a file there is all it needs to know
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return true
+	case resp.StatusCode == http.StatusOK:
+		return strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
+	}
+	return false
+}
+
 // small reads a file of at most 1 MiB whole (tombstones, version records).
 func (a *nodeAPI) small(ctx context.Context, base *url.URL, user, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)

@@ -58,6 +58,7 @@ type view struct {
 	tomb       stamp.Stamp      // newest tombstone covering the path, zero if none
 	records    []*versionRecord // the path's version records (stock nodes)
 	corrupt    int              // copies a deep check found not matching their version
+	batch      *dirView         // replay: the batch v was judged in (re-checks and confirmation go through it)
 }
 
 // gather asks every healthy node for the key's copy (via its parent
@@ -328,6 +329,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			res.Copied = append(res.Copied, v.m.nodes[i].Name)
 			continue
 		}
+		h.pace(ctx, win.size) // before the re-check: the copy follows it at once
 		if !h.unchanged(ctx, v, i) {
 			res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, v.m.nodes[i].Name)
 			res.Pending = append(res.Pending, v.m.nodes[i].Name)
@@ -353,7 +355,9 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 	}
 	if !dry && res.Err == "" {
 		// Confirm and remember the replicas' state, so scans skip it.
-		if after := h.gather(ctx, v.user, v.path); len(after.unknown) == 0 {
+		if v.batch != nil {
+			v.batch.confirmLater(v.path) // one read for the whole batch
+		} else if after := h.gather(ctx, v.user, v.path); len(after.unknown) == 0 {
 			h.state.setVerified(v.user+"/"+v.path, fingerprint(after))
 		}
 	}
@@ -365,6 +369,9 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 // an older copy, so a write that landed since v was read must not be
 // written over (docs/design.md, "Acting on what is still true").
 func (h *Healer) unchanged(ctx context.Context, v *view, i int) bool {
+	if v.batch != nil {
+		return v.batch.unchanged(ctx, v, i)
+	}
 	dir, name := path.Split(v.path)
 	d, err := h.api.list(ctx, v.m.nodes[i].URL, v.user, strings.TrimSuffix(dir, "/"))
 	if err != nil && !errors.Is(err, errNotFound) {
@@ -572,9 +579,6 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	if from.node == dst {
 		return fmt.Errorf("copy %s: %s holds the winning copy already", v.path, v.m.nodes[dst].Name)
 	}
-	if h.limiter != nil {
-		h.limiter(ctx)
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	resp, err := h.api.open(ctx, v.m.nodes[from.node].URL, v.user, v.path)
@@ -605,7 +609,7 @@ func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool,
 		res.Removed = append(res.Removed, name)
 		return
 	}
-	now := h.gather(ctx, v.user, v.path)
+	now := h.regather(ctx, v)
 	if err := h.stampStockCopies(ctx, now); err != nil {
 		res.Err = err.Error()
 		return
@@ -634,6 +638,18 @@ func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool,
 	h.log.Info("removed copy", "user", v.user, "path", v.path, "node", name, "tombstone", with.String())
 	h.counts.add("removed")
 	res.Removed = append(res.Removed, name)
+}
+
+// regather reads v's key again, right before acting on it: from every
+// node, or for a replayed key from its directory re-read at most
+// recheckAge ago (after v was judged) and its own tombstone and records
+// read now.
+func (h *Healer) regather(ctx context.Context, v *view) *view {
+	if v.batch != nil {
+		_, name := splitKey(v.path)
+		return v.batch.recheck(ctx).keyView(ctx, name)
+	}
+	return h.gather(ctx, v.user, v.path)
 }
 
 // newestOn is the newest stamp the given nodes hold of v's key.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"time"
 
@@ -61,6 +62,9 @@ type Report struct {
 	// Usage: what each node holds (blob distribution) and each user stores.
 	Nodes     map[string]*NodeUsage `json:"nodes,omitempty"`
 	UserUsage []UserUsage           `json:"users_by_size,omitempty"` // largest first, at most 100
+	// LeftToReplay: keys skipped because a hint owed to a node that is up
+	// will repair them (replay and scans never repair a key twice).
+	LeftToReplay int `json:"left_to_replay,omitempty"`
 }
 
 // NodeUsage is one node's share of the cluster's copies.
@@ -186,6 +190,9 @@ func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o Sca
 			}
 			h.log.Warn("scan: cannot read node", "node", n.Name, "user", user, "err", err)
 			unknown[i] = true
+			if !slices.Contains(rep.Unreachable, n.Name) {
+				rep.Unreachable = append(rep.Unreachable, n.Name) // not read in full: its full-scan mark stays
+			}
 			continue
 		}
 		trees[i] = files
@@ -282,6 +289,10 @@ func (h *Healer) keepRecords(ctx context.Context, m *membership, user string, tr
 
 // check classifies one key and repairs it when needed.
 func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report) {
+	if !o.Deep && !o.DryRun && h.replayOwns(v) {
+		rep.LeftToReplay++
+		return
+	}
 	if !o.Deep && h.healthy(ctx, v) {
 		rep.Healthy++
 		return

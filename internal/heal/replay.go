@@ -1,0 +1,532 @@
+package heal
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/tombstone"
+)
+
+// Hint replay costs what the missed writes weigh, not hints × directory
+// size (docs/design.md, "Hints and repairs"): due hints are taken by
+// (user, directory), every node owed one there together; each batch of up
+// to batchKeys keys is judged from one listing of the directory per node
+// (and one of the user's tombstones), and a key whose copies already agree
+// costs nothing more. Only keys that need a repair read their version
+// records, and every repair keeps the rules of repair.go: stamps decide,
+// nothing is done while W or more nodes are unasked, a copy is written over
+// or removed only after a re-check, and a hint is settled only once its key
+// is really repaired on its node.
+const (
+	batchKeys     = 1000 // keys judged from one listing of their directory
+	replayDirs    = 4    // directories replayed at once
+	replayWorkers = 8    // keys repaired at once, across them
+	// recheckAge: re-checks before acting share a listing of the
+	// directory at most this old (always newer than what the key was
+	// judged from); a key absent on a node is re-checked on its own.
+	recheckAge = 250 * time.Millisecond
+)
+
+// replayGroup is the due hints of one directory of one user, all nodes.
+type replayGroup struct {
+	batchKey
+	batches []*dueBatch
+	owed    map[string][]string // name → nodes whose due batch holds it
+	oldest  time.Time
+}
+
+// replay repairs the keys of due batches and puts the batches back.
+func (h *Healer) replay(ctx context.Context, m *membership, due []*dueBatch) {
+	if len(due) == 0 {
+		return
+	}
+	groups := map[batchKey]*replayGroup{}
+	var order []*replayGroup
+	for _, d := range due {
+		g := groups[d.b.batchKey]
+		if g == nil {
+			g = &replayGroup{batchKey: d.b.batchKey, owed: map[string][]string{}, oldest: d.b.oldest}
+			groups[d.b.batchKey] = g
+			order = append(order, g)
+		}
+		g.batches = append(g.batches, d)
+		g.oldest = minTime(g.oldest, d.b.oldest)
+		for _, n := range d.names {
+			g.owed[n] = append(g.owed[n], d.b.node)
+		}
+	}
+	// Clients' keys first (reads skip a node while it is owed one), then
+	// the oldest.
+	sort.SliceStable(order, func(a, b int) bool {
+		ra, rb := tombstone.Reserved(order[a].dir), tombstone.Reserved(order[b].dir)
+		if ra != rb {
+			return !ra
+		}
+		return order[a].oldest.Before(order[b].oldest)
+	})
+	keys := make(chan struct{}, replayWorkers)
+	dirs := make(chan struct{}, replayDirs)
+	var wg sync.WaitGroup
+	for _, g := range order {
+		dirs <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-dirs }()
+			h.replayDir(ctx, m, g, keys)
+		}()
+	}
+	wg.Wait()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// replayDir replays one directory's due hints, batchKeys keys at a time.
+func (h *Healer) replayDir(ctx context.Context, m *membership, g *replayGroup, keys chan struct{}) {
+	names := slices.Sorted(maps.Keys(g.owed))
+	failed := map[string]bool{}
+	for start := 0; start < len(names); start += batchKeys {
+		if ctx.Err() != nil {
+			break
+		}
+		chunk := names[start:min(start+batchKeys, len(names))]
+		for node := range h.replayChunk(ctx, m, g, chunk, keys) {
+			failed[node] = true
+		}
+	}
+	for _, d := range g.batches {
+		h.state.release(d, failed[d.b.node] || ctx.Err() != nil)
+	}
+}
+
+// replayChunk repairs chunk's keys from one read of their directory and
+// settles the hints of every node each repair reached. It returns the owed
+// nodes some key could not be repaired on.
+func (h *Healer) replayChunk(ctx context.Context, m *membership, g *replayGroup, chunk []string, keys chan struct{}) map[string]bool {
+	// Hints recorded after this may be for writes the listings below
+	// don't show: they are not settled by this pass.
+	seq := h.state.seqNow()
+	dv := h.readDir(ctx, m, g.user, g.dir, len(chunk), false)
+	h.counts.add("replay_batches")
+	results := make([]Result, len(chunk))
+	var wg sync.WaitGroup
+	for k, name := range chunk {
+		keys <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-keys }()
+			results[k] = h.replayKey(ctx, dv, name)
+		}()
+	}
+	wg.Wait()
+	dv.confirm(ctx)
+	failed := map[string]bool{}
+	for k, name := range chunk {
+		res, p := results[k], joinKey(g.dir, name)
+		if res.Err == "" {
+			// Every node whose hint this repair covers, owed by this
+			// batch or not (each key once, however many nodes owe it).
+			for _, node := range h.state.hintedNodes(g.user, p) {
+				if !slices.Contains(res.Pending, node) && h.state.settle(node, g.user, p, seq) {
+					h.counts.add("hints_replayed")
+				}
+			}
+		}
+		for _, node := range g.owed[name] {
+			if res.Err != "" || slices.Contains(res.Pending, node) {
+				failed[node] = true
+				h.counts.add("hints_retried")
+			}
+		}
+	}
+	return failed
+}
+
+// replayKey repairs one key from its directory's batch view.
+func (h *Healer) replayKey(ctx context.Context, dv *dirView, name string) Result {
+	p := joinKey(dv.dir, name)
+	if ctx.Err() != nil {
+		return Result{User: dv.user, Path: p, Err: ctx.Err().Error()}
+	}
+	v := dv.keyView(ctx, name)
+	if len(v.dirOn) > 0 {
+		// A directory delete's hint: file by file, as RepairKey does.
+		return h.RepairKey(ctx, dv.user, p, false)
+	}
+	if res, ok := h.alreadyRight(v); ok {
+		h.counts.add("replay_already_right")
+		return res
+	}
+	return h.repair(ctx, v, false, false)
+}
+
+// alreadyRight reports whether a repair of v would find nothing to do,
+// judged without version records: every copy on a replica, every replica
+// asked holds one, and all of them one version by their listed stamps
+// (cring nodes), or the same bytes by checksums already known (stock
+// nodes, no tombstone). Fewer than W nodes unasked, as repair needs.
+func (h *Healer) alreadyRight(v *view) (Result, bool) {
+	res := Result{User: v.user, Path: v.path}
+	if len(v.dirOn) > 0 || len(v.unknown) >= v.m.w {
+		return res, false
+	}
+	for i := range v.copies {
+		if !slices.Contains(v.replicas, i) {
+			return res, false
+		}
+	}
+	for _, i := range v.replicas {
+		if v.unknown[i] {
+			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			continue
+		}
+		if _, ok := v.copies[i]; !ok && len(v.copies) > 0 {
+			return res, false
+		}
+	}
+	var first *replicaCopy
+	for _, c := range v.copies {
+		if c.stamp.IsZero() {
+			if !v.tomb.IsZero() {
+				return res, false // dead or not is for the records to say
+			}
+			sum, ok := h.facts.get(factKey{node: v.m.nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()})
+			if !ok {
+				return res, false
+			}
+			c.sum = sum
+		} else if v.dead(c) {
+			return res, false
+		}
+		if first == nil {
+			first = &c
+			continue
+		}
+		if c.stamp != first.stamp || c.stamp.IsZero() && c.sum != first.sum {
+			return res, false
+		}
+	}
+	return res, true
+}
+
+// replayOwns reports whether a pending hint for v's key is owed to a node
+// that is up: its replay repairs the key, so a scan leaves it alone rather
+// than repair it twice.
+func (h *Healer) replayOwns(v *view) bool {
+	for _, node := range h.state.hintedNodes(v.user, v.path) {
+		if i := v.m.index(node); i >= 0 && v.m.health.Healthy(i) {
+			return true
+		}
+	}
+	return false
+}
+
+// dirView is one directory of one user as every node listed it, read once
+// for a batch of keys, with the tombstones covering the directory.
+type dirView struct {
+	h         *Healer
+	m         *membership
+	user, dir string
+	unknown   map[int]bool               // nodes that could not be asked
+	files     map[int]map[string]listing // node → name → entry
+	tombs     map[int]map[string]listing // node → the user's tombstones as listed; nil: read per key
+	dirTomb   stamp.Stamp                // newest tombstone covering the directory
+	listTombs bool
+
+	mu       sync.Mutex
+	fresh    *dirView // the latest re-read, for re-checks
+	freshAt  time.Time
+	repaired []string // keys repaired, confirmed together after the batch
+}
+
+// readDir lists dir on every healthy node, at once, with the user's
+// tombstones (listed once when there are few, else read per key), unless
+// listingOnly.
+func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, keys int, listingOnly bool) *dirView {
+	dv := &dirView{h: h, m: m, user: user, dir: dir, unknown: map[int]bool{}, files: map[int]map[string]listing{}}
+	needTombs := !listingOnly && !tombstone.Reserved(dir)
+	dv.listTombs = needTombs && h.tombs.get(user) <= 4*keys+64
+	if dv.listTombs {
+		dv.tombs = map[int]map[string]listing{}
+	}
+	type read struct {
+		files, tombs map[string]listing
+		tomb         stamp.Stamp
+		err          error
+	}
+	reads := make([]read, len(m.nodes))
+	var wg sync.WaitGroup
+	for i := range m.nodes {
+		if !m.health.Healthy(i) {
+			dv.unknown[i] = true
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &reads[i]
+			if r.files, r.err = h.listNames(ctx, m, i, user, dir); r.err != nil || !needTombs {
+				return
+			}
+			if dv.listTombs {
+				if r.tombs, r.err = h.listNames(ctx, m, i, user, tombstone.Dir); r.err != nil {
+					return
+				}
+				r.tomb, r.err = h.listedTombstone(ctx, m, i, user, r.tombs, tombstone.Covering(dir)...)
+				return
+			}
+			r.tomb, r.err = h.tombstoneOn(ctx, m, i, user, dir)
+		}()
+	}
+	wg.Wait()
+	most := 0
+	for i, r := range reads {
+		if dv.unknown[i] {
+			continue
+		}
+		if r.err != nil {
+			h.log.Debug("replay: node unasked", "node", m.nodes[i].Name, "user", user, "dir", dir, "err", r.err)
+			dv.unknown[i] = true
+			continue
+		}
+		dv.files[i] = r.files
+		dv.dirTomb = stamp.Max(dv.dirTomb, r.tomb)
+		if dv.listTombs {
+			dv.tombs[i] = r.tombs
+			most = max(most, len(r.tombs))
+		}
+	}
+	if dv.listTombs {
+		h.tombs.set(user, most)
+	}
+	return dv
+}
+
+// listNames is a listing by name; empty when the directory doesn't exist.
+func (h *Healer) listNames(ctx context.Context, m *membership, i int, user, dir string) (map[string]listing, error) {
+	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
+	if errors.Is(err, errNotFound) {
+		return map[string]listing{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]listing, len(d.Files))
+	for _, f := range d.Files {
+		out[f.Name] = f
+	}
+	return out, nil
+}
+
+// listedTombstone is the newest of the tombstones of paths that node i
+// listed (bodies from the facts cache when known).
+func (h *Healer) listedTombstone(ctx context.Context, m *membership, i int, user string, tombs map[string]listing, paths ...string) (stamp.Stamp, error) {
+	var newest stamp.Stamp
+	for _, c := range paths {
+		name := tombstone.Name(c)
+		f, ok := tombs[name]
+		if !ok {
+			continue
+		}
+		b, err := h.body(ctx, m, i, user, tombstone.Dir+"/"+name, f.Size, f.ModTime)
+		if errors.Is(err, errNotFound) {
+			continue // removed since it was listed
+		}
+		if err != nil {
+			return stamp.Stamp{}, err
+		}
+		_, s, err := tombstone.ParseBody(b)
+		if err != nil {
+			return stamp.Stamp{}, err
+		}
+		newest = stamp.Max(newest, s)
+	}
+	return newest, nil
+}
+
+// keyView is what the batch says of one key, completed with what it needs
+// of its own: its tombstone, and its version records when a copy has no
+// listed stamp. A node that can't say is unasked for this key, its copy
+// included, as in gather.
+func (dv *dirView) keyView(ctx context.Context, name string) *view {
+	h, m := dv.h, dv.m
+	p := joinKey(dv.dir, name)
+	v := &view{m: m, user: dv.user, path: p, copies: map[int]replicaCopy{}, unknown: maps.Clone(dv.unknown),
+		tomb: dv.dirTomb, batch: dv}
+	v.replicas = m.ring.Preference(dv.user + "/" + p)[:m.ring.Replicas()]
+	asked := slices.Sorted(maps.Keys(dv.files))
+	for _, i := range asked {
+		f, ok := dv.files[i][name]
+		switch {
+		case !ok:
+		case f.IsDir:
+			v.dirOn = append(v.dirOn, i)
+		default:
+			c := replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
+			c.stamp, _ = stamp.Parse(f.Stamp)
+			v.copies[i] = c
+		}
+	}
+	unask := func(i int, err error) {
+		h.log.Debug("replay: node unasked", "node", m.nodes[i].Name, "path", p, "err", err)
+		delete(v.copies, i)
+		v.unknown[i] = true
+	}
+	if tombstone.Reserved(p) {
+		for _, i := range asked {
+			c, ok := v.copies[i]
+			if !ok {
+				continue
+			}
+			b, err := h.body(ctx, m, i, v.user, p, c.size, c.mtime)
+			if err != nil && !errors.Is(err, errNotFound) {
+				unask(i, err)
+				continue
+			}
+			c.stamp = recordStamp(p, b)
+			v.copies[i] = c
+		}
+		return v
+	}
+	for _, i := range asked {
+		var t stamp.Stamp
+		var err error
+		if dv.listTombs {
+			t, err = h.listedTombstone(ctx, m, i, v.user, dv.tombs[i], p)
+		} else {
+			t, err = h.ownTombstone(ctx, m, i, v.user, p)
+		}
+		if err != nil {
+			unask(i, err)
+			continue
+		}
+		v.tomb = stamp.Max(v.tomb, t)
+	}
+	if !slices.ContainsFunc(slices.Collect(maps.Values(v.copies)), func(c replicaCopy) bool { return c.stamp.IsZero() }) {
+		return v // every copy listed with its stamp: records decide nothing
+	}
+	for _, i := range asked {
+		if v.unknown[i] {
+			continue
+		}
+		recs, err := h.recordsOn(ctx, m, i, v.user, p)
+		if err != nil {
+			unask(i, err)
+			continue
+		}
+		v.records = addRecords(v.records, recs...)
+	}
+	return v
+}
+
+// ownTombstone reads p's own tombstone on node i (not its directories').
+func (h *Healer) ownTombstone(ctx context.Context, m *membership, i int, user, p string) (stamp.Stamp, error) {
+	b, err := h.api.small(ctx, m.nodes[i].URL, user, tombstone.Path(p))
+	if errors.Is(err, errNotFound) {
+		return stamp.Stamp{}, nil
+	}
+	if err != nil {
+		return stamp.Stamp{}, err
+	}
+	_, s, err := tombstone.ParseBody(b)
+	return s, err
+}
+
+// unchanged is repair's re-check right before a copy onto node i: a key
+// absent there when judged is asked for on its own (one request); one
+// present is compared with a re-read listing at most recheckAge old.
+func (dv *dirView) unchanged(ctx context.Context, v *view, i int) bool {
+	was, had := v.copies[i]
+	if !had {
+		return dv.h.api.absent(ctx, v.m.nodes[i].URL, v.user, v.path)
+	}
+	f := dv.recheck(ctx)
+	if f.unknown[i] {
+		return false
+	}
+	_, name := splitKey(v.path)
+	e, ok := f.files[i][name]
+	return ok && !e.IsDir && e.Size == was.size && e.ModTime.Equal(was.mtime)
+}
+
+// recheck is the directory read again, at most recheckAge ago and after
+// the batch was judged; concurrent re-checks share one re-read.
+func (dv *dirView) recheck(ctx context.Context) *dirView {
+	dv.mu.Lock()
+	defer dv.mu.Unlock()
+	if dv.fresh == nil || time.Since(dv.freshAt) > recheckAge {
+		keys := 0
+		if dv.listTombs {
+			keys = 1 << 30 // list them again, as the batch did
+		}
+		dv.fresh = dv.h.readDir(ctx, dv.m, dv.user, dv.dir, keys, false)
+		dv.freshAt = time.Now()
+	}
+	return dv.fresh
+}
+
+// confirmLater notes a key repaired; confirm checks them all at once.
+func (dv *dirView) confirmLater(p string) {
+	dv.mu.Lock()
+	dv.repaired = append(dv.repaired, p)
+	dv.mu.Unlock()
+}
+
+// confirm reads the directory once more on every node and remembers the
+// replicas of every key repaired in the batch, so scans skip them (what
+// repair does key by key).
+func (dv *dirView) confirm(ctx context.Context) {
+	if len(dv.repaired) == 0 || ctx.Err() != nil {
+		return
+	}
+	after := dv.h.readDir(ctx, dv.m, dv.user, dv.dir, 0, true)
+	if len(after.unknown) > 0 {
+		return
+	}
+	for _, p := range dv.repaired {
+		_, name := splitKey(p)
+		v := &view{user: dv.user, path: p, copies: map[int]replicaCopy{},
+			replicas: dv.m.ring.Preference(dv.user + "/" + p)[:dv.m.ring.Replicas()]}
+		for i, files := range after.files {
+			if f, ok := files[name]; ok && !f.IsDir {
+				v.copies[i] = replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
+			}
+		}
+		dv.h.state.setVerified(dv.user+"/"+p, fingerprint(v))
+	}
+}
+
+// tombCounts remembers how many tombstones each user had when last listed:
+// replay lists them once per batch while that is cheaper than reading each
+// key's own.
+type tombCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (t *tombCounts) get(user string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[user]
+}
+
+func (t *tombCounts) set(user string, n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil || len(t.m) > 100_000 {
+		t.m = map[string]int{}
+	}
+	t.m[user] = n
+}
