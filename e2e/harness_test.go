@@ -64,6 +64,9 @@ type clusterOpts struct {
 	// don't test it must not see it repair behind their back).
 	scrub     time.Duration
 	scrubRate int64 // bytes per second per node (default: the product's)
+	// tune, when set, changes the proxy's config before it starts (bounds,
+	// node URLs behind instrumentation).
+	tune func(*config.Config)
 }
 
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -151,6 +154,9 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 			})
 		}
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
+	}
+	if o.tune != nil {
+		o.tune(cfg)
 	}
 	// A port picked free can be taken before the proxy binds it (other
 	// packages' tests run at the same time): pick again. The public URL is

@@ -48,6 +48,9 @@ type serveFlags struct {
 	scrubInterval  time.Duration
 	scrubRate      string
 	postQuorum     time.Duration
+	bodyIdle       time.Duration
+	maxPerClient   int
+	maxRequests    int
 	backupMode     string
 	backupPath     bool
 	tlsCert        string
@@ -116,6 +119,9 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.scrubInterval, "scrub-interval", config.DefaultScrubInterval, "time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub")
 	fl.StringVar(&f.scrubRate, "scrub-rate", "8MiB", "bytes per second the scrub may read from each node")
 	fl.DurationVar(&f.postQuorum, "post-quorum-timeout", config.DefaultPostQuorum, "after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted")
+	fl.DurationVar(&f.bodyIdle, "body-idle-timeout", config.DefaultBodyIdleTimeout, "how long a client may send no byte of its request body (408) or read none of its answer before the request is abandoned")
+	fl.IntVar(&f.maxPerClient, "max-requests-per-client", config.DefaultMaxRequestsPerClient, "requests one client (charm ID; source address on unauthenticated routes) may have in flight; more get 429")
+	fl.IntVar(&f.maxRequests, "max-requests", config.DefaultMaxRequests, "requests in flight in total; more get 503")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS on --address; re-read when it changes")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.nodeCA, "node-ca", "", "PEM CA certificate(s) trusted, besides the system's roots, for https node URLs (nodes serving TLS with a private CA's certificates)")
@@ -204,6 +210,15 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("post-quorum-timeout") || cfg.PostQuorumTimeout == 0 {
 		cfg.PostQuorumTimeout = f.postQuorum
+	}
+	if pick("body-idle-timeout") || cfg.BodyIdleTimeout == 0 {
+		cfg.BodyIdleTimeout = f.bodyIdle
+	}
+	if pick("max-requests-per-client") || cfg.MaxRequestsPerClient == 0 {
+		cfg.MaxRequestsPerClient = f.maxPerClient
+	}
+	if pick("max-requests") || cfg.MaxRequests == 0 {
+		cfg.MaxRequests = f.maxRequests
 	}
 	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
 		cfg.TombstoneGrace = f.tombstoneGrace

@@ -35,6 +35,10 @@ const (
 	DefaultScrubInterval = 7 * 24 * time.Hour
 	DefaultScrubRate     = 8 << 20
 	DefaultPostQuorum    = 10 * time.Second
+	// Bounds per client and in total (README, "Limits").
+	DefaultBodyIdleTimeout      = 30 * time.Second
+	DefaultMaxRequestsPerClient = 32
+	DefaultMaxRequests          = 1024
 )
 
 // Account store modes.
@@ -107,6 +111,15 @@ type Config struct {
 	TombstoneGrace time.Duration `yaml:"tombstone-grace"`
 	ScrubInterval  time.Duration `yaml:"scrub-interval"` // 0 in the file: default; negative: no scrub
 	ScrubRate      int64         `yaml:"scrub-rate"`     // bytes per second per node
+	// BodyIdleTimeout bounds how long a client's request or response body
+	// may make no progress before the request is abandoned.
+	BodyIdleTimeout time.Duration `yaml:"body-idle-timeout"`
+	// MaxRequestsPerClient bounds the requests one client (charm ID, or
+	// source address on unauthenticated routes) has in flight (429 past
+	// it); MaxRequests bounds them in total (503 past it).
+	MaxRequestsPerClient int `yaml:"max-requests-per-client"`
+	MaxRequests          int `yaml:"max-requests"`
+
 	// PostQuorumTimeout bounds the replicas still writing after a write was
 	// answered at quorum.
 	PostQuorumTimeout time.Duration `yaml:"post-quorum-timeout"`
@@ -289,6 +302,18 @@ func (c *Config) Normalize() error {
 	}
 	if c.PostQuorumTimeout <= 0 {
 		c.PostQuorumTimeout = DefaultPostQuorum
+	}
+	if c.BodyIdleTimeout <= 0 {
+		c.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if c.MaxRequestsPerClient < 0 || c.MaxRequests < 0 {
+		return fmt.Errorf("max-requests-per-client and max-requests must be at least 1, got %d and %d", c.MaxRequestsPerClient, c.MaxRequests)
+	}
+	if c.MaxRequestsPerClient == 0 {
+		c.MaxRequestsPerClient = DefaultMaxRequestsPerClient
+	}
+	if c.MaxRequests == 0 {
+		c.MaxRequests = DefaultMaxRequests
 	}
 	if c.ScrubInterval == 0 {
 		c.ScrubInterval = DefaultScrubInterval

@@ -32,6 +32,7 @@ type Metrics struct {
 	sshFailovers    prometheus.Counter
 	sshRejected     prometheus.Counter
 	hedged          prometheus.Counter
+	limited         *prometheus.CounterVec
 
 	errMu   sync.Mutex
 	nodeErr map[string]uint64 // failed node requests (transport errors, 5xx), for /status
@@ -84,7 +85,10 @@ func New() *Metrics {
 	m.hedged = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "cring_hedged_reads_total", Help: "Reads that also asked the next replica because the first was slower than its p95.",
 	})
-	m.reg.MustRegister(m.hedged, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_http_requests_limited_total", Help: "Client requests refused by a bound on requests in flight: scope client (429) or total (503).",
+	}, []string{"scope"})
+	m.reg.MustRegister(m.hedged, m.limited, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
 		m.quorumFailures, m.received, m.sent, m.inFlight, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -98,10 +102,31 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Request records one answered client request.
+// Request records one answered client request. The method and code come
+// from a client (or a node) and become labels only from a closed set, so
+// requests with made-up methods can't grow the series without bound.
 func (m *Metrics) Request(route, method string, code int, d time.Duration, in, out int64) {
-	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	method = Method(method)
+	m.requests.WithLabelValues(route, method, statusLabel(code)).Inc()
 	m.requestDuration.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// Method is an HTTP method as a label value: the standard ones, else "other".
+func Method(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
+// statusLabel is a status code as a label value: 100..599, else "other".
+func statusLabel(code int) string {
+	if code < 100 || code > 599 {
+		return "other"
+	}
+	return strconv.Itoa(code)
 }
 
 // Streamed counts client body bytes as they pass, so rates show during long
@@ -148,13 +173,30 @@ func (m *Metrics) NodeErrors() map[string]uint64 {
 }
 
 // ReplicaFailure records a replica that did not store a write.
-func (m *Metrics) ReplicaFailure(node, op string) { m.replicaFailures.WithLabelValues(node, op).Inc() }
+func (m *Metrics) ReplicaFailure(node, op string) {
+	m.replicaFailures.WithLabelValues(node, Method(op)).Inc()
+}
 
 // Hedged records a hedged read.
 func (m *Metrics) Hedged() { m.hedged.Inc() }
 
-// QuorumFailure records a request refused for lack of nodes.
-func (m *Metrics) QuorumFailure(op string) { m.quorumFailures.WithLabelValues(op).Inc() }
+// QuorumFailure records a request refused for lack of nodes (op: a method,
+// or "version" or "backup" for the records an ack also needs).
+func (m *Metrics) QuorumFailure(op string) {
+	if op != "version" && op != "backup" {
+		op = Method(op)
+	}
+	m.quorumFailures.WithLabelValues(op).Inc()
+}
+
+// Limited records a request refused by a bound: "client" (429, the
+// client's own bound) or "total" (503, the proxy's).
+func (m *Metrics) Limited(scope string) {
+	if scope != "client" {
+		scope = "total"
+	}
+	m.limited.WithLabelValues(scope).Inc()
+}
 
 // NodeHealth records a node's state.
 func (m *Metrics) NodeHealth(node string, up bool) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,8 +93,11 @@ func (z *zeros) Close() error { return nil }
 // connection: only the proxy and the sinks are measured).
 func fanoutOnce(tb testing.TB, p *Proxy, size int64) {
 	req := httptest.NewRequest(http.MethodPost, "/v1/fs/bench/file?mode=420", nil)
-	req.Body = &zeros{left: size}
-	req.ContentLength = size
+	// A charm upload: the form around size bytes of file.
+	const head = "--x\r\nContent-Disposition: form-data; name=\"data\"; filename=\"file\"\r\n\r\n"
+	const tail = "\r\n--x--\r\n"
+	req.Body = io.NopCloser(io.MultiReader(strings.NewReader(head), &zeros{left: size}, strings.NewReader(tail)))
+	req.ContentLength = int64(len(head)) + size + int64(len(tail))
 	req.Header.Set("Authorization", goodToken)
 	req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
 	rec := httptest.NewRecorder()

@@ -50,11 +50,11 @@ func (t *backupTee) errOrNil() error {
 	return t.err
 }
 
-// startBackupTee wraps body so the upload's file bytes also land in a spool
-// file; nil when backups don't apply to this request.
-func (p *Proxy) startBackupTee(r *http.Request, ref fileRef, sum bool) (*backupTee, io.Reader, error) {
+// startBackupTee wraps body (r's) so the upload's file bytes also land in a
+// spool file; nil when backups don't apply to this request.
+func (p *Proxy) startBackupTee(r *http.Request, body io.Reader, ref fileRef, sum bool) (*backupTee, io.Reader, error) {
 	if (p.backup == nil && !sum) || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
-		return nil, r.Body, nil
+		return nil, body, nil
 	}
 	pr, pw := io.Pipe()
 	t := &backupTee{pw: pw, done: make(chan struct{})}
@@ -76,7 +76,7 @@ func (p *Proxy) startBackupTee(r *http.Request, ref fileRef, sum bool) (*backupT
 		t.n, t.err = backup.ExtractUpload(pr, r.Header.Get("Content-Type"), io.MultiWriter(to...))
 		pr.Close()
 	}()
-	return t, io.TeeReader(r.Body, pw), nil
+	return t, io.TeeReader(body, pw), nil
 }
 
 // finish waits for the spool to be complete.

@@ -21,6 +21,8 @@ type Observer interface {
 	// Streamed: client body bytes in and out, counted as they pass.
 	Streamed(in, out int64)
 	InFlight(delta int)
+	// Limited: a request refused by a bound, "client" (429) or "total" (503).
+	Limited(scope string)
 }
 
 type nopObserver struct{}
@@ -32,6 +34,7 @@ func (nopObserver) QuorumFailure(string)                                     {}
 func (nopObserver) Hedged()                                                  {}
 func (nopObserver) Streamed(int64, int64)                                    {}
 func (nopObserver) InFlight(int)                                             {}
+func (nopObserver) Limited(string)                                           {}
 
 // trace collects, for the request log line, which nodes a request tried and
 // how each answered. Node requests carry it in their context.
@@ -115,12 +118,27 @@ func routeOf(r *http.Request) string {
 	return "other"
 }
 
-// recorder keeps the status and bytes a handler wrote.
+// recorder keeps the status and bytes a handler wrote. With idle set, each
+// write to the client must complete within idle: a client that stops
+// reading its answer loses it instead of holding the request (and the node
+// connection feeding it) forever.
 type recorder struct {
 	http.ResponseWriter
 	obs    Observer
 	status int
 	bytes  int64
+	rc     *http.ResponseController
+	idle   time.Duration
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// moveDeadline gives the next write to the client idle to complete.
+func (r *recorder) moveDeadline() {
+	if r.idle > 0 {
+		_ = r.rc.SetWriteDeadline(time.Now().Add(r.idle))
+	}
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -134,6 +152,7 @@ func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
+	r.moveDeadline()
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
 	r.obs.Streamed(0, int64(n))
@@ -159,14 +178,24 @@ func (c *counted) Read(b []byte) (int, error) {
 func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serve func(http.ResponseWriter, *http.Request)) {
 	start := time.Now()
 	tr := &trace{}
-	rec := &recorder{ResponseWriter: w, obs: p.obs}
+	rec := &recorder{ResponseWriter: w, obs: p.obs, rc: http.NewResponseController(w), idle: p.bodyIdle}
+	if rec.idle > 0 && rec.rc.SetWriteDeadline(time.Time{}) != nil {
+		rec.idle = 0 // not a connection that takes deadlines (tests' recorders)
+	}
+	// A copy: the server's own request keeps its own body, so when it
+	// answers a request whose body was never read it closes the
+	// connection instead of first reading up to 256 KiB of that body.
+	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, tr))
+	watchBody(w, r, p.bodyIdle)
 	body := &counted{ReadCloser: r.Body, obs: p.obs}
 	p.obs.InFlight(1)
 	if r.Body != nil {
 		r.Body = body
 	}
-	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, tr))
 	defer func() {
+		// The server flushes the rest of the answer after this: it, too,
+		// must not wait on a client that stopped reading.
+		rec.moveDeadline()
 		p.obs.InFlight(-1)
 		d := time.Since(start)
 		status := rec.status

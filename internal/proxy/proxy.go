@@ -77,6 +77,16 @@ type Options struct {
 	// StallTimeout bounds how long a node may make no progress reading a
 	// request body or sending a response body before it loses the request.
 	StallTimeout time.Duration
+	// BodyIdleTimeout bounds how long a client may make no progress sending
+	// its request body or reading its answer before it loses the request
+	// (408 when its body stalled). Default DefaultBodyIdleTimeout.
+	BodyIdleTimeout time.Duration
+	// MaxRequestsPerClient bounds the requests one client (charm ID, or
+	// source address on unauthenticated routes) has in flight; more get
+	// 429. MaxRequests bounds them in total; more get 503. Defaults
+	// DefaultMaxRequestsPerClient and DefaultMaxRequests.
+	MaxRequestsPerClient int
+	MaxRequests          int
 	// Clock stamps every write and delete (docs/design.md, "Versions");
 	// nil: a clock of its own with a random id.
 	Clock *stamp.Clock
@@ -97,6 +107,8 @@ type Proxy struct {
 	transport  http.RoundTripper
 	log        *slog.Logger
 	stall      time.Duration
+	bodyIdle   time.Duration
+	limits     *limiter
 	shared     bool
 	obs        Observer
 	healer     Healer
@@ -147,6 +159,15 @@ func New(o Options) (*Proxy, error) {
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 30 * time.Second
 	}
+	if o.BodyIdleTimeout <= 0 {
+		o.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	if o.MaxRequestsPerClient <= 0 {
+		o.MaxRequestsPerClient = DefaultMaxRequestsPerClient
+	}
+	if o.MaxRequests <= 0 {
+		o.MaxRequests = DefaultMaxRequests
+	}
 	p := &Proxy{
 		nodes:      o.Nodes,
 		ring:       o.Ring,
@@ -156,6 +177,8 @@ func New(o Options) (*Proxy, error) {
 		transport:  o.Transport,
 		log:        o.Logger,
 		stall:      o.StallTimeout,
+		bodyIdle:   o.BodyIdleTimeout,
+		limits:     newLimiter(o.MaxRequestsPerClient, o.MaxRequests),
 		shared:     o.SharedAccounts,
 		obs:        o.Observer,
 		healer:     o.Healer,
@@ -197,6 +220,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // route dispatches one request (see the package comment).
 func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 	if isPublic(r.URL.Path) {
+		release, lerr := p.limits.acquire(addrClient(r))
+		if lerr != nil {
+			p.obs.Limited(limitScope(lerr))
+			writeClientError(w, lerr)
+			return
+		}
+		defer release()
 		p.forwardOne(w, r, nil)
 		return
 	}
@@ -217,6 +247,13 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 		t.user = user
 		t.mu.Unlock()
 	}
+	release, lerr := p.limits.acquire(user)
+	if lerr != nil {
+		p.obs.Limited(limitScope(lerr))
+		writeClientError(w, lerr)
+		return
+	}
+	defer release()
 	p.healer.RecordUser(user)
 	r.Header.Del(stamp.Header) // stamps are the proxy's to give, never a client's
 	rest, isFS := strings.CutPrefix(r.URL.Path, "/v1/fs/")
@@ -224,6 +261,16 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request) {
 	if isFS && tombstone.Reserved(ref.path) {
 		writeError(w, http.StatusForbidden, tombstone.Root+" is reserved for cring")
 		return
+	}
+	if isFS {
+		cerr := checkFSPath(ref)
+		if cerr == nil && (r.Method == http.MethodPost || r.Method == http.MethodDelete) {
+			cerr = checkFSWrite(r, ref)
+		}
+		if cerr != nil {
+			writeClientError(w, cerr)
+			return
+		}
 	}
 	switch {
 	case isFS && r.Method == http.MethodPost:
@@ -282,7 +329,11 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxSmallBody+1))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+		if ce, ok := asClientError(err); ok {
+			writeClientError(w, ce)
+		} else {
+			writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+		}
 		return nil, false
 	}
 	if len(b) > maxSmallBody {
@@ -394,6 +445,9 @@ func (p *Proxy) nodeFailed(ctx context.Context, i int, err error) {
 	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, errClientGone) {
 		return
+	}
+	if _, ok := asClientError(err); ok {
+		return // the client's body failed (stalled, malformed): not the node
 	}
 	p.health.MarkDown(i, err)
 }

@@ -772,7 +772,9 @@ func TestMalformedChunkedUpload(t *testing.T) {
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "POST /v1/fs/big/bad?mode=420 HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"+
-		"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n", goodToken)
+		"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n", goodToken)
+	head := "--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"bad\"\r\n\r\n"
+	fmt.Fprintf(&req, "%x\r\n%s\r\n", len(head), head)
 	for range 16 {
 		fmt.Fprintf(&req, "%x\r\n%s\r\n", 64<<10, bytes.Repeat([]byte("y"), 64<<10))
 	}
@@ -1288,7 +1290,11 @@ func TestSmallAnswerStallsMidBody(t *testing.T) {
 			if tt.body != nil {
 				body = bytes.NewReader(tt.body)
 			}
-			r := c.do(ctx, tt.method, tt.path, goodToken, ctype, body)
+			target := tt.path
+			if tt.method == http.MethodPost && strings.HasPrefix(target, "/v1/fs/") {
+				target += "?mode=420" // an upload charm's server takes
+			}
+			r := c.do(ctx, tt.method, target, goodToken, ctype, body)
 			if r.err != nil {
 				t.Fatalf("no answer within 3s: %v", r.err)
 			}
@@ -1333,9 +1339,9 @@ func TestReadWaitsForOwnWrite(t *testing.T) {
 			return true
 		})
 	}
-	next, _ := multipartBody(t, 4096, 2)
+	next, nextType := multipartBody(t, 4096, 2)
 	wrote := make(chan result, 1)
-	go func() { wrote <- c.upload(p, next, ctype) }()
+	go func() { wrote <- c.upload(p, next, nextType) }()
 	truncated.Wait()
 	read := make(chan result, 1)
 	go func() { read <- c.call(http.MethodGet, "/v1/fs/"+p, nil, "") }()

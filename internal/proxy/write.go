@@ -112,13 +112,30 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		}
 	}
 
+	// A client's upload is checked as charm's server reads it: its head
+	// before any node is asked, the rest as it streams (a small one whole,
+	// below), so a malformed one is the client's 400, never the nodes' 500.
+	src := io.Reader(r.Body)
+	boundary := ""
+	if hasBody && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) {
+		boundary, _ = formBoundary(r) // checked by checkFSWrite
+	}
+	if boundary != "" && !(r.ContentLength > 0 && r.ContentLength <= smallBody) {
+		checked, stop, err := checkHead(src, boundary, r.ContentLength)
+		if err != nil {
+			p.bodyFailed(w, r, key, nil, err)
+			return
+		}
+		defer stop()
+		src = checked
+	}
+
 	// With backups, the upload's file also goes to a spool file as it
 	// streams; without one there is no ack, so check before any node works.
 	var tee *backupTee
-	src := io.Reader(r.Body)
 	if hasBody {
 		var err error
-		if tee, src, err = p.startBackupTee(r, ref, p.mayNeedRecord(targets)); err != nil {
+		if tee, src, err = p.startBackupTee(r, src, ref, p.mayNeedRecord(targets)); err != nil {
 			p.log.Error("cannot spool the backup of an upload", "err", err)
 			writeError(w, http.StatusServiceUnavailable, "cannot back up the upload: "+err.Error())
 			return
@@ -133,8 +150,11 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	if hasBody && r.ContentLength > 0 && r.ContentLength <= smallBody {
 		small = make([]byte, r.ContentLength)
 		_, err := io.ReadFull(src, small)
-		if err != nil && ctx.Err() != nil {
-			err = errClientGone
+		if err != nil {
+			err = clientBodyError(ctx, err)
+		}
+		if err == nil && boundary != "" {
+			err = checkForm(bytes.NewReader(small), boundary)
 		}
 		p.finishTee(key, tee, err)
 		if err != nil {
@@ -287,7 +307,8 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		// reads.
 		p.missedReplicas(ref, pref, targets)
 		p.settle(r, ref, pref, targets, reps, got, stored)
-	} else {
+	} else if bodyErr == nil {
+		// (With the client's body failed, the nodes' failures are its.)
 		p.logFailures(r, ref, targets, got)
 	}
 
@@ -460,10 +481,27 @@ func (p *Proxy) finishTee(key string, tee *backupTee, bodyErr error) {
 	}
 }
 
-// bodyFailed answers a write whose client body could not be read.
+// clientBodyError is the error to report for a failed read of a client's
+// body: what the client did wrong (stalled, malformed), else that it left.
+func clientBodyError(ctx context.Context, err error) error {
+	if _, ok := asClientError(err); ok {
+		return err
+	}
+	if ctx.Err() != nil {
+		return errClientGone
+	}
+	return err
+}
+
+// bodyFailed answers a write whose client body could not be read, or was
+// not what charm's server reads.
 func (p *Proxy) bodyFailed(w http.ResponseWriter, r *http.Request, key string, tee *backupTee, err error) {
 	p.discardSpool(tee)
 	p.log.Warn("write aborted: client body failed", "key", key, "err", err, "request_id", r.Header.Get("X-Request-Id"))
+	if ce, ok := asClientError(err); ok {
+		writeClientError(w, ce)
+		return
+	}
 	writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
 }
 
@@ -597,9 +635,7 @@ func (p *Proxy) pump(ctx context.Context, src io.Reader, reps []*replica) error 
 			break
 		}
 		if rerr != nil {
-			if ctx.Err() != nil {
-				rerr = errClientGone
-			}
+			rerr = clientBodyError(ctx, rerr)
 			for _, rp := range reps {
 				if !rp.dead {
 					rp.kill(rerr)

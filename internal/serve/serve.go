@@ -235,12 +235,18 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		Logger:            s.log,
 		StallTimeout:      cfg.NodeTimeout,
 		PostQuorumTimeout: cfg.PostQuorumTimeout,
+		BodyIdleTimeout:   cfg.BodyIdleTimeout,
 		SharedAccounts:    cfg.Accounts == config.AccountsShared,
 		Observer:          s.metrics,
 		Healer:            healer,
 		Backup:            s.backupSink(),
 		Clock:             s.clock,
 		VersionRecords:    needsRecords(cfg),
+
+		// Bounds hold per generation: a reload starts them afresh while
+		// the old generation's requests drain.
+		MaxRequestsPerClient: cfg.MaxRequestsPerClient,
+		MaxRequests:          cfg.MaxRequests,
 	})
 	if err != nil {
 		return nil, err
