@@ -70,6 +70,7 @@ func TestServeRejectsBadConfig(t *testing.T) {
 		{"unknown yaml key", []string{"--config", typoYAML}, nil, "field nodez not found"},
 		{"env W > N", nil, []string{"CRING_HOST=http://127.0.0.1:1,http://127.0.0.1:2", "CRING_WRITE_QUORUM=5"}, "write-quorum 5 is larger"},
 		{"bad flag", []string{"--nope"}, nil, "unknown flag"},
+		{"admin open without a token", []string{"--host", "http://127.0.0.1:1", "--admin-address", "0.0.0.0:0"}, nil, "set an admin-token"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(bin, append([]string{"serve", "--address", "127.0.0.1:0", "--ssh-proxy-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"}, tt.args...)...)

@@ -9,6 +9,7 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -169,6 +170,10 @@ func devControl(ctx context.Context, srv *serve.Server, dc *devcluster.Cluster) 
 	}
 	srv.HandleAdmin("GET /dev/nodes", func(w http.ResponseWriter, r *http.Request) { list(w) })
 	srv.HandleAdmin("POST /dev/nodes/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		if why := refuseControl(r); why != "" {
+			http.Error(w, why, http.StatusForbidden)
+			return
+		}
 		var node *devcluster.Node
 		for _, n := range dc.Nodes {
 			if n.Name == r.PathValue("name") {
@@ -195,6 +200,31 @@ func devControl(ctx context.Context, srv *serve.Server, dc *devcluster.Cluster) 
 		}
 		list(w)
 	})
+}
+
+// devControlHeader must be on every control request: a web page can't send
+// it to another origin without a CORS preflight, which is never granted.
+const devControlHeader = "X-Cring-Control"
+
+// refuseControl says why r may not stop or start a node ("" when it may).
+// A web page the developer visits can reach loopback: its plain POSTs (a
+// form, fetch without custom headers) lack the header, a cross-origin
+// request carries a foreign Origin, and a name rebound to 127.0.0.1 shows
+// in Host.
+func refuseControl(r *http.Request) string {
+	if r.Header.Get(devControlHeader) != "1" {
+		return "refused: control requests carry " + devControlHeader + ": 1 (use cring dev node)"
+	}
+	if !config.LoopbackAddress(r.Host) {
+		return "refused: Host " + r.Host + " is not a loopback address"
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return "refused: cross-origin request from " + o
+		}
+	}
+	return ""
 }
 
 func printDevSummary(w io.Writer, dc *devcluster.Cluster, cfg *config.Config, sshAddr, httpAddr, adminAddr string) {
@@ -290,7 +320,7 @@ func ringShare(cfg *config.Config) []float64 {
 }
 
 func newDevNodeCmd() *cobra.Command {
-	var admin string
+	var admin, token string
 	cmd := &cobra.Command{
 		Use:   "node stop|start|list [NAME]",
 		Short: "Stop or start a node of a running cring dev",
@@ -313,6 +343,8 @@ func newDevNodeCmd() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
+			req.Header.Set(devControlHeader, "1")
+			withAdminToken(req, token)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				return fmt.Errorf("reach cring dev at %s: %w", admin, err)
@@ -343,6 +375,7 @@ func newDevNodeCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "admin address of the running cring dev")
+	adminTokenFlag(cmd.Flags(), &token)
 	return cmd
 }
 

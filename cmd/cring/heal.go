@@ -303,7 +303,7 @@ func fixesIfDry(r *heal.Report) []heal.Result {
 }
 
 func newStatusCmd() *cobra.Command {
-	var admin string
+	var admin, token string
 	var jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -313,7 +313,7 @@ func newStatusCmd() *cobra.Command {
 			if _, err := applyEnv(cmd.Flags()); err != nil {
 				return usageError{err}
 			}
-			st, body, err := fetchStatus(cmd.Context(), admin)
+			st, body, err := fetchStatus(cmd.Context(), admin, token)
 			if err != nil {
 				return err
 			}
@@ -326,6 +326,7 @@ func newStatusCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "the proxy's admin address")
+	adminTokenFlag(cmd.Flags(), &token)
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "raw JSON")
 	return cmd
 }
@@ -337,6 +338,7 @@ type statusDoc struct {
 	WriteQuorum int               `json:"write_quorum"`
 	SSHActive   int               `json:"ssh_active"`
 	Heal        *heal.Status      `json:"heal"`
+	UsersShown  bool              `json:"users_shown"` // the admin token was sent: user IDs are in
 }
 
 func printStatus(out io.Writer, st *statusDoc) {
@@ -399,7 +401,7 @@ func printStatus(out io.Writer, st *statusDoc) {
 }
 
 func newStatsCmd() *cobra.Command {
-	var admin string
+	var admin, token string
 	var jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "stats",
@@ -412,7 +414,7 @@ fair share, the largest users, and failed requests per node since start.`,
 			if _, err := applyEnv(cmd.Flags()); err != nil {
 				return usageError{err}
 			}
-			st, body, err := fetchStatus(cmd.Context(), admin)
+			st, body, err := fetchStatus(cmd.Context(), admin, token)
 			if err != nil {
 				return err
 			}
@@ -433,22 +435,27 @@ fair share, the largest users, and failed requests per node since start.`,
 		},
 	}
 	cmd.Flags().StringVar(&admin, "admin", "127.0.0.1:35356", "the proxy's admin address")
+	adminTokenFlag(cmd.Flags(), &token)
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "JSON")
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, admin string) (*statusDoc, []byte, error) {
+func fetchStatus(ctx context.Context, admin, token string) (*statusDoc, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/status", nil)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
+	withAdminToken(req, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reach the proxy's admin API at %s: %w", admin, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, nil, fmt.Errorf("%s: %s", admin, adminTokenHint)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read status: %w", err)
@@ -488,6 +495,8 @@ func printStats(out io.Writer, st *statusDoc) {
 			for _, u := range r.UserUsage[:min(len(r.UserUsage), 10)] {
 				fmt.Fprintf(out, "  %-40s %10d %12s\n", u.User, u.Files, humanBytes(u.Bytes))
 			}
+		} else if !st.UsersShown && r.Users > 0 {
+			fmt.Fprintln(out, dimStyle.Render("\n  largest users: only with the admin token (the proxy's --admin-token, here --admin-token or CRING_ADMIN_TOKEN)"))
 		}
 	}
 	for _, n := range st.Nodes {

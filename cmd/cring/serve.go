@@ -35,6 +35,7 @@ type serveFlags struct {
 	writeQuorum    int
 	publicURL      string
 	adminAddress   string
+	adminToken     string
 	configPath     string
 	healthInterval time.Duration
 	nodeTimeout    time.Duration
@@ -106,7 +107,8 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N), clamped to the node count")
 	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)")
 	fl.StringVar(&f.publicURL, "public-url", "", "the URL clients use, which the nodes sign tokens for (default: what the nodes announce)")
-	fl.StringVar(&f.adminAddress, "admin-address", config.DefaultAdminAddress, "health and status listen address (/healthz, /readyz, /status)")
+	fl.StringVar(&f.adminAddress, "admin-address", config.DefaultAdminAddress, "health, status, metrics and profiles listen address (/healthz, /readyz, /status, /metrics); not loopback only with --admin-token")
+	fl.StringVar(&f.adminToken, "admin-token", "", "bearer token the admin address requires (all but /healthz, /readyz and an aggregate /status); required when it is not loopback; better in CRING_ADMIN_TOKEN or the config file than on a command line")
 	fl.StringVar(&f.configPath, "config", "", "cring.yaml with per-node settings (name, url, ssh, health, zone)")
 	fl.DurationVar(&f.healthInterval, "health-interval", config.DefaultHealthInterval, "how often every node is probed")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may take to answer or stall mid-body before it loses the request")
@@ -165,6 +167,9 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("admin-address") || cfg.AdminAddress == "" {
 		cfg.AdminAddress = f.adminAddress
+	}
+	if pick("admin-token") || cfg.AdminToken == "" {
+		cfg.AdminToken = f.adminToken
 	}
 	if pick("replicas") {
 		cfg.Replicas = f.replicas

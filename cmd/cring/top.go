@@ -16,6 +16,7 @@ import (
 func newTopCmd() *cobra.Command {
 	var (
 		admin    string
+		token    string
 		interval time.Duration
 	)
 	cmd := &cobra.Command{
@@ -37,6 +38,7 @@ Rates and latencies cover the last refresh interval. Keys: q quits, p pauses.`,
 			if err != nil {
 				return usageError{err}
 			}
+			client.Token = token
 			if !term.IsTerminal(int(os.Stdout.Fd())) {
 				return errors.New("cring top needs a terminal; scripts can read /metrics or /status on the admin address")
 			}
@@ -47,6 +49,7 @@ Rates and latencies cover the last refresh interval. Keys: q quits, p pauses.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&admin, "admin", "127.0.0.1:35356", "the proxy's admin address (host:port or URL)")
+	adminTokenFlag(fl, &token)
 	fl.DurationVar(&interval, "interval", time.Second, "refresh interval")
 	return cmd
 }

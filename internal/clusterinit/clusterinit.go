@@ -146,6 +146,7 @@ type plan struct {
 	nodeTLSUntil time.Time
 	accounts     string // PostgreSQL URL (cring nodes)
 	composePass  string // the compose file's own PostgreSQL password (cring nodes)
+	adminToken   string // the compose proxy's admin token
 }
 
 // Validate reports whether the options describe a valid cluster, without
@@ -387,7 +388,11 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 			return nil, fmt.Errorf("generate the compose database password: %w", err)
 		}
 	}
-	// Env files and compose.yaml hold database passwords with cring nodes.
+	if p.adminToken, err = randomHex(24); err != nil {
+		return nil, fmt.Errorf("generate the compose admin token: %w", err)
+	}
+	// Env files and compose.yaml hold database passwords with cring nodes;
+	// compose.yaml always holds the admin token.
 	secretPerm := fs.FileMode(0o644)
 	if !p.stock {
 		secretPerm = 0o600
@@ -396,7 +401,7 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 		{rel: "README.txt", data: readme(p), perm: 0o644},
 		{rel: "cring.yaml", data: cringYAML(p, false), perm: 0o644},
 		{rel: "cring.service", data: cringUnit(), perm: 0o644},
-		{rel: "compose.yaml", data: composeYAML(p), perm: secretPerm},
+		{rel: "compose.yaml", data: composeYAML(p), perm: 0o600},
 		{rel: filepath.Join("compose", "cring.yaml"), data: cringYAML(p, true), perm: 0o644},
 	}
 	for _, n := range p.nodes {

@@ -290,6 +290,14 @@ func TestGenerate(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, "compose.yaml")); err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("compose.yaml holds a database password: %v %v, want 0600", st.Mode(), err)
 		}
+		// The admin port is published (on the host's loopback), so in the
+		// container it listens on every interface: with a token, which a
+		// proxy configured so accepts.
+		admin := config.Config{Nodes: []config.Node{{URL: "http://charm1:35354"}},
+			AdminAddress: p.Environment["CRING_ADMIN_ADDRESS"], AdminToken: p.Environment["CRING_ADMIN_TOKEN"]}
+		if err := admin.Normalize(); err != nil || !slices.Contains(p.Ports, "127.0.0.1:35356:35356") || admin.AdminAddress != ":35356" {
+			t.Errorf("compose proxy admin: %v, ports %v, env %v", err, p.Ports, p.Environment)
+		}
 	})
 }
 

@@ -301,6 +301,13 @@ services:
     image: %[4]s
     restart: unless-stopped
     command: ["/cring", "serve", "--config", "/etc/cring/cring.yaml"]
+    environment:
+      # The admin port is published on the host's loopback only, but inside
+      # the container it listens on every interface, so it wants a token
+      # (for all but /healthz, /readyz and an aggregate /status):
+      #   CRING_ADMIN_TOKEN=<this> cring status --admin 127.0.0.1:%[3]d
+      CRING_ADMIN_ADDRESS: ":%[3]d"
+      CRING_ADMIN_TOKEN: %[9]s
     volumes:
       - ./cring:/cring:ro
       - ./compose/cring.yaml:/etc/cring/cring.yaml:ro
@@ -310,7 +317,7 @@ services:
       - "%[1]d:%[1]d"
       - "%[2]d:%[2]d"
       - "127.0.0.1:%[3]d:%[3]d"
-`, SSHPort, HTTPPort, HealthPort, distroless, KeyName, cringKeyPath, ProxyDataDir, composeTLS(p))
+`, SSHPort, HTTPPort, HealthPort, distroless, KeyName, cringKeyPath, ProxyDataDir, composeTLS(p), p.adminToken)
 	b.WriteString(composeHealth(fmt.Sprintf("http://127.0.0.1:%d/healthz", HealthPort), ""))
 	b.WriteString("    depends_on:\n")
 	for _, n := range p.nodes {

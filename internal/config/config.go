@@ -4,6 +4,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -20,7 +21,7 @@ import (
 const (
 	DefaultAddress         = ":35354"
 	DefaultSSHProxyAddress = ":35353"
-	DefaultAdminAddress    = ":35356"
+	DefaultAdminAddress    = "127.0.0.1:35356"
 	DefaultSSHBackendPort  = 35353
 	DefaultReplicas        = 3
 	DefaultWriteQuorum     = 2
@@ -89,6 +90,7 @@ type Config struct {
 	SSHProxyAddress string        `yaml:"ssh-proxy-address"`
 	SSHBackendPort  int           `yaml:"ssh-backend-port"`
 	AdminAddress    string        `yaml:"admin-address"`
+	AdminToken      string        `yaml:"admin-token"` // required when AdminAddress is not loopback
 	HealthInterval  time.Duration `yaml:"health-interval"`
 	NodeTimeout     time.Duration `yaml:"node-timeout"`
 	SSHMaxConns     int           `yaml:"ssh-max-conns"`
@@ -134,6 +136,24 @@ type Config struct {
 	// system's roots, for https node URLs (nodes serving TLS with
 	// certificates from a private CA).
 	NodeCA string `yaml:"node-ca"`
+}
+
+// MinAdminToken is the shortest admin token accepted.
+const MinAdminToken = 16
+
+// LoopbackAddress reports whether a listen address (host:port) or a Host
+// header names only this machine: localhost or a loopback IP. An empty host
+// is every interface.
+func LoopbackAddress(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = strings.Trim(addr, "[]") // a Host header without a port
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
@@ -263,6 +283,13 @@ func (c *Config) Normalize() error {
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			return fmt.Errorf("%s %q: %w", a.name, v, err)
 		}
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < MinAdminToken {
+		return fmt.Errorf("admin-token is %d characters: use at least %d (e.g. openssl rand -hex 32)", len(c.AdminToken), MinAdminToken)
+	}
+	if admin := cmp.Or(c.AdminAddress, DefaultAdminAddress); c.AdminToken == "" && !LoopbackAddress(admin) {
+		return fmt.Errorf("admin-address %s is reachable from the network and its status, metrics and profiles are for operators: "+
+			"set an admin-token (--admin-token or CRING_ADMIN_TOKEN; clients send it as Authorization: Bearer), or listen on loopback (127.0.0.1:35356)", admin)
 	}
 	if c.SSHMaxConns < 0 || c.SSHMaxConnsPerAddress < 0 || c.SSHHandshakeTimeout < 0 || c.SSHIdleTimeout < 0 {
 		return errors.New("ssh-max-conns, ssh-max-conns-per-address, ssh-handshake-timeout and ssh-idle-timeout must not be negative")

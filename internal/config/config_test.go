@@ -25,7 +25,7 @@ func TestNormalize(t *testing.T) {
 		{name: "no nodes", wantErr: "no nodes configured"},
 		{name: "defaults", cfg: Config{Nodes: nodes("http://a:35354", "http://b:35354", "http://c:35354")},
 			check: func(t *testing.T, c *Config) {
-				if c.Replicas != 3 || c.WriteQuorum != 2 || c.Address != ":35354" || c.SSHProxyAddress != ":35353" || c.AdminAddress != ":35356" || c.Accounts != AccountsPerNode {
+				if c.Replicas != 3 || c.WriteQuorum != 2 || c.Address != ":35354" || c.SSHProxyAddress != ":35353" || c.AdminAddress != "127.0.0.1:35356" || c.Accounts != AccountsPerNode {
 					t.Fatalf("defaults wrong: %+v", c)
 				}
 				if c.Nodes[1].Name != "b:35354" || c.Nodes[1].SSH != "b:35353" {
@@ -59,6 +59,14 @@ func TestNormalize(t *testing.T) {
 		{name: "s3 backup needs bucket", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "http://minio:9000"}}, wantErr: "backup-bucket is required"},
 		{name: "file backup", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/var/lib/cring", Backup: Backup{URL: "file:///var/backups"}}},
 		{name: "backup needs data dir", cfg: Config{Nodes: nodes("http://a:1"), Backup: Backup{URL: "file:///var/backups"}}, wantErr: "need --data-dir"},
+		{name: "admin on every interface needs a token", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: ":35356"}, wantErr: "admin-address :35356 is reachable from the network"},
+		{name: "admin on an address needs a token", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "10.0.0.5:35356"}, wantErr: "set an admin-token"},
+		{name: "admin on a name needs a token", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "proxy.internal:35356"}, wantErr: "set an admin-token"},
+		{name: "admin with a token", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: ":35356", AdminToken: "0123456789abcdef"}},
+		{name: "admin token too short", cfg: Config{Nodes: nodes("http://a:1"), AdminToken: "secret"}, wantErr: "admin-token is 6 characters"},
+		{name: "admin on localhost", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "localhost:35356"}},
+		{name: "admin on ::1", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "[::1]:35356"}},
+		{name: "admin on 127.0.0.2", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "127.0.0.2:35356"}},
 		{name: "bad backup mode", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/d", Backup: Backup{URL: "file:///b", Mode: "eventually"}}, wantErr: "backup-mode must be sync or async"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

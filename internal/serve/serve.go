@@ -52,6 +52,7 @@ type Server struct {
 	admin     *http.ServeMux
 	metrics   *metrics.Metrics
 	healer    *heal.Healer
+	signer    *token.Signer // --server-key; nil when healing is off
 	backupQ   *backup.Queue
 	sink      *backup.Sink
 	clock     *stamp.Clock  // one per process: stamps never go back across reloads
@@ -99,6 +100,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--server-key: %w", err)
 		}
+		s.signer = signer
 		s.healer, err = heal.New(heal.Options{
 			Signer:         signer,
 			Issuer:         s.issuer,
@@ -304,6 +306,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		{"address", cur.Address, cfg.Address},
 		{"ssh-proxy-address", cur.SSHProxyAddress, cfg.SSHProxyAddress},
 		{"admin-address", cur.AdminAddress, cfg.AdminAddress},
+		{"admin-token", cur.AdminToken, cfg.AdminToken},
 		{"public-url", cur.PublicURL, cfg.PublicURL},
 		{"server-key", cur.ServerKey, cfg.ServerKey},
 		{"data-dir", cur.DataDir, cfg.DataDir},
@@ -316,12 +319,18 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	next := *cfg
-	next.Address, next.SSHProxyAddress, next.AdminAddress = cur.Address, cur.SSHProxyAddress, cur.AdminAddress
+	next.Address, next.SSHProxyAddress, next.AdminAddress, next.AdminToken = cur.Address, cur.SSHProxyAddress, cur.AdminAddress, cur.AdminToken
 	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
 	next.TLSCert, next.TLSKey, next.NodeCA = cur.TLSCert, cur.TLSKey, cur.NodeCA
 	g, err := s.newGeneration(&next)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
+	}
+	if s.signer != nil {
+		// New nodes must accept the healer's tokens too.
+		if _, err := s.checkServerKey(context.Background(), next.Nodes); err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
 	}
 	s.install(g)
 	if len(kept) > 0 {
@@ -446,7 +455,21 @@ func (s *Server) Serve(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	as := &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second}
+	as := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	// A --server-key the nodes don't publish would have every repair
+	// refused: refuse to start instead (later, if no node answers yet).
+	keyUnchecked := false
+	if s.signer != nil {
+		checked, err := s.checkServerKey(ctx, s.cfg.Nodes)
+		if err != nil {
+			s.httpLn.Close()
+			s.sshLn.Close()
+			s.adminLn.Close()
+			return err
+		}
+		keyUnchecked = !checked
+	}
 
 	go func() {
 		if err := s.verifier.Prime(ctx); err != nil {
@@ -460,7 +483,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	if keyUnchecked {
+		go s.watchServerKey(ctx, errc)
+	}
 	if s.healer != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.healer.Run(ctx) }()
@@ -539,8 +565,14 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"peak_rss_bytes": peakRSS(),
 		"node_errors":    s.metrics.NodeErrors(),
 	}
+	// Who stores what is for operators: only with the admin token.
+	st["users_shown"] = adminAuthed(r)
 	if s.healer != nil {
-		st["heal"] = s.healer.Status()
+		hs := s.healer.Status()
+		if !adminAuthed(r) {
+			hs = aggregateHeal(hs)
+		}
+		st["heal"] = hs
 	}
 	if s.backupQ != nil {
 		st["backup"] = s.backupQ.Stats()

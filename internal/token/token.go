@@ -69,3 +69,15 @@ func (s *Signer) SignClaims(c jwt.RegisteredClaims) (string, error) {
 func (s *Signer) JWK() jose.JSONWebKey {
 	return jose.JSONWebKey{Key: s.key.Public(), KeyID: s.kid, Algorithm: "EdDSA"}
 }
+
+// In reports whether set holds this key's public half (whatever key id the
+// set gives it): whether the nodes publishing set accept tokens it signs.
+func (s *Signer) In(set *jose.JSONWebKeySet) bool {
+	pub := s.key.Public().(ed25519.PublicKey)
+	for _, k := range set.Keys {
+		if pk, ok := k.Key.(ed25519.PublicKey); ok && pub.Equal(pk) {
+			return true
+		}
+	}
+	return false
+}

@@ -74,6 +74,8 @@ func (s Scrape) Problem() string {
 type Client struct {
 	base string
 	http *http.Client
+	// Token is the proxy's admin token, sent as a bearer token ("": none).
+	Token string
 }
 
 // NewClient takes the admin address as host:port or as a URL.
@@ -106,6 +108,9 @@ func (c *Client) get(ctx context.Context, path, accept string) (*http.Response, 
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	return c.http.Do(req)
 }
 
@@ -115,6 +120,9 @@ func (c *Client) metrics(ctx context.Context, at time.Time) (*Snapshot, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("GET /metrics: %s: the proxy wants its admin token (--admin-token or CRING_ADMIN_TOKEN)", resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
 	}
