@@ -37,9 +37,13 @@ const verifyWhole = 256 << 10
 var errUnrecorded = errors.New("the copy is no recorded version (torn by a write in progress, or stale)")
 
 // mustVerify reports whether a node's answer for ref is checked: the node
-// kept no stamp (a cring node sends one and checks its own copies).
+// kept no stamp and no checksum. A cring node sends its copy's stamp, or
+// for a file written without one (before cring, or to the node directly)
+// its recorded checksum: either way it writes atomically and checks its
+// own copies, so a read of it needs no version-record lookup on every node.
 func (p *Proxy) mustVerify(resp *http.Response, ref fileRef) bool {
-	return p.records && resp.Header.Get(stamp.Header) == "" && !tombstone.Reserved(ref.path)
+	return p.records && resp.Header.Get(stamp.Header) == "" && resp.Header.Get(stamp.SHA256Header) == "" &&
+		!tombstone.Reserved(ref.path)
 }
 
 // serveVerified serves a stock node's copy if it is a recorded version.

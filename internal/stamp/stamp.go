@@ -19,6 +19,10 @@ import (
 // Header carries a version's stamp between proxies, nodes and the healer.
 const Header = "X-Cring-Stamp"
 
+// SHA256Header carries a file's recorded SHA-256 (hex) on a cring node's
+// answers. Only cring nodes send it, and they never serve a torn copy.
+const SHA256Header = "X-Cring-Sha256"
+
 // Stamp is one version. The zero Stamp is "unstamped": a copy written before
 // stamps existed, or by a client talking to a node directly; it loses to
 // every stamped version.

@@ -26,7 +26,7 @@ import (
 const (
 	// SHA256Header carries a file's recorded SHA-256 (hex) on reads and
 	// on answers to writes.
-	SHA256Header = "X-Cring-Sha256"
+	SHA256Header = stamp.SHA256Header
 	fsPrefix     = "/v1/fs"
 )
 
