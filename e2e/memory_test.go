@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/charmbracelet/keygen"
 
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -40,8 +42,7 @@ func startProcessNodes(t *testing.T, n int) *processCluster {
 		t.Fatal(err)
 	}
 	publicURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	dir := t.TempDir()
-	dc, err := devcluster.New(dir, devcluster.Options{Nodes: n, PublicURL: publicURL, Binary: cringBinary(t)})
+	dc, err := devcluster.New(t.TempDir(), devcluster.Options{Nodes: n, PublicURL: publicURL, Binary: cringBinary(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,45 +50,70 @@ func startProcessNodes(t *testing.T, n int) *processCluster {
 	if err := dc.StartAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	kp, err := keygen.New(filepath.Join(dir, "client_ed25519"), keygen.WithKeyType(keygen.Ed25519))
+	pc := &processCluster{tc: &testCluster{t: t, dc: dc}}
+	pc.id, pc.jwt = pc.seed(t)
+	return pc
+}
+
+// seed makes a user on every node and signs a token for it.
+func (pc *processCluster) seed(t *testing.T) (id, jwt string) {
+	t.Helper()
+	dc := pc.tc.dc
+	kp, err := keygen.New(filepath.Join(t.TempDir(), "client_ed25519"), keygen.WithKeyType(keygen.Ed25519))
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := dc.SeedUser(kp.RawAuthorizedKey())
-	if err != nil {
+	if id, err = dc.SeedUser(kp.RawAuthorizedKey()); err != nil {
 		t.Fatal(err)
 	}
 	signer, err := token.LoadSigner(dc.KeyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwt, err := signer.Sign(id, publicURL, time.Hour)
-	if err != nil {
+	if jwt, err = signer.Sign(id, dc.PublicURL, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	return &processCluster{tc: &testCluster{t: t, dc: dc}, id: id, jwt: jwt}
+	return id, jwt
 }
 
-// plant writes files straight into the nodes' file stores (as unstamped
+// plant puts files straight into the nodes' file stores (as unstamped
 // copies, like data written to a node directly): for each directory name,
-// files empty files named like charm's encrypted names. Much faster than
-// uploading them, and the nodes list them as they list any file.
-func (pc *processCluster) plant(t *testing.T, nodes []*devcluster.Node, dirs []string, files int) {
+// files entries named like charm's encrypted names, hard links to empty
+// files of one modification time, so the copies are identical on every
+// node and a million of them cost about a million link calls. The nodes
+// list them as they list any file.
+func (pc *processCluster) plant(t *testing.T, user string, nodes []*devcluster.Node, dirs []string, files int) {
 	t.Helper()
+	tmp := t.TempDir()
+	mtime := time.Now().Add(-time.Hour).Truncate(time.Second)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(nodes))
-	for _, n := range nodes {
+	for k, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var src string
+			links := 0
 			for _, d := range dirs {
-				base := n.FilePath(pc.id, d)
+				base := n.FilePath(user, d)
 				if err := os.MkdirAll(base, 0o700); err != nil {
 					errs <- err
 					return
 				}
-				for k := range files {
-					if err := os.WriteFile(filepath.Join(base, fmt.Sprintf("%044d", k)), nil, 0o600); err != nil {
+				for f := range files {
+					if links%60_000 == 0 { // ext4 allows 65,000 links to a file
+						src = filepath.Join(tmp, fmt.Sprintf("empty-%d-%d", k, links))
+						if err := os.WriteFile(src, nil, 0o600); err != nil {
+							errs <- err
+							return
+						}
+						if err := os.Chtimes(src, mtime, mtime); err != nil {
+							errs <- err
+							return
+						}
+					}
+					links++
+					if err := os.Link(src, filepath.Join(base, fmt.Sprintf("%044d", f))); err != nil {
 						errs <- err
 						return
 					}
@@ -161,7 +187,7 @@ func peakHeap(f func()) uint64 {
 func TestListingMemory(t *testing.T) {
 	const entries = 50_000
 	pc := startProcessNodes(t, 5)
-	pc.plant(t, pc.tc.dc.Nodes, []string{"big"}, entries)
+	pc.plant(t, pc.id, pc.tc.dc.Nodes, []string{"big"}, entries)
 	for _, tt := range []struct {
 		name     string
 		nodes    int
@@ -190,5 +216,60 @@ func TestListingMemory(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+var bigScan = flag.Bool("bigscan", false, "TestScanMemory also scans one user's 1,000,000 files (1,000 directories of 1,000; minutes)")
+
+// TestScanMemory: a scan's memory follows the largest directory, not the
+// user's tree: 20 directories of 2,000 files cost what one does (the whole
+// tree of every node used to be held, ~20 times more). With -bigscan, a
+// user with 1,000,000 files is scanned within 1 GiB.
+func TestScanMemory(t *testing.T) {
+	pc := startProcessNodes(t, 3)
+	px := pc.tc.startProxy(clusterOpts{replicas: 3, quorum: 2, heal: true}, 3, "")
+	h := px.srv.Healer()
+	cases := []struct {
+		name        string
+		dirs, files int
+	}{
+		{"1 dir of 2000", 1, 2000},
+		{"20 dirs of 2000", 20, 2000},
+	}
+	if *bigScan {
+		cases = append(cases, struct {
+			name        string
+			dirs, files int
+		}{"1000 dirs of 1000", 1000, 1000})
+	}
+	grew := map[string]uint64{}
+	for _, tt := range cases {
+		id, _ := pc.seed(t)
+		var dirs []string
+		for k := range tt.dirs {
+			dirs = append(dirs, fmt.Sprintf("d%04d", k))
+		}
+		start := time.Now()
+		pc.plant(t, id, pc.tc.dc.Nodes, dirs, tt.files)
+		planted := time.Since(start)
+		var rep *heal.Report
+		var err error
+		start = time.Now()
+		grew[tt.name] = peakHeap(func() { rep, err = h.Scan(context.Background(), heal.ScanOptions{Users: []string{id}}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: planted in %s, scanned in %s: %d keys, %d healthy; heap grew %.1f MiB",
+			tt.name, planted.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), rep.Keys, rep.Healthy, float64(grew[tt.name])/(1<<20))
+		if want := tt.dirs * tt.files; rep.Keys != want || rep.Healthy != want {
+			t.Fatalf("%s: %d keys, %d healthy, want %d of each", tt.name, rep.Keys, rep.Healthy, want)
+		}
+	}
+	// Roughly equal: within half again and a MiB of what one directory costs.
+	if one, twenty := grew["1 dir of 2000"], grew["20 dirs of 2000"]; twenty > one*3/2+1<<20 {
+		t.Errorf("20 directories cost %.1f MiB, one %.1f MiB: a scan's memory grows with the tree", float64(twenty)/(1<<20), float64(one)/(1<<20))
+	}
+	if g, ok := grew["1000 dirs of 1000"]; ok && g > 1<<30 {
+		t.Errorf("a scan of 1,000,000 files took %.1f MiB, over 1 GiB", float64(g)/(1<<20))
 	}
 }

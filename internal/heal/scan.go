@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
-	"slices"
 	"sort"
 	"time"
 
@@ -167,124 +165,9 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 	return rep, nil
 }
 
+// scanUser checks every key of one user, a directory at a time (scandir.go).
 func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
-	trees := map[int]map[string]nodeFile{}
-	tombs := map[string]stamp.Stamp{}     // tombstone name → newest stamp on any node
-	recs := map[string][]*versionRecord{} // version directory name → records
-	unknown := map[int]bool{}
-	for i, n := range m.nodes {
-		if !m.health.Healthy(i) {
-			unknown[i] = true
-			continue
-		}
-		files := map[string]nodeFile{}
-		err := h.walk(ctx, m, i, user, "", files)
-		if err == nil {
-			// Without its tombstones and records, a deleted or replaced
-			// file elsewhere would look like one to copy back.
-			err = h.readRecords(ctx, m, i, user, files, tombs, recs)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			h.log.Warn("scan: cannot read node", "node", n.Name, "user", user, "err", err)
-			unknown[i] = true
-			if !slices.Contains(rep.Unreachable, n.Name) {
-				rep.Unreachable = append(rep.Unreachable, n.Name) // not read in full: its full-scan mark stays
-			}
-			continue
-		}
-		trees[i] = files
-	}
-	paths := map[string]bool{}
-	uu := UserUsage{User: user}
-	for i, files := range trees {
-		nu := rep.Nodes[m.nodes[i].Name]
-		if nu == nil {
-			nu = &NodeUsage{}
-			rep.Nodes[m.nodes[i].Name] = nu
-		}
-		for p, f := range files {
-			if tombstone.Reserved(p) {
-				continue
-			}
-			nu.Files++
-			nu.Bytes += f.size
-			if !paths[p] {
-				uu.Files++
-				uu.Bytes += f.size
-			}
-			paths[p] = true
-		}
-	}
-	if uu.Files > 0 {
-		rep.UserUsage = append(rep.UserUsage, uu)
-	}
-	sorted := make([]string, 0, len(paths))
-	for p := range paths {
-		sorted = append(sorted, p)
-	}
-	sort.Strings(sorted)
-	for _, p := range sorted {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
-			replicas: m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]}
-		for i, files := range trees {
-			if f, ok := files[p]; ok {
-				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime, stamp: f.stamp}
-			}
-		}
-		if !tombstone.Reserved(p) {
-			for _, c := range tombstone.Covering(p) {
-				v.tomb = stamp.Max(v.tomb, tombs[tombstone.Name(c)])
-			}
-			v.records = recs[tombstone.Name(p)]
-		}
-		rep.Keys++
-		h.progress(prog, func(p *Progress) { p.Keys++ })
-		h.check(ctx, v, o, rep)
-	}
-	h.keepRecords(ctx, m, user, trees, unknown, o)
-	h.collectTombstones(ctx, m, user, tombs, len(unknown) == 0, o.DryRun, rep)
-	return nil
-}
-
-// keepRecords brings cring's own files (tombstones, version records) back
-// to their N replicas: they decide which copies win, so they must outlive
-// the nodes that hold them. They are not counted in the report.
-func (h *Healer) keepRecords(ctx context.Context, m *membership, user string, trees map[int]map[string]nodeFile, unknown map[int]bool, o ScanOptions) {
-	own := map[string]bool{}
-	for _, files := range trees {
-		for p := range files {
-			if tombstone.Reserved(p) {
-				own[p] = true
-			}
-		}
-	}
-	for p := range own {
-		if ctx.Err() != nil {
-			return
-		}
-		v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: unknown,
-			replicas: m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]}
-		for i, files := range trees {
-			if f, ok := files[p]; ok {
-				v.copies[i] = replicaCopy{node: i, size: f.size, mtime: f.mtime, stamp: f.stamp}
-			}
-		}
-		if h.healthy(ctx, v) {
-			continue
-		}
-		if h.limiter != nil && !o.DryRun {
-			h.limiter(ctx)
-		}
-		if res := h.repair(ctx, v, o.DryRun, false); res.Err != "" {
-			h.log.Warn("scan: cannot repair a record", "user", user, "path", p, "err", res.Err)
-		}
-	}
+	return h.scanDirs(ctx, m, user, o, rep, prog)
 }
 
 // check classifies one key and repairs it when needed.
@@ -362,38 +245,6 @@ func (h *Healer) walk(ctx context.Context, m *membership, i int, user, dir strin
 }
 
 func isUnder(p, dir string) bool { return len(p) > len(dir) && p[:len(dir)+1] == dir+"/" }
-
-// readRecords reads the bodies of node i's tombstones and version records
-// (once per copy: the facts cache), stamps those files in files, and keeps
-// the newest of each in tombs and recs.
-func (h *Healer) readRecords(ctx context.Context, m *membership, i int, user string, files map[string]nodeFile, tombs map[string]stamp.Stamp, recs map[string][]*versionRecord) error {
-	for p, f := range files {
-		tomb, rec := isUnder(p, tombstone.Dir), isUnder(p, tombstone.Versions)
-		if !tomb && !rec {
-			continue
-		}
-		b, err := h.body(ctx, m, i, user, p, f.size, f.mtime)
-		if errors.Is(err, errNotFound) {
-			delete(files, p) // removed meanwhile
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		f.stamp = recordStamp(p, b)
-		files[p] = f
-		if tomb {
-			name := path.Base(p)
-			tombs[name] = stamp.Max(tombs[name], f.stamp)
-			continue
-		}
-		if r, err := parseRecord(path.Base(p), b); err == nil {
-			name := path.Base(path.Dir(p)) // .cring/versions/<name>/<stamp>
-			recs[name] = addRecords(recs[name], r)
-		}
-	}
-	return nil
-}
 
 // collectTombstones deletes tombstones older than the grace period (by
 // their stamps), once every node could be asked (a node that was away
