@@ -81,10 +81,14 @@ func TestRepairAndStatusCommands(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cring stats: %v\n%s", err, out)
 	}
-	for _, want := range []string{"NODE", "node1", "node3", "+0.0%", u.id} {
+	// Largest users are named only with the admin token (TestAdminToken).
+	for _, want := range []string{"NODE", "node1", "node3", "+0.0%", "largest users: only with the admin token"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("cring stats lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(string(out), u.id) {
+		t.Fatalf("cring stats names a user without the admin token:\n%s", out)
 	}
 	js, err = exec.Command(bin, "stats", "--admin", tc.admin, "--json").Output()
 	var stats struct {

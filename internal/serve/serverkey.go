@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,7 @@ func (s *Server) checkServerKey(ctx context.Context, nodes []config.Node) (check
 	}
 	wg.Wait()
 	if len(foreign) > 0 {
+		slices.Sort(foreign)
 		return true, fmt.Errorf("--server-key %s is not the nodes' key: %s publish another key set, so every repair would be refused (401); "+
 			"give the charm_server_ed25519 the nodes share (in their data dir's .ssh/)", s.cfg.ServerKey, strings.Join(foreign, ", "))
 	}
