@@ -568,3 +568,62 @@ func TestClientErrorsAreClients(t *testing.T) {
 		}
 	}
 }
+
+// TestConnsPerAddress: one address holds at most --max-conns-per-address
+// HTTP connections (idle ones included); the next is answered 429 and
+// closed, other addresses are served, and a closed connection frees its
+// slot.
+func TestConnsPerAddress(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 1, replicas: 1, quorum: 1, tune: func(c *config.Config) {
+		c.MaxConnsPerAddress = 5
+	}})
+	var idle []net.Conn
+	for range 5 { // connections that never send a request
+		c, err := net.Dial("tcp", tc.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		idle = append(idle, c)
+	}
+	waitFor(t, 10*time.Second, func() bool { return metricSum(scrape(t, tc.admin), "cring_http_connections") >= 5 })
+	over, err := net.Dial("tcp", tc.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { over.Close() })
+	status, _, msg := answer(t, over, 10*time.Second)
+	if status != http.StatusTooManyRequests || !strings.Contains(msg, "max-conns-per-address") {
+		t.Fatalf("6th connection: %d %q, want 429 naming the bound", status, msg)
+	}
+	// Another address is served meanwhile.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	resp, err := other.Get("http://" + tc.httpAddr + "/v1/public/jwks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("another address: %d", resp.StatusCode)
+	}
+	// A slot comes back when its connection ends.
+	idle[0].Close()
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", tc.httpAddr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /v1/public/jwks HTTP/1.1\r\nHost: x\r\n\r\n")
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if n := metricSum(scrape(t, tc.admin), "cring_http_connections_rejected_total", `reason="max_conns_per_address"`); n < 1 {
+		t.Fatalf("refused connections not counted: %v", n)
+	}
+}

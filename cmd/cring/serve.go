@@ -52,6 +52,8 @@ type serveFlags struct {
 	bodyIdle       time.Duration
 	maxPerClient   int
 	maxRequests    int
+	maxConnsAddr   int
+	maxConns       int
 	backupMode     string
 	backupPath     bool
 	tlsCert        string
@@ -124,6 +126,8 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.DurationVar(&f.bodyIdle, "body-idle-timeout", config.DefaultBodyIdleTimeout, "how long a client may send no byte of its request body (408) or read none of its answer before the request is abandoned")
 	fl.IntVar(&f.maxPerClient, "max-requests-per-client", config.DefaultMaxRequestsPerClient, "requests one client (charm ID; source address on unauthenticated routes) may have in flight; more get 429")
 	fl.IntVar(&f.maxRequests, "max-requests", config.DefaultMaxRequests, "requests in flight in total; more get 503")
+	fl.IntVar(&f.maxConnsAddr, "max-conns-per-address", config.DefaultMaxConnsPerAddress, "HTTP connections from one source address (an IPv6 /64 is one); more are refused (429); raise it behind a reverse proxy")
+	fl.IntVar(&f.maxConns, "max-conns", config.DefaultMaxConns, "HTTP connections in total; more are refused (503)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS on --address; re-read when it changes")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.nodeCA, "node-ca", "", "PEM CA certificate(s) trusted, besides the system's roots, for https node URLs (nodes serving TLS with a private CA's certificates)")
@@ -224,6 +228,12 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("max-requests") || cfg.MaxRequests == 0 {
 		cfg.MaxRequests = f.maxRequests
+	}
+	if pick("max-conns-per-address") || cfg.MaxConnsPerAddress == 0 {
+		cfg.MaxConnsPerAddress = f.maxConnsAddr
+	}
+	if pick("max-conns") || cfg.MaxConns == 0 {
+		cfg.MaxConns = f.maxConns
 	}
 	if pick("tombstone-grace") || cfg.TombstoneGrace == 0 {
 		cfg.TombstoneGrace = f.tombstoneGrace

@@ -40,6 +40,8 @@ const (
 	DefaultBodyIdleTimeout      = 30 * time.Second
 	DefaultMaxRequestsPerClient = 32
 	DefaultMaxRequests          = 1024
+	DefaultMaxConnsPerAddress   = 256
+	DefaultMaxConns             = 4096
 )
 
 // Account store modes.
@@ -121,6 +123,10 @@ type Config struct {
 	// it); MaxRequests bounds them in total (503 past it).
 	MaxRequestsPerClient int `yaml:"max-requests-per-client"`
 	MaxRequests          int `yaml:"max-requests"`
+	// MaxConnsPerAddress bounds the HTTP connections from one source
+	// address (an IPv6 /64 is one); MaxConns bounds them in total.
+	MaxConnsPerAddress int `yaml:"max-conns-per-address"`
+	MaxConns           int `yaml:"max-conns"`
 
 	// PostQuorumTimeout bounds the replicas still writing after a write was
 	// answered at quorum.
@@ -333,14 +339,20 @@ func (c *Config) Normalize() error {
 	if c.BodyIdleTimeout <= 0 {
 		c.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
-	if c.MaxRequestsPerClient < 0 || c.MaxRequests < 0 {
-		return fmt.Errorf("max-requests-per-client and max-requests must be at least 1, got %d and %d", c.MaxRequestsPerClient, c.MaxRequests)
+	if c.MaxRequestsPerClient < 0 || c.MaxRequests < 0 || c.MaxConnsPerAddress < 0 || c.MaxConns < 0 {
+		return errors.New("max-requests-per-client, max-requests, max-conns-per-address and max-conns must not be negative")
 	}
 	if c.MaxRequestsPerClient == 0 {
 		c.MaxRequestsPerClient = DefaultMaxRequestsPerClient
 	}
 	if c.MaxRequests == 0 {
 		c.MaxRequests = DefaultMaxRequests
+	}
+	if c.MaxConnsPerAddress == 0 {
+		c.MaxConnsPerAddress = DefaultMaxConnsPerAddress
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
 	}
 	if c.ScrubInterval == 0 {
 		c.ScrubInterval = DefaultScrubInterval

@@ -33,6 +33,7 @@ type Metrics struct {
 	sshRejected     prometheus.Counter
 	hedged          prometheus.Counter
 	limited         *prometheus.CounterVec
+	connRejected    *prometheus.CounterVec
 
 	errMu   sync.Mutex
 	nodeErr map[string]uint64 // failed node requests (transport errors, 5xx), for /status
@@ -88,7 +89,10 @@ func New() *Metrics {
 	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cring_http_requests_limited_total", Help: "Client requests refused by a bound on requests in flight: scope client (429) or total (503).",
 	}, []string{"scope"})
-	m.reg.MustRegister(m.hedged, m.limited, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
+	m.connRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cring_http_connections_rejected_total", Help: "Client HTTP connections refused at accept: reason max_conns_per_address or max_conns.",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.hedged, m.limited, m.connRejected, m.requests, m.requestDuration, m.nodeRequests, m.nodeDuration, m.replicaFailures,
 		m.quorumFailures, m.received, m.sent, m.inFlight, m.nodeUp, m.sshConnections, m.sshFailovers, m.sshRejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -187,6 +191,14 @@ func (m *Metrics) QuorumFailure(op string) {
 		op = Method(op)
 	}
 	m.quorumFailures.WithLabelValues(op).Inc()
+}
+
+// ConnRejected records a client HTTP connection refused by a bound.
+func (m *Metrics) ConnRejected(reason string) {
+	if reason != "max_conns_per_address" {
+		reason = "max_conns"
+	}
+	m.connRejected.WithLabelValues(reason).Inc()
 }
 
 // Limited records a request refused by a bound: "client" (429, the

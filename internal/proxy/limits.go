@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -141,14 +140,18 @@ func (l *limiter) inFlight() int {
 	return l.n
 }
 
-// addrClient names an unauthenticated client by its source address (no
-// port: one host opening many connections is one client).
+// addrClient names an unauthenticated client by its source address: the
+// IP without the port (one host opening many connections is one client),
+// for IPv6 its /64 (a host commonly has a whole /64 to pick from).
 func addrClient(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
 	}
-	return "addr " + strings.TrimSpace(host)
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		host = ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	return "addr " + host
 }
 
 // limitScope names the bound that refused a request, for metrics.

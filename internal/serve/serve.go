@@ -59,6 +59,7 @@ type Server struct {
 	certs     *certReloader // nil: plain HTTP
 
 	httpLn, sshLn, adminLn net.Listener
+	httpConns              *sshproxy.Slots // client HTTP connections (its bounds need a restart)
 }
 
 // New builds a server from a normalized config. Nothing listens yet.
@@ -94,6 +95,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		}
 	}
 	s.metrics = metrics.New()
+	s.httpConns = &sshproxy.Slots{Max: cfg.MaxConns, PerAddr: cfg.MaxConnsPerAddress}
+	s.metrics.GaugeFunc("cring_http_connections", "Client HTTP connections open now.", func() float64 { return float64(s.httpConns.Used()) })
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
 	if cfg.ServerKey != "" {
 		signer, err := token.LoadSigner(cfg.ServerKey)
@@ -313,6 +316,8 @@ func (s *Server) Reload(cfg *config.Config) error {
 		{"tls-cert", cur.TLSCert, cfg.TLSCert},
 		{"tls-key", cur.TLSKey, cfg.TLSKey},
 		{"node-ca", cur.NodeCA, cfg.NodeCA},
+		{"max-conns", strconv.Itoa(cur.MaxConns), strconv.Itoa(cfg.MaxConns)},
+		{"max-conns-per-address", strconv.Itoa(cur.MaxConnsPerAddress), strconv.Itoa(cfg.MaxConnsPerAddress)},
 	} {
 		if f.old != f.new {
 			kept = append(kept, f.name)
@@ -322,6 +327,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	next.Address, next.SSHProxyAddress, next.AdminAddress, next.AdminToken = cur.Address, cur.SSHProxyAddress, cur.AdminAddress, cur.AdminToken
 	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
 	next.TLSCert, next.TLSKey, next.NodeCA = cur.TLSCert, cur.TLSKey, cur.NodeCA
+	next.MaxConns, next.MaxConnsPerAddress = cur.MaxConns, cur.MaxConnsPerAddress
 	g, err := s.newGeneration(&next)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
@@ -424,6 +430,11 @@ func (s *Server) Listen() error {
 	if s.httpLn, err = net.Listen("tcp", s.cfg.Address); err != nil {
 		return fmt.Errorf("listen http %s: %w", s.cfg.Address, err)
 	}
+	cl := &connLimit{Listener: s.httpLn, slots: s.httpConns, rejected: s.metrics.ConnRejected}
+	if s.certs == nil {
+		cl.refuse = refuseHTTP
+	}
+	s.httpLn = cl
 	if s.certs != nil {
 		s.httpLn = tls.NewListener(s.httpLn, s.certs.tlsConfig())
 	}

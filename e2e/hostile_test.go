@@ -1,0 +1,364 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/charmbracelet/keygen"
+
+	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/token"
+)
+
+// TestHostileUploadsBounded: one user opens 2000 uploads that stall after
+// their first bytes, from one address, against a `cring serve` process. The
+// address holds at most --max-conns-per-address connections and the user at
+// most --max-requests-per-client uploads (the rest are refused at once, 429),
+// the proxy's file descriptors, goroutines and memory stay within what those
+// few cost, and another user (from another address) has every read and write
+// succeed meanwhile (their p99 is logged against the same user's before the
+// attack: docs/performance.md). When the attacker leaves, all is released.
+func TestHostileUploadsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	const (
+		attackers = 2000
+		perClient = config.DefaultMaxRequestsPerClient
+		ops       = 400 // the victim's, per phase: half writes, half reads
+	)
+	bin := cringBinary(t)
+	dc, httpAddr, sshAddr, admin := localNodes(t, 3)
+	args := []string{"serve", "--address", httpAddr, "--ssh-proxy-address", sshAddr, "--admin-address", admin,
+		"--public-url", dc.PublicURL, "--pprof", "--data-dir", t.TempDir(),
+		"--body-idle-timeout", "10m"} // the stalls last until the test ends them
+	for _, n := range dc.Nodes {
+		args = append(args, "--host", n.HTTPURL())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stderr = &quietWriter{t: t, max: 20}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	pid := cmd.Process.Pid
+	waitFor(t, 20*time.Second, func() bool { _, err := peakRSS(admin); return err == nil })
+
+	signer, err := token.LoadSigner(dc.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtFor := func(name string) string {
+		kp, err := keygen.New(filepath.Join(t.TempDir(), name), keygen.WithKeyType(keygen.Ed25519))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := dc.SeedUser(kp.RawAuthorizedKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwt, err := signer.Sign(id, dc.PublicURL, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jwt
+	}
+	victim, attacker := jwtFor("victim"), jwtFor("attacker")
+
+	// The victim comes from another address than the attacker (127.0.0.2).
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	v := &victimClient{t: t, base: "http://" + httpAddr, jwt: victim,
+		client: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4, DialContext: dialer.DialContext}}}
+	v.phase(40) // warm: connections, key cache, the files reads read
+	before := v.phase(ops)
+	res0 := proxyResources(t, pid, admin)
+
+	// The attack: every upload declares 1 MiB, sends the form's head and
+	// 8 KiB of its file (so the proxy has asked the nodes), then nothing.
+	stall := append([]byte(formHead), bytes.Repeat([]byte("a"), 8<<10)...)
+	var answered, limited, dropped atomic.Int64
+	conns := make([]net.Conn, attackers)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				c, err := net.Dial("tcp", httpAddr)
+				if err != nil {
+					t.Errorf("attacker dial: %v", err)
+					continue
+				}
+				conns[i] = c
+				var req bytes.Buffer
+				fmt.Fprintf(&req, "POST /v1/fs/stall/%d?mode=420 HTTP/1.1\r\nHost: x\r\nAuthorization: bearer %s\r\n"+
+					"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: %d\r\n\r\n", i, attacker, 1<<20)
+				req.Write(stall)
+				_, _ = c.Write(req.Bytes())
+				go func() { // one answer, if any: the refused get theirs at once
+					resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+					if err != nil {
+						dropped.Add(1) // closed without an answer (or by the test)
+						return
+					}
+					resp.Body.Close()
+					answered.Add(1)
+					if resp.StatusCode == http.StatusTooManyRequests {
+						limited.Add(1)
+					}
+				}()
+			}
+		}()
+	}
+	attackStart := time.Now()
+	for i := range attackers {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	// Settled: every upload is either answered or held by the proxy.
+	waitFor(t, 60*time.Second, func() bool {
+		return answered.Load()+dropped.Load()+int64(metricOf(t, admin, "cring_http_requests_in_flight")) >= attackers
+	})
+	t.Logf("attack placed in %s: %d answered (%d with 429), %d closed without an answer, %v held; connections refused at accept: %v",
+		time.Since(attackStart).Round(time.Millisecond), answered.Load(), limited.Load(), dropped.Load(),
+		metricOf(t, admin, "cring_http_requests_in_flight"), metricOf(t, admin, "cring_http_connections_rejected_total"))
+	// Each refused connection lingers 500 ms in net/http (it half-closes
+	// and waits, so its client reads the 429 rather than a reset): what
+	// the attack holds is what is left after that.
+	fdBound, grBound := 5*perClient+64, 20*perClient+100
+	transient := proxyResources(t, pid, admin)
+	var res1 resources
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		res1 = proxyResources(t, pid, admin)
+		if (res1.fds-res0.fds <= fdBound && res1.goroutines-res0.goroutines <= grBound) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	during := v.phase(ops)
+	res2 := proxyResources(t, pid, admin)
+
+	t.Logf("victim before: %s", before)
+	t.Logf("victim during 2000 stalled uploads of another user: %s", during)
+	t.Logf("victim p99 ratio: writes %.2fx, reads %.2fx, all %.2fx",
+		ratio(during.p99(opWrite), before.p99(opWrite)), ratio(during.p99(opRead), before.p99(opRead)), ratio(during.p99(""), before.p99("")))
+	t.Logf("proxy before: %s", res0)
+	t.Logf("proxy as the attack was placed (refused connections lingering): %s", transient)
+	t.Logf("proxy under attack: %s; after the victim's ops: %s", res1, res2)
+
+	if held := metricOf(t, admin, "cring_http_requests_in_flight"); held > perClient {
+		t.Errorf("%v of the attacker's uploads held, want at most %d", held, perClient)
+	}
+	if answered.Load() != limited.Load() {
+		t.Errorf("%d of the attacker's uploads answered, %d of them 429: want only 429s", answered.Load(), limited.Load())
+	}
+	// What the held uploads may cost: a client connection and one per
+	// replica each, a few goroutines per connection, buffers.
+	for _, r := range []resources{res1, res2} {
+		if d := r.fds - res0.fds; d > fdBound {
+			t.Errorf("proxy file descriptors grew by %d (%d → %d), want at most %d", d, res0.fds, r.fds, fdBound)
+		}
+		if d := r.goroutines - res0.goroutines; d > grBound {
+			t.Errorf("proxy goroutines grew by %d (%d → %d), want at most %d", d, res0.goroutines, r.goroutines, grBound)
+		}
+		if d := r.rss - res0.rss; d > 96<<20 {
+			t.Errorf("proxy RSS grew by %d MiB, want less than 96 MiB", d>>20)
+		}
+	}
+
+	// The attacker leaves: all it held is released, and it is served again.
+	for i, c := range conns {
+		if c != nil {
+			c.Close()
+			conns[i] = nil
+		}
+	}
+	waitFor(t, 30*time.Second, func() bool { return metricOf(t, admin, "cring_http_requests_in_flight") == 0 })
+	t.Logf("proxy after the attacker left: %s (idle node connections stay pooled)", proxyResources(t, pid, admin))
+	(&victimClient{t: t, base: v.base, jwt: attacker, client: v.client}).phase(2)
+}
+
+// victimClient does a user's ordinary reads and writes of 4 KiB files.
+type victimClient struct {
+	t      *testing.T
+	base   string
+	jwt    string
+	client *http.Client
+	n      int
+}
+
+const (
+	opWrite = "write"
+	opRead  = "read"
+)
+
+type sample struct {
+	op string
+	d  time.Duration
+}
+
+type samples []sample
+
+func (s samples) p99(op string) time.Duration { return s.quantile(op, 0.99) }
+
+func (s samples) quantile(op string, q float64) time.Duration {
+	var ds []time.Duration
+	for _, x := range s {
+		if op == "" || x.op == op {
+			ds = append(ds, x.d)
+		}
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, int(q*float64(len(ds))))]
+}
+
+func (s samples) String() string {
+	return fmt.Sprintf("%d ops; writes p50 %s p99 %s; reads p50 %s p99 %s",
+		len(s), s.quantile(opWrite, .5).Round(10*time.Microsecond), s.p99(opWrite).Round(10*time.Microsecond),
+		s.quantile(opRead, .5).Round(10*time.Microsecond), s.p99(opRead).Round(10*time.Microsecond))
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(max(b, 1)) }
+
+// phase does n operations one after another, alternating a write of a new
+// file and a read of one written before; every one must succeed.
+func (v *victimClient) phase(n int) samples {
+	v.t.Helper()
+	var out samples
+	data := bytes.Repeat([]byte("v"), 4<<10)
+	for k := range n {
+		start := time.Now()
+		if k%2 == 0 || v.n == 0 {
+			var buf bytes.Buffer
+			mw := multipart.NewWriter(&buf)
+			fw, _ := mw.CreateFormFile("data", "f")
+			_, _ = fw.Write(data)
+			_ = mw.Close()
+			req, _ := http.NewRequest("POST", fmt.Sprintf("%s/v1/fs/victim/%d?mode=420", v.base, v.n), &buf)
+			req.Header.Set("Content-Type", mw.FormDataContentType())
+			v.do(req, opWrite)
+			v.n++
+			out = append(out, sample{opWrite, time.Since(start)})
+			continue
+		}
+		req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/fs/victim/%d", v.base, k%v.n), nil)
+		if got := v.do(req, opRead); !bytes.Equal(got, data) {
+			v.t.Fatalf("victim read %d bytes, want its 4 KiB", len(got))
+		}
+		out = append(out, sample{opRead, time.Since(start)})
+	}
+	return out
+}
+
+func (v *victimClient) do(req *http.Request, op string) []byte {
+	v.t.Helper()
+	req.Header.Set("Authorization", "bearer "+v.jwt)
+	resp, err := v.client.Do(req)
+	if err != nil {
+		v.t.Fatalf("victim %s: %v", op, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		v.t.Fatalf("victim %s: %d %s", op, resp.StatusCode, b)
+	}
+	return b
+}
+
+// resources is what a proxy process holds.
+type resources struct {
+	fds, goroutines int
+	rss             int64
+}
+
+func (r resources) String() string {
+	return fmt.Sprintf("%d fds, %d goroutines, %d MiB RSS", r.fds, r.goroutines, r.rss>>20)
+}
+
+func proxyResources(t testing.TB, pid int, admin string) resources {
+	t.Helper()
+	var r resources
+	des, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.fds = len(des)
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			r.rss = kb << 10
+		}
+	}
+	resp, err := http.Get("http://" + admin + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if _, err := fmt.Sscanf(first, "goroutine profile: total %d", &r.goroutines); err != nil {
+		t.Fatalf("goroutine profile: %q: %v", first, err)
+	}
+	return r
+}
+
+// metricOf is one unlabeled metric of a proxy.
+func metricOf(t testing.TB, admin, name string) float64 {
+	t.Helper()
+	return metricSum(scrape(t, admin), name)
+}
+
+// quietWriter logs the first max lines of a process's stderr but its
+// request log, then counts.
+type quietWriter struct {
+	t   testing.TB
+	mu  sync.Mutex
+	max int
+	n   int
+}
+
+func (q *quietWriter) Write(p []byte) (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if strings.Contains(line, "msg=request ") {
+			continue
+		}
+		if q.n++; q.n <= q.max {
+			q.t.Log(line)
+		}
+	}
+	return len(p), nil
+}
