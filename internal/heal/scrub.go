@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-
-	"github.com/cring-dev/cring/internal/tombstone"
 )
 
 // The scrub finds silent corruption without an operator (docs/design.md,
@@ -157,35 +155,53 @@ func (s *scrubber) pass(ctx context.Context) error {
 	return nil
 }
 
-// user checks every key of one user, hashing every copy.
+// user checks every key of one user, hashing every copy, a directory at a
+// time (scandir.go): never more of the tree than one directory. A node
+// that can't be listed stops the pass, as its copies can't be checked.
 func (s *scrubber) user(ctx context.Context, user string) error {
 	m := s.h.mem.Load()
-	keys := map[string]bool{}
-	for i := range m.nodes {
-		if !m.health.Healthy(i) {
-			continue
-		}
-		files := map[string]nodeFile{}
-		if err := s.h.walk(ctx, m, i, user, "", files); err != nil {
-			return err
-		}
-		for p := range files {
-			if !tombstone.Reserved(p) {
-				keys[p] = true
+	var failed error
+	healthy := func() []int {
+		var out []int
+		for i := range m.nodes {
+			if m.health.Healthy(i) {
+				out = append(out, i)
 			}
 		}
+		return out
 	}
-	sorted := make([]string, 0, len(keys))
-	for p := range keys {
-		sorted = append(sorted, p)
-	}
-	sort.Strings(sorted)
-	for _, p := range sorted {
-		if err := s.key(ctx, user, p); err != nil {
-			return err
+	err := s.h.walkTree(ctx, m, user, "", healthy, func(i int, err error) {
+		if failed == nil {
+			failed = fmt.Errorf("list on %s: %w", m.nodes[i].Name, err)
 		}
+	}, func(ctx context.Context, d *treeDir) error {
+		if failed != nil {
+			return failed
+		}
+		for _, name := range d.names {
+			file := false
+			for _, files := range d.on {
+				if f, ok := files[name]; ok && !f.IsDir {
+					file = true
+				}
+			}
+			if !file {
+				continue // a directory everywhere
+			}
+			p := name
+			if d.dir != "" {
+				p = d.dir + "/" + name
+			}
+			if err := s.key(ctx, user, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = failed
 	}
-	return nil
+	return err
 }
 
 // key hashes every copy of one key (paced per node) and repairs the ones
