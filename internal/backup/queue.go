@@ -214,6 +214,9 @@ func (q *Queue) recover() error {
 		e, err := q.load(p)
 		if err != nil {
 			q.park(p, "", fmt.Errorf("unreadable op record: %w", err))
+			q.mu.Lock()
+			q.parked++
+			q.mu.Unlock()
 			continue
 		}
 		if e.op.SpoolPath != "" {
@@ -572,6 +575,7 @@ func (q *Queue) finish(e *entry, err error) {
 		q.park(e.record, e.op.SpoolPath, err)
 		q.mu.Lock()
 		q.pending.Remove(e.elem)
+		q.parked++
 		q.failures++
 		q.lastErr, q.lastErrAt = err.Error(), now
 		q.notifyLocked()
@@ -605,7 +609,9 @@ func (q *Queue) backoff(n int) time.Duration {
 }
 
 // park moves an op that can never succeed to failed/ with its body, and says
-// so loudly: an operator decides what to do with it.
+// so loudly: an operator decides what to do with it. The caller counts it,
+// under q.mu with the rest of the op's bookkeeping, so stats never show it
+// parked and still pending.
 func (q *Queue) park(recordPath, spool string, cause error) {
 	// Sequence numbers restart once the queue empties: a suffix keeps an
 	// older parked op from being overwritten.
@@ -618,9 +624,6 @@ func (q *Queue) park(recordPath, spool string, cause error) {
 		os.Rename(spool, q.path("failed", filepath.Base(spool)+"-"+stamp))
 	}
 	_ = syncDir(q.path("ops"))
-	q.mu.Lock()
-	q.parked++
-	q.mu.Unlock()
 	q.log.Error("backup op parked: it cannot be applied and needs an operator", "record", dst, "err", cause)
 }
 
