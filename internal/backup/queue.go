@@ -213,10 +213,7 @@ func (q *Queue) recover() error {
 		}
 		e, err := q.load(p)
 		if err != nil {
-			q.park(p, "", fmt.Errorf("unreadable op record: %w", err))
-			q.mu.Lock()
-			q.parked++
-			q.mu.Unlock()
+			q.park(p, "", fmt.Errorf("unreadable op record: %w", err)) // counted with failed/ below
 			continue
 		}
 		if e.op.SpoolPath != "" {

@@ -489,3 +489,29 @@ func TestQueueDoWithRun(t *testing.T) {
 		t.Fatalf("spool files left: %v", left)
 	}
 }
+
+// TestQueueParksUnreadableRecord: an op record that can't be read at open is
+// parked once, and counted once.
+func TestQueueParksUnreadableRecord(t *testing.T) {
+	tg, err := backup.Open(context.Background(), backup.Config{URL: "file://" + filepath.Join(t.TempDir(), "b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	q, err := backup.OpenQueue(dir, tg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	if err := os.WriteFile(filepath.Join(dir, "ops", "00000000000000000001.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q, err = backup.OpenQueue(dir, tg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if st := q.Stats(); st.Parked != 1 || st.Depth != 0 {
+		t.Fatalf("stats %+v, want the record parked once", st)
+	}
+}
