@@ -402,7 +402,7 @@ func TestFailedUploadDropsIntent(t *testing.T) {
 		part, _ := mw.CreateFormFile("data", "k")
 		_, _ = part.Write(bytes.Repeat([]byte{'x'}, 64<<10))
 	}()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+tc.httpAddr+"/v1/fs/"+ep, pr)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+tc.httpAddr+"/v1/fs/"+ep+"?mode=420", pr)
 	req.Header.Set("Authorization", "Bearer "+u.jwt(t))
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	done := make(chan error, 1)
