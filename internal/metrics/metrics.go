@@ -37,6 +37,34 @@ type Metrics struct {
 
 	errMu   sync.Mutex
 	nodeErr map[string]uint64 // failed node requests (transport errors, 5xx), for /status
+
+	// The per-request instruments' children, looked up once per label set
+	// (routes, methods, codes and configured nodes are closed sets):
+	// hashing the labels on every request and every node request was a
+	// measurable part of what a small request costs. Nothing deletes
+	// these series; whatever does must drop its cached children too.
+	reqChildren  sync.Map // reqLabels → *reqChild
+	nodeChildren sync.Map // nodeLabels → *nodeChild
+}
+
+type reqLabels struct {
+	route, method string
+	code          int // 0: out of range ("other")
+}
+
+type reqChild struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+}
+
+type nodeLabels struct {
+	node  string
+	class int // status / 100; -1: error
+}
+
+type nodeChild struct {
+	count    prometheus.Counter
+	duration prometheus.Observer // nil for errors: no answer to time
 }
 
 // New registers every instrument on a fresh registry (plus Go and process
@@ -110,9 +138,20 @@ func (m *Metrics) Handler() http.Handler {
 // from a client (or a node) and become labels only from a closed set, so
 // requests with made-up methods can't grow the series without bound.
 func (m *Metrics) Request(route, method string, code int, d time.Duration, in, out int64) {
-	method = Method(method)
-	m.requests.WithLabelValues(route, method, statusLabel(code)).Inc()
-	m.requestDuration.WithLabelValues(route, method).Observe(d.Seconds())
+	k := reqLabels{route: route, method: Method(method), code: code}
+	if code < 100 || code > 599 {
+		k.code = 0
+	}
+	c, ok := m.reqChildren.Load(k)
+	if !ok {
+		c, _ = m.reqChildren.LoadOrStore(k, &reqChild{
+			count:    m.requests.WithLabelValues(route, k.method, statusLabel(code)),
+			duration: m.requestDuration.WithLabelValues(route, k.method),
+		})
+	}
+	rc := c.(*reqChild)
+	rc.count.Inc()
+	rc.duration.Observe(d.Seconds())
 }
 
 // Method is an HTTP method as a label value: the standard ones, else "other".
@@ -149,12 +188,24 @@ func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
 // NodeRequest records one request to a node (status 0 with err on failure).
 func (m *Metrics) NodeRequest(node string, status int, err error, d time.Duration) {
-	outcome := "error"
+	k := nodeLabels{node: node, class: -1}
 	if err == nil {
-		outcome = strconv.Itoa(status/100) + "xx"
-		m.nodeDuration.WithLabelValues(node).Observe(d.Seconds())
+		k.class = status / 100
 	}
-	m.nodeRequests.WithLabelValues(node, outcome).Inc()
+	c, ok := m.nodeChildren.Load(k)
+	if !ok {
+		nc := &nodeChild{count: m.nodeRequests.WithLabelValues(node, "error")}
+		if err == nil {
+			nc.count = m.nodeRequests.WithLabelValues(node, strconv.Itoa(k.class)+"xx")
+			nc.duration = m.nodeDuration.WithLabelValues(node)
+		}
+		c, _ = m.nodeChildren.LoadOrStore(k, nc)
+	}
+	nc := c.(*nodeChild)
+	if nc.duration != nil {
+		nc.duration.Observe(d.Seconds())
+	}
+	nc.count.Inc()
 	if err != nil || status >= 500 {
 		m.errMu.Lock()
 		if m.nodeErr == nil {

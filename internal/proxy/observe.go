@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -79,18 +79,18 @@ func (o *observedTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		return resp, err
 	}
 	status := 0
-	outcome := ""
-	if err != nil {
-		outcome = "error"
-		if req.Context().Err() != nil {
-			outcome = "cancelled"
-		}
-	} else {
+	if err == nil {
 		status = resp.StatusCode
-		outcome = fmt.Sprint(status)
 	}
 	o.obs.NodeRequest(node, status, err, time.Since(start))
 	if t := traceFrom(req.Context()); t != nil {
+		outcome := "error"
+		switch {
+		case err == nil:
+			outcome = strconv.Itoa(status)
+		case req.Context().Err() != nil:
+			outcome = "cancelled"
+		}
 		t.add(node, outcome)
 	}
 	return resp, err
@@ -186,7 +186,7 @@ func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serv
 	// answers a request whose body was never read it closes the
 	// connection instead of first reading up to 256 KiB of that body.
 	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, tr))
-	watchBody(w, r, p.bodyIdle)
+	idle := watchBody(w, r, p.bodyIdle)
 	body := &counted{ReadCloser: r.Body, obs: p.obs}
 	p.obs.InFlight(1)
 	if r.Body != nil {
@@ -196,6 +196,7 @@ func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serv
 		// The server flushes the rest of the answer after this: it, too,
 		// must not wait on a client that stopped reading.
 		rec.moveDeadline()
+		idle.handlerDone()
 		p.obs.InFlight(-1)
 		d := time.Since(start)
 		status := rec.status
@@ -209,13 +210,18 @@ func (p *Proxy) observe(w http.ResponseWriter, r *http.Request, rid string, serv
 		if status >= 500 || aborted != nil {
 			level = slog.LevelWarn
 		}
-		tr.mu.Lock()
-		user := tr.user
-		tr.mu.Unlock()
-		p.log.Log(r.Context(), level, "request",
-			"request_id", rid, "user", user, "method", r.Method, "route", route, "path", r.URL.Path,
-			"status", status, "duration", d.Round(time.Microsecond), "in", body.n, "out", rec.bytes,
-			"replicas", tr.String())
+		// Typed attributes, built only when the line is written: the log
+		// line is a good part of what a small request costs the proxy.
+		if ctx := r.Context(); p.log.Enabled(ctx, level) {
+			tr.mu.Lock()
+			user := tr.user
+			tr.mu.Unlock()
+			p.log.LogAttrs(ctx, level, "request",
+				slog.String("request_id", rid), slog.String("user", user), slog.String("method", r.Method),
+				slog.String("route", route), slog.String("path", r.URL.Path), slog.Int("status", status),
+				slog.Duration("duration", d.Round(time.Microsecond)), slog.Int64("in", body.n), slog.Int64("out", rec.bytes),
+				slog.String("replicas", tr.String()))
+		}
 		if aborted != nil {
 			panic(aborted)
 		}

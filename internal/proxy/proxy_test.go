@@ -437,7 +437,7 @@ func (c *cluster) upload(p string, body []byte, ctype string) result {
 }
 
 // multipartBody wraps size random bytes in a Charm-style upload (field "data").
-func multipartBody(t *testing.T, size int, seed uint64) ([]byte, string) {
+func multipartBody(t testing.TB, size int, seed uint64) ([]byte, string) {
 	t.Helper()
 	content := make([]byte, size)
 	_, _ = rand.NewChaCha8([32]byte{byte(seed)}).Read(content)
