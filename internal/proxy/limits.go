@@ -45,8 +45,10 @@ func asClientError(err error) (*clientError, bool) {
 // idleBody is a client's request body with a read deadline that moves
 // forward with every read: a body that stops arriving fails after idle
 // instead of holding its request (and the node connections behind it)
-// forever. The deadline is on the connection, so it also bounds what the
-// server reads after the handler returned.
+// forever. The clock runs only while the proxy reads (a request waiting for
+// its turn is not the client's delay), and once more when the handler is
+// done with a body it didn't read to its end, to bound what the server then
+// reads of it.
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
@@ -54,18 +56,26 @@ type idleBody struct {
 	done bool // EOF seen: the deadline is cleared
 }
 
-// watchBody starts the read deadline of r's body, if it has one. A request
-// without a body gets none: the server is already reading its connection in
-// the background, and a deadline there would end the request.
-func watchBody(w http.ResponseWriter, r *http.Request, idle time.Duration) {
+// watchBody puts r's body, if it has one, under the idle deadline. A
+// request without a body gets none: the server is already reading its
+// connection in the background, and a deadline there would end the request.
+func watchBody(w http.ResponseWriter, r *http.Request, idle time.Duration) *idleBody {
 	if idle <= 0 || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return
+		return nil
 	}
 	b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: idle}
-	if b.rc.SetReadDeadline(time.Now().Add(idle)) != nil {
-		return // not a connection that takes deadlines (tests' recorders)
+	if b.rc.SetReadDeadline(time.Time{}) != nil {
+		return nil // not a connection that takes deadlines (tests' recorders)
 	}
 	r.Body = b
+	return b
+}
+
+// handlerDone starts the clock on a body the handler left unread.
+func (b *idleBody) handlerDone() {
+	if b != nil && !b.done {
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	}
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
