@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -343,23 +344,45 @@ func readSmallBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return b, true
 }
 
-// hopHeaders are connection-level headers a proxy must not forward (RFC 9110 7.6.1).
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+// isHopHeader reports whether canonical key k is a connection-level header
+// a proxy must not forward (RFC 9110 7.6.1).
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
+// copyHeader copies src's end-to-end headers into dst: not the hop-by-hop
+// ones, nor those src's Connection names. It runs two or three times per
+// request, so the values share one backing array (as Header.Clone does)
+// and hop headers are skipped instead of copied and deleted.
 func copyHeader(dst, src http.Header) {
+	var named []string // headers the Connection header names
+	n := 0
 	for k, vv := range src {
-		dst[k] = append([]string(nil), vv...)
-	}
-	for _, f := range src["Connection"] {
-		for _, k := range strings.Split(f, ",") {
-			dst.Del(strings.TrimSpace(k))
+		n += len(vv)
+		if k != "Connection" {
+			continue
+		}
+		for _, f := range vv {
+			for k := range strings.SplitSeq(f, ",") {
+				if k = strings.TrimSpace(k); k != "" {
+					named = append(named, http.CanonicalHeaderKey(k))
+				}
+			}
 		}
 	}
-	for _, k := range hopHeaders {
-		dst.Del(k)
+	vals := make([]string, n)
+	for k, vv := range src {
+		if isHopHeader(k) || slices.Contains(named, k) {
+			continue
+		}
+		c := copy(vals, vv)
+		dst[k] = vals[:c:c]
+		vals = vals[c:]
 	}
 }
 
@@ -557,8 +580,8 @@ const maxTailsPerNode = 256
 
 type waitEntry struct {
 	n     int
-	nodes map[int]int // node → writes still running there
-	done  chan struct{}
+	nodes map[int]int   // node → writes still running there
+	done  chan struct{} // made by the first waiter (few writes have one), closed at the end
 }
 
 // add records background writes of key to nodes, admitting at most limit
@@ -586,7 +609,7 @@ func (k *keyedWait) mark(key string, nodes []int, limit int, tail bool) (admitte
 	}
 	e, ok := k.keys[key]
 	if !ok {
-		e = &waitEntry{nodes: map[int]int{}, done: make(chan struct{})}
+		e = &waitEntry{nodes: make(map[int]int, len(nodes))}
 		k.keys[key] = e
 	}
 	e.n++
@@ -615,7 +638,9 @@ func (k *keyedWait) mark(key string, nodes []int, limit int, tail bool) (admitte
 			}
 		}
 		if e.n--; e.n == 0 {
-			close(e.done)
+			if e.done != nil {
+				close(e.done)
+			}
 			delete(k.keys, key)
 		}
 	}
@@ -629,8 +654,13 @@ func (k *keyedWait) wait(key string) {
 func (k *keyedWait) waitCtx(ctx context.Context, key string) error {
 	k.mu.Lock()
 	e, ok := k.keys[key]
+	var done chan struct{}
 	if ok {
 		k.waiters++
+		if e.done == nil {
+			e.done = make(chan struct{})
+		}
+		done = e.done
 	}
 	k.mu.Unlock()
 	if !ok {
@@ -642,7 +672,7 @@ func (k *keyedWait) waitCtx(ctx context.Context, key string) error {
 		k.mu.Unlock()
 	}()
 	select {
-	case <-e.done:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
