@@ -201,8 +201,9 @@ func New(o Options) (*Proxy, error) {
 	return p, nil
 }
 
-// bufSize is the unit of streaming: memory per request is a few of these.
-const bufSize = 64 << 10
+// bufSize is the unit of streaming: memory per request is a few of these
+// (an upload holds one while it streams to every replica).
+const bufSize = 32 << 10
 
 // maxSmallBody caps bodies the proxy must keep to send to several nodes
 // (account calls); Charm itself refuses more than 1 MiB there.

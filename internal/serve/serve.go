@@ -67,7 +67,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, clock: stamp.NewClock(nil)}
 	s.transport = &http.Transport{
 		Proxy:                 nil, // nodes are reached directly, never via HTTP_PROXY
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dialNode(&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}),
 		MaxIdleConns:          512,
 		MaxIdleConnsPerHost:   128,
 		IdleConnTimeout:       90 * time.Second,
@@ -75,8 +75,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		ExpectContinueTimeout: time.Second,
 		TLSHandshakeTimeout:   10 * time.Second, // https nodes
 		DisableCompression:    true,
-		WriteBufferSize:       64 << 10,
-		ReadBufferSize:        64 << 10,
+		WriteBufferSize:       nodeBufSize,
+		ReadBufferSize:        nodeBufSize,
 	}
 	// One transport for every node call (proxying, health, JWKS, the
 	// healer's reads, writes and metadata), so https nodes are trusted alike.
