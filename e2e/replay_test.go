@@ -17,10 +17,14 @@ func TestReplayListsDirectoryPerBatch(t *testing.T) {
 	const n = 200
 	var dir atomic.Value // the directory's name on the nodes, once known
 	var lists [3]atomic.Int64
+	var requests atomic.Int64 // the healer's, to every node
 	o := healOpts()
 	o.observe = func(node int, r *http.Request) {
-		if d, _ := dir.Load().(string); d != "" && r.Method == http.MethodGet &&
-			r.Header.Get("X-Request-Id") == "cring-heal" && r.URL.Path == "/v1/fs/"+d {
+		if r.Header.Get("X-Request-Id") != "cring-heal" {
+			return
+		}
+		requests.Add(1)
+		if d, _ := dir.Load().(string); d != "" && r.Method == http.MethodGet && r.URL.Path == "/v1/fs/"+d {
 			lists[node].Add(1)
 		}
 	}
@@ -45,10 +49,19 @@ func TestReplayListsDirectoryPerBatch(t *testing.T) {
 	for i := range lists {
 		lists[i].Store(0)
 	}
+	requests.Store(0)
 	tc.start(2)
 	start := time.Now()
 	waitFor(t, 60*time.Second, func() bool { return tc.srv.Healer().Status().HintsPending["node3"] == 0 })
-	t.Logf("node3 caught up on %d writes in %s", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("node3 caught up on %d writes in %s, %.1f requests to nodes per hint", n, time.Since(start).Round(time.Millisecond),
+		float64(requests.Load())/n)
+	// Per missed write on stock nodes: its version records on each node
+	// (a listing and a read where there is one), its copies hashed (the
+	// copy written is the bytes hashed), a probe of the returning node and
+	// the copy; its directory and tombstones are read once per batch.
+	if per := float64(requests.Load()) / n; per > 12 {
+		t.Errorf("%.1f requests to nodes per missed write", per)
+	}
 	for _, name := range names {
 		if copies := tc.onDisk(t, u, name); len(copies) != 3 || !bytes.Equal(copies["node3"], copies["node1"]) {
 			t.Fatalf("%s: on %d nodes, node3's copy is not node1's", name, len(copies))

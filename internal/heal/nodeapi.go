@@ -127,7 +127,7 @@ func (a *nodeAPI) getJSON(ctx context.Context, u, user string, v any) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer drainClose(resp.Body)
 	if resp.StatusCode == http.StatusNotFound {
 		return errNotFound
 	}
@@ -151,11 +151,11 @@ func (a *nodeAPI) open(ctx context.Context, base *url.URL, user, path string) (*
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusNotFound {
-		resp.Body.Close()
+		drainClose(resp.Body)
 		return nil, errNotFound
 	}
 	if resp.StatusCode != http.StatusOK || strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		resp.Body.Close()
+		drainClose(resp.Body)
 		return nil, fmt.Errorf("get %s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
 	}
 	return resp, nil
@@ -171,14 +171,24 @@ func (a *nodeAPI) absent(ctx context.Context, base *url.URL, user, path string) 
 	if err != nil {
 		return false
 	}
-	defer resp.Body.Close() // unread: a file there is all it needs to know
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
+		drainClose(resp.Body)
 		return true
-	case resp.StatusCode == http.StatusOK:
-		return strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
+	case resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json"):
+		drainClose(resp.Body)
+		return true
 	}
+	resp.Body.Close() // unread: a file there is all it needs to know
 	return false
+}
+
+// drainClose reads what is left of a small answer before closing it, so
+// its connection is kept for the next request (an answer closed unread
+// costs a new connection).
+func drainClose(body io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+	body.Close()
 }
 
 // small reads a file of at most 1 MiB whole (tombstones, version records).

@@ -1,6 +1,7 @@
 package heal
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"net/http"
 	"path"
 	"slices"
 	"sort"
@@ -53,13 +55,26 @@ type view struct {
 	user, path string
 	replicas   []int
 	copies     map[int]replicaCopy
-	unknown    map[int]bool     // nodes that could not be asked
-	dirOn      []int            // nodes where the path is a directory
-	tomb       stamp.Stamp      // newest tombstone covering the path, zero if none
-	records    []*versionRecord // the path's version records (stock nodes)
-	corrupt    int              // copies a deep check found not matching their version
-	batch      *dirView         // replay: the batch v was judged in (re-checks and confirmation go through it)
+	unknown    map[int]bool      // nodes that could not be asked
+	dirOn      []int             // nodes where the path is a directory
+	tomb       stamp.Stamp       // newest tombstone covering the path, zero if none
+	records    []*versionRecord  // the path's version records (stock nodes)
+	corrupt    int               // copies a deep check found not matching their version
+	batch      *dirView          // replay: the batch v was judged in (re-checks and confirmation go through it)
+	held       map[int]*heldCopy // small copies' bytes as hashed, by node
 }
+
+// heldCopy is a small copy's bytes as they were hashed: a repair copies
+// these very bytes instead of reading the copy again (a request fewer, and
+// what is written is exactly what was judged).
+type heldCopy struct {
+	b    []byte
+	mode uint32
+	sum  string
+}
+
+// holdCopies: copies up to this size are held when hashed.
+const holdCopies = 64 << 10
 
 // gather asks every healthy node for the key's copy (via its parent
 // directory listing), the tombstones covering it and its version record.
@@ -566,6 +581,21 @@ func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 	}
 	defer resp.Body.Close()
 	sum := sha256.New()
+	if c, ok := v.copies[node]; ok && c.size <= holdCopies {
+		b, err := io.ReadAll(io.LimitReader(h.idle(resp.Body, cancel), holdCopies+1))
+		if err != nil {
+			return "", err
+		}
+		sum.Write(b)
+		s := hex.EncodeToString(sum.Sum(nil))
+		if int64(len(b)) == c.size {
+			if v.held == nil {
+				v.held = map[int]*heldCopy{}
+			}
+			v.held[node] = &heldCopy{b: b, mode: fileMode(resp.Header), sum: s}
+		}
+		return s, nil
+	}
 	if _, err := io.Copy(sum, h.idle(resp.Body, cancel)); err != nil {
 		return "", err
 	}
@@ -579,23 +609,35 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	if from.node == dst {
 		return fmt.Errorf("copy %s: %s holds the winning copy already", v.path, v.m.nodes[dst].Name)
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	resp, err := h.api.open(ctx, v.m.nodes[from.node].URL, v.user, v.path)
-	if err != nil {
-		return fmt.Errorf("read %s from %s: %w", v.path, v.m.nodes[from.node].Name, err)
+	var body io.Reader
+	var mode uint32
+	if hc := v.held[from.node]; hc != nil && int64(len(hc.b)) == from.size && (from.sum == "" || from.sum == hc.sum) {
+		body, mode = bytes.NewReader(hc.b), hc.mode
+	} else {
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		resp, err := h.api.open(ctx, v.m.nodes[from.node].URL, v.user, v.path)
+		if err != nil {
+			return fmt.Errorf("read %s from %s: %w", v.path, v.m.nodes[from.node].Name, err)
+		}
+		defer resp.Body.Close()
+		body, mode = h.idle(resp.Body, cancel), fileMode(resp.Header)
 	}
-	defer resp.Body.Close()
-	mode, err := strconv.ParseUint(resp.Header.Get("X-File-Mode"), 10, 32)
-	if err != nil {
-		mode = 0o600
-	}
-	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, uint32(mode), from.stamp, h.idle(resp.Body, cancel)); err != nil {
+	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, mode, from.stamp, body); err != nil {
 		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.nodes[from.node].Name, v.m.nodes[dst].Name, err)
 	}
 	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", v.m.nodes[from.node].Name, "to", v.m.nodes[dst].Name)
 	h.counts.add("copied")
 	return nil
+}
+
+// fileMode is the mode a node answered a file with (0600 if it didn't say).
+func fileMode(h http.Header) uint32 {
+	mode, err := strconv.ParseUint(h.Get("X-File-Mode"), 10, 32)
+	if err != nil {
+		return 0o600
+	}
+	return uint32(mode)
 }
 
 // removeChecked deletes node's copy of v's key after asking the cluster

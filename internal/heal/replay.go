@@ -24,9 +24,13 @@ import (
 // or removed only after a re-check, and a hint is settled only once its key
 // is really repaired on its node.
 const (
-	batchKeys     = 1000 // keys judged from one listing of their directory
-	replayDirs    = 4    // directories replayed at once
-	replayWorkers = 8    // keys repaired at once, across them
+	// batchKeys: keys judged from one listing of their directory. A
+	// batch costs two listings of the directory per node whatever its
+	// size, so batches are large; re-checks before acting keep them safe
+	// however long ago the batch was read.
+	batchKeys     = 10_000
+	replayDirs    = 4  // directories replayed at once
+	replayWorkers = 16 // keys repaired at once, across them: copies wait on the nodes (fsync), not on the proxy
 	// recheckAge: re-checks before acting share a listing of the
 	// directory at most this old (always newer than what the key was
 	// judged from); a key absent on a node is re-checked on its own.
@@ -111,46 +115,45 @@ func (h *Healer) replayDir(ctx context.Context, m *membership, g *replayGroup, k
 }
 
 // replayChunk repairs chunk's keys from one read of their directory and
-// settles the hints of every node each repair reached. It returns the owed
-// nodes some key could not be repaired on.
+// settles, as each key is done, the hints of every node its repair reached.
+// It returns the owed nodes some key could not be repaired on.
 func (h *Healer) replayChunk(ctx context.Context, m *membership, g *replayGroup, chunk []string, keys chan struct{}) map[string]bool {
 	// Hints recorded after this may be for writes the listings below
 	// don't show: they are not settled by this pass.
 	seq := h.state.seqNow()
-	dv := h.readDir(ctx, m, g.user, g.dir, len(chunk), false)
+	dv := h.readDir(ctx, m, g.user, g.dir, h.newBatch(g.user, g.dir, chunk), false)
 	h.counts.add("replay_batches")
-	results := make([]Result, len(chunk))
+	var mu sync.Mutex
+	failed := map[string]bool{}
 	var wg sync.WaitGroup
-	for k, name := range chunk {
+	for _, name := range chunk {
 		keys <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-keys }()
-			results[k] = h.replayKey(ctx, dv, name)
+			res, p := h.replayKey(ctx, dv, name), joinKey(g.dir, name)
+			if res.Err == "" {
+				// Every node whose hint this repair covers, owed by this
+				// batch or not (each key once, however many nodes owe it).
+				for _, node := range h.state.hintedNodes(g.user, p) {
+					if !slices.Contains(res.Pending, node) && h.state.settle(node, g.user, p, seq) {
+						h.counts.add("hints_replayed")
+					}
+				}
+			}
+			for _, node := range g.owed[name] {
+				if res.Err != "" || slices.Contains(res.Pending, node) {
+					mu.Lock()
+					failed[node] = true
+					mu.Unlock()
+					h.counts.add("hints_retried")
+				}
+			}
 		}()
 	}
 	wg.Wait()
 	dv.confirm(ctx)
-	failed := map[string]bool{}
-	for k, name := range chunk {
-		res, p := results[k], joinKey(g.dir, name)
-		if res.Err == "" {
-			// Every node whose hint this repair covers, owed by this
-			// batch or not (each key once, however many nodes owe it).
-			for _, node := range h.state.hintedNodes(g.user, p) {
-				if !slices.Contains(res.Pending, node) && h.state.settle(node, g.user, p, seq) {
-					h.counts.add("hints_replayed")
-				}
-			}
-		}
-		for _, node := range g.owed[name] {
-			if res.Err != "" || slices.Contains(res.Pending, node) {
-				failed[node] = true
-				h.counts.add("hints_retried")
-			}
-		}
-	}
 	return failed
 }
 
@@ -234,16 +237,17 @@ func (h *Healer) replayOwns(v *view) bool {
 }
 
 // dirView is one directory of one user as every node listed it, read once
-// for a batch of keys, with the tombstones covering the directory.
+// for a batch of keys, with the tombstones covering the directory. Only the
+// batch's entries are kept.
 type dirView struct {
 	h         *Healer
 	m         *membership
 	user, dir string
+	batch     *dirBatch
 	unknown   map[int]bool               // nodes that could not be asked
-	files     map[int]map[string]listing // node → name → entry
-	tombs     map[int]map[string]listing // node → the user's tombstones as listed; nil: read per key
+	files     map[int]map[string]listing // node → name → entry (the batch's names)
+	tombs     map[int]map[string]listing // node → the tombstones the batch needs, as listed
 	dirTomb   stamp.Stamp                // newest tombstone covering the directory
-	listTombs bool
 
 	mu       sync.Mutex
 	fresh    *dirView // the latest re-read, for re-checks
@@ -251,18 +255,45 @@ type dirView struct {
 	repaired []string // keys repaired, confirmed together after the batch
 }
 
-// readDir lists dir on every healthy node, at once, with the user's
-// tombstones (listed once when there are few, else read per key), unless
-// listingOnly.
-func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, keys int, listingOnly bool) *dirView {
-	dv := &dirView{h: h, m: m, user: user, dir: dir, unknown: map[int]bool{}, files: map[int]map[string]listing{}}
-	needTombs := !listingOnly && !tombstone.Reserved(dir)
-	dv.listTombs = needTombs && h.tombs.get(user) <= 4*keys+64
-	if dv.listTombs {
-		dv.tombs = map[int]map[string]listing{}
+// dirBatch is what a batch reads of its directory: the names it judges,
+// and how it learns their tombstones.
+type dirBatch struct {
+	names map[string]bool
+	// tombs: the user's tombstone directory is listed once per read
+	// (want: the names it needs) when it is small next to the batch;
+	// otherwise each key's own is read (one request per key and node).
+	listTombs bool
+	want      map[string]bool
+}
+
+func (h *Healer) newBatch(user, dir string, names []string) *dirBatch {
+	b := &dirBatch{names: make(map[string]bool, len(names))}
+	for _, n := range names {
+		b.names[n] = true
 	}
+	if tombstone.Reserved(dir) || h.tombs.get(user) > 4*len(names)+64 {
+		return b
+	}
+	b.listTombs = true
+	b.want = map[string]bool{}
+	for _, c := range tombstone.Covering(dir) {
+		b.want[tombstone.Name(c)] = true
+	}
+	for _, n := range names {
+		b.want[tombstone.Name(joinKey(dir, n))] = true
+	}
+	return b
+}
+
+// readDir lists dir on every healthy node, at once, with the tombstones
+// the batch needs (none when listingOnly).
+func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, b *dirBatch, listingOnly bool) *dirView {
+	dv := &dirView{h: h, m: m, user: user, dir: dir, batch: b, unknown: map[int]bool{},
+		files: map[int]map[string]listing{}, tombs: map[int]map[string]listing{}}
+	needTombs := !listingOnly && !tombstone.Reserved(dir)
 	type read struct {
 		files, tombs map[string]listing
+		listed       int // tombstones listed
 		tomb         stamp.Stamp
 		err          error
 	}
@@ -277,11 +308,11 @@ func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, k
 		go func() {
 			defer wg.Done()
 			r := &reads[i]
-			if r.files, r.err = h.listNames(ctx, m, i, user, dir); r.err != nil || !needTombs {
+			if r.files, _, r.err = h.listNames(ctx, m, i, user, dir, b.names); r.err != nil || !needTombs {
 				return
 			}
-			if dv.listTombs {
-				if r.tombs, r.err = h.listNames(ctx, m, i, user, tombstone.Dir); r.err != nil {
+			if b.listTombs {
+				if r.tombs, r.listed, r.err = h.listNames(ctx, m, i, user, tombstone.Dir, b.want); r.err != nil {
 					return
 				}
 				r.tomb, r.err = h.listedTombstone(ctx, m, i, user, r.tombs, tombstone.Covering(dir)...)
@@ -302,32 +333,34 @@ func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, k
 			continue
 		}
 		dv.files[i] = r.files
+		dv.tombs[i] = r.tombs
 		dv.dirTomb = stamp.Max(dv.dirTomb, r.tomb)
-		if dv.listTombs {
-			dv.tombs[i] = r.tombs
-			most = max(most, len(r.tombs))
-		}
+		most = max(most, r.listed)
 	}
-	if dv.listTombs {
+	if needTombs && b.listTombs {
 		h.tombs.set(user, most)
 	}
 	return dv
 }
 
-// listNames is a listing by name; empty when the directory doesn't exist.
-func (h *Healer) listNames(ctx context.Context, m *membership, i int, user, dir string) (map[string]listing, error) {
+// listNames is node i's listing of dir, the entries named in keep; empty
+// when the directory doesn't exist. It also says how many entries the
+// listing had.
+func (h *Healer) listNames(ctx context.Context, m *membership, i int, user, dir string, keep map[string]bool) (map[string]listing, int, error) {
 	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
 	if errors.Is(err, errNotFound) {
-		return map[string]listing{}, nil
+		return map[string]listing{}, 0, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	out := make(map[string]listing, len(d.Files))
+	out := map[string]listing{}
 	for _, f := range d.Files {
-		out[f.Name] = f
+		if keep[f.Name] {
+			out[f.Name] = f
+		}
 	}
-	return out, nil
+	return out, len(d.Files), nil
 }
 
 // listedTombstone is the newest of the tombstones of paths that node i
@@ -403,7 +436,7 @@ func (dv *dirView) keyView(ctx context.Context, name string) *view {
 	for _, i := range asked {
 		var t stamp.Stamp
 		var err error
-		if dv.listTombs {
+		if dv.batch.listTombs {
 			t, err = h.listedTombstone(ctx, m, i, v.user, dv.tombs[i], p)
 		} else {
 			t, err = h.ownTombstone(ctx, m, i, v.user, p)
@@ -467,11 +500,7 @@ func (dv *dirView) recheck(ctx context.Context) *dirView {
 	dv.mu.Lock()
 	defer dv.mu.Unlock()
 	if dv.fresh == nil || time.Since(dv.freshAt) > recheckAge {
-		keys := 0
-		if dv.listTombs {
-			keys = 1 << 30 // list them again, as the batch did
-		}
-		dv.fresh = dv.h.readDir(ctx, dv.m, dv.user, dv.dir, keys, false)
+		dv.fresh = dv.h.readDir(ctx, dv.m, dv.user, dv.dir, dv.batch, false)
 		dv.freshAt = time.Now()
 	}
 	return dv.fresh
@@ -491,7 +520,7 @@ func (dv *dirView) confirm(ctx context.Context) {
 	if len(dv.repaired) == 0 || ctx.Err() != nil {
 		return
 	}
-	after := dv.h.readDir(ctx, dv.m, dv.user, dv.dir, 0, true)
+	after := dv.h.readDir(ctx, dv.m, dv.user, dv.dir, dv.batch, true)
 	if len(after.unknown) > 0 {
 		return
 	}
