@@ -90,9 +90,12 @@ func TestSlowReplicaAskedLast(t *testing.T) {
 		read()
 	}
 	slow := c.fakes[pref[0]]
+	// Slow enough that no loaded machine lets it beat the hedge (at 100 ms
+	// it could, under -race at load 20); its reads are cancelled long
+	// before.
 	slow.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
 		select {
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(2 * time.Second):
 			return false
 		case <-r.Context().Done():
 			return true
