@@ -26,6 +26,7 @@ type benchFlags struct {
 	pinProxy  bool
 	slowDelay time.Duration
 	inProcess bool
+	replay    int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -70,6 +71,7 @@ against the targets; --json prints the same as JSON. See docs/performance.md.`,
 	fl.StringVar(&f.bigUpload, "big-upload", "512MiB", "size of the upload the proxy's peak RSS growth is measured over")
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.DurationVar(&f.slowDelay, "slow-delay", 200*time.Millisecond, "how late the slowed node answers in read-slow and upload-slow")
+	fl.IntVar(&f.replay, "replay-files", 10_000, "writes the stopped node misses in the replay workload")
 	fl.BoolVar(&f.inProcess, "nodes-in-process", false, "run the nodes inside the bench process instead of as their own cring node processes (cheaper baselines than any real client gets)")
 	fl.BoolVar(&f.pinProxy, "pin-proxy", false, "give the proxy a CPU of its own (the last one) and the client and nodes the others, as if the proxy had its own machine (Linux, needs taskset)")
 	cmd.AddCommand(newBenchFloorCmd())
@@ -133,6 +135,7 @@ func (f *benchFlags) options() (bench.Options, error) {
 		PinProxy:       f.pinProxy,
 		SlowDelay:      f.slowDelay,
 		NodesInProcess: f.inProcess,
+		ReplayFiles:    f.replay,
 	}, nil
 }
 

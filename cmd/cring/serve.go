@@ -45,6 +45,7 @@ type serveFlags struct {
 	dataDir        string
 	scanInterval   time.Duration
 	repairRate     float64
+	repairByteRate string
 	tombstoneGrace time.Duration
 	scrubInterval  time.Duration
 	scrubRate      string
@@ -119,6 +120,7 @@ CRING_HOST=http://a:35354,http://b:35354.`,
 	fl.StringVar(&f.dataDir, "data-dir", "", "where durable state lives: hints, known users, backup queue (default under the user's data dir)")
 	fl.DurationVar(&f.scanInterval, "scan-interval", config.DefaultScanInterval, "time between background anti-entropy scans")
 	fl.Float64Var(&f.repairRate, "repair-rate", config.DefaultRepairRate, "repairs per second the healer may do")
+	fl.StringVar(&f.repairByteRate, "repair-byte-rate", "32MiB", "bytes per second the healer's repairs may copy, all nodes together")
 	fl.DurationVar(&f.tombstoneGrace, "tombstone-grace", config.DefaultTombstoneGrace, "how long deletes are remembered; a node away longer may bring deleted files back")
 	fl.DurationVar(&f.scrubInterval, "scrub-interval", config.DefaultScrubInterval, "time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub")
 	fl.StringVar(&f.scrubRate, "scrub-rate", "8MiB", "bytes per second the scrub may read from each node")
@@ -216,6 +218,13 @@ func (f *serveFlags) config(cmd *cobra.Command) (*config.Config, error) {
 	}
 	if pick("repair-rate") || cfg.RepairRate == 0 {
 		cfg.RepairRate = f.repairRate
+	}
+	if pick("repair-byte-rate") || cfg.RepairByteRate == 0 {
+		n, err := humanize.ParseBytes(f.repairByteRate)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("--repair-byte-rate %q: want a size per second like 32MiB", f.repairByteRate)
+		}
+		cfg.RepairByteRate = int64(n)
 	}
 	if pick("post-quorum-timeout") || cfg.PostQuorumTimeout == 0 {
 		cfg.PostQuorumTimeout = f.postQuorum

@@ -37,6 +37,7 @@ const (
 	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
 	WorkloadHash        = "hash"         // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
 	WorkloadScrub       = "scrub"        // 4 KiB reads while the scrub hashes every copy at its default rate
+	WorkloadReplay      = "replay"       // a node stopped, 10,000 writes, started: time until it caught up
 	// CPU per request of cring against other reverse proxies in front of
 	// one node (nginx, HAProxy, a bare httputil.ReverseProxy): 4 KiB reads
 	// and uploads, 8 concurrent. Not run by default (nginx and HAProxy come
@@ -49,7 +50,7 @@ const (
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadHash, WorkloadPeersRead, WorkloadPeersUpload}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadReplay, WorkloadHash, WorkloadPeersRead, WorkloadPeersUpload}
 }
 
 // DefaultWorkloads are the workloads a run without a list runs: all but the
@@ -117,6 +118,7 @@ type Options struct {
 	ListEntries int   // files in the listed directory [200]
 	ReadFiles   int   // distinct files the reads pick from [256]
 	ReadPercent int   // reads in the mixed workload [70]
+	ReplayFiles int   // writes a stopped node misses in the replay workload [10,000]
 	// SlowDelay is how late the slowed node answers in read-slow [200ms].
 	SlowDelay time.Duration
 }
@@ -139,6 +141,7 @@ func (o *Options) defaults() error {
 	def(&o.ListEntries, 200)
 	def(&o.ReadFiles, 256)
 	def(&o.ReadPercent, 70)
+	def(&o.ReplayFiles, 10_000)
 	def64(&o.BigUpload, 512<<20)
 	def64(&o.SmallSize, 4<<10)
 	def64(&o.LargeSize, 64<<20)
@@ -189,6 +192,7 @@ type Report struct {
 	Workloads   []*Workload `json:"workloads"`
 	BigUpload   *BigUpload  `json:"big_upload,omitempty"`
 	Hashes      []HashRate  `json:"hashes,omitempty"`
+	Replays     []*Replay   `json:"replays,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -316,6 +320,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if name == WorkloadHash {
 			rep.Hashes = measureHashes(ctx, o.Duration/3)
 			rep.relateHashes()
+			continue
+		}
+		if name == WorkloadReplay {
+			rs, err := e.replays(ctx)
+			rep.Replays = append(rep.Replays, rs...)
+			if err != nil {
+				return rep, fmt.Errorf("%s: %w", name, err)
+			}
 			continue
 		}
 		if name == WorkloadRSS {

@@ -39,6 +39,7 @@ func TestRunSmoke(t *testing.T) {
 		ListEntries: 20,
 		ReadFiles:   16,
 		SlowDelay:   20 * time.Millisecond,
+		ReplayFiles: 20,
 	})
 	t.Logf("progress:\n%s", progress.String())
 	if err != nil {
@@ -86,6 +87,14 @@ func TestRunSmoke(t *testing.T) {
 	if bu := rep.BigUpload; bu == nil || bu.Before <= 0 || bu.After < bu.Before || bu.Size != 8<<20 {
 		t.Errorf("big upload: %+v", rep.BigUpload)
 	}
+	if len(rep.Replays) != 2 {
+		t.Errorf("replays: %d, want 2 (one directory, a hundred)", len(rep.Replays))
+	}
+	for _, r := range rep.Replays {
+		if r.Hints != 20 || r.CatchUpSeconds <= 0 || r.HintsPerSec <= 0 || r.WritesPerSec <= 0 {
+			t.Errorf("replay: %+v", r)
+		}
+	}
 	if len(rep.Hashes) != 3 || rep.Hashes[0].Name != "sha256" || !rep.Hashes[0].Chosen || rep.Hashes[0].MBPerSec <= 0 {
 		t.Errorf("hashes: %+v", rep.Hashes)
 	}
@@ -95,7 +104,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload", "checksums, one core", "scrub at 8MiB/s per node"} {
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload", "checksums, one core", "scrub at 8MiB/s per node", "replay 20 × 1KiB in 1 directory"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q", s)
 		}

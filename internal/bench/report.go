@@ -112,6 +112,17 @@ func (r *Report) WriteTable(out io.Writer) error {
 		fmt.Fprintf(&b, "\n%s upload through the proxy: peak RSS %s → %s, growth %.1f MiB (target < 64 MiB) %s, %.0f MB/s\n",
 			FormatSize(bu.Size), mib(bu.Before), mib(bu.After), bu.GrowthMiB, verdict, bu.MBPerSec)
 	}
+	for _, rp := range r.Replays {
+		verdict := good.Render("✓ met")
+		if !rp.Met {
+			verdict = bad.Render("✗ " + strings.Join(rp.Misses, ", "))
+		}
+		fmt.Fprintf(&b, "\n%s: %d hints (written at %.0f/s) caught up in %.1f s (%.1f s to see the node up), %.0f hints/s, proxy %.0f µs CPU/hint; target %s %s",
+			rp.Title, rp.Hints, rp.WritesPerSec, rp.CatchUpSeconds, rp.DetectSeconds, rp.HintsPerSec, rp.ProxyCPUPerHintUs, rp.Target, verdict)
+	}
+	if len(r.Replays) > 0 {
+		b.WriteString("\n")
+	}
 	if len(r.Hashes) > 0 {
 		b.WriteString("\nchecksums, one core:")
 		for _, h := range r.Hashes {

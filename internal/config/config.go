@@ -29,7 +29,8 @@ const (
 	DefaultHealthInterval  = 2 * time.Second
 	DefaultNodeTimeout     = 30 * time.Second
 	DefaultScanInterval    = time.Hour
-	DefaultRepairRate      = 50
+	DefaultRepairRate      = 500
+	DefaultRepairByteRate  = 32 << 20
 	DefaultTombstoneGrace  = 30 * 24 * time.Hour
 	// A scrub pass a week, like Ceph's deep scrub; 8 MiB/s per node reads
 	// about 4.8 TiB a week, more than one node holds here.
@@ -112,6 +113,7 @@ type Config struct {
 	DataDir        string        `yaml:"data-dir"` // durable hints, users, queues
 	ScanInterval   time.Duration `yaml:"scan-interval"`
 	RepairRate     float64       `yaml:"repair-rate"` // repairs per second
+	RepairByteRate int64         `yaml:"repair-byte-rate"`
 	TombstoneGrace time.Duration `yaml:"tombstone-grace"`
 	ScrubInterval  time.Duration `yaml:"scrub-interval"` // 0 in the file: default; negative: no scrub
 	ScrubRate      int64         `yaml:"scrub-rate"`     // bytes per second per node
@@ -332,6 +334,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.RepairRate == 0 {
 		c.RepairRate = DefaultRepairRate
+	}
+	if c.RepairByteRate == 0 {
+		c.RepairByteRate = DefaultRepairByteRate
 	}
 	if c.PostQuorumTimeout <= 0 {
 		c.PostQuorumTimeout = DefaultPostQuorum

@@ -113,6 +113,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			StallTimeout:   cfg.NodeTimeout,
 			ScanInterval:   cfg.ScanInterval,
 			Rate:           cfg.RepairRate,
+			ByteRate:       float64(cfg.RepairByteRate),
 			TombstoneGrace: cfg.TombstoneGrace,
 			ScrubInterval:  max(cfg.ScrubInterval, 0),
 			ScrubRate:      float64(cfg.ScrubRate),
