@@ -72,7 +72,8 @@ type state struct {
 
 // DefaultHintLimit is the hints a node may be owed before it is marked for a
 // full scan instead (about 1.5 h of missed writes at 375 writes/s; each
-// pending hint costs the proxy ~150 bytes of memory).
+// pending hint costs the proxy 130-200 bytes of memory, by its path's length,
+// and ~200 bytes of log).
 const DefaultHintLimit = 2_000_000
 
 // hint: node (by name: indexes change with membership) is owed path of user.
