@@ -300,7 +300,7 @@ func (h *Healer) replayHints(ctx context.Context) {
 		due := h.state.takeDue(func(node string) bool {
 			i := m.index(node)
 			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it
-		}, time.Now())
+		}, time.Now(), batchKeys)
 		h.replay(ctx, m, due)
 	}
 }

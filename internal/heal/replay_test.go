@@ -210,7 +210,7 @@ func (hc *healCluster) listed(i int, dir string) map[string]string {
 // replayOnce replays every due hint, as one tick of the replay loop.
 func (hc *healCluster) replayOnce() {
 	m := hc.h.mem.Load()
-	due := hc.h.state.takeDue(func(node string) bool { return hc.health.Healthy(m.index(node)) }, time.Now())
+	due := hc.h.state.takeDue(func(node string) bool { return hc.health.Healthy(m.index(node)) }, time.Now(), batchKeys)
 	hc.h.replay(context.Background(), m, due)
 }
 

@@ -564,12 +564,13 @@ type dueBatch struct {
 }
 
 // takeDue takes, for every node up(node) says is up, the batches whose
-// next attempt has come; each stays in the index (reads still see its
-// hints) but out of its heap until release.
-func (s *state) takeDue(up func(node string) bool, now time.Time) []*dueBatch {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// next attempt has come, with at most most of each one's names; each stays
+// in the index (reads still see its hints) but out of its heap until
+// release. The lock is held to pop the heaps, then once per batch to copy
+// its names, so reads never wait for a copy of every hint.
+func (s *state) takeDue(up func(node string) bool, now time.Time, most int) []*dueBatch {
 	var out []*dueBatch
+	s.mu.Lock()
 	for node, nh := range s.nodes {
 		if len(nh.due) == 0 || nh.due[0].next.After(now) || !up(node) {
 			continue
@@ -577,12 +578,20 @@ func (s *state) takeDue(up func(node string) bool, now time.Time) []*dueBatch {
 		for len(nh.due) > 0 && !nh.due[0].next.After(now) {
 			b := heap.Pop(&nh.due).(*batch)
 			b.inflight = true
-			d := &dueBatch{b: b, names: make([]string, 0, len(b.names))}
-			for n := range b.names {
-				d.names = append(d.names, n)
-			}
-			out = append(out, d)
+			out = append(out, &dueBatch{b: b})
 		}
+	}
+	s.mu.Unlock()
+	for _, d := range out {
+		s.mu.RLock()
+		d.names = make([]string, 0, min(len(d.b.names), most))
+		for n := range d.b.names {
+			if len(d.names) == most {
+				break
+			}
+			d.names = append(d.names, n)
+		}
+		s.mu.RUnlock()
 	}
 	return out
 }

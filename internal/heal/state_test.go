@@ -87,7 +87,7 @@ func TestHintStoreReopens(t *testing.T) {
 	if got := s.hintCounts(); got["n3"] != 10 || got["n2"] != 1 {
 		t.Errorf("hint counts %v, want n3:10 n2:1", got)
 	}
-	due := s.takeDue(func(string) bool { return true }, time.Now())
+	due := s.takeDue(func(string) bool { return true }, time.Now(), batchKeys)
 	names := 0
 	for _, d := range due {
 		names += len(d.names)
@@ -106,7 +106,7 @@ func TestHintRecordedDuringReplayStays(t *testing.T) {
 	if err := s.addHint(h); err != nil {
 		t.Fatal(err)
 	}
-	due := s.takeDue(func(string) bool { return true }, time.Now())
+	due := s.takeDue(func(string) bool { return true }, time.Now(), batchKeys)
 	seq := s.seqNow()                    // the replay reads the nodes after this
 	if err := s.addHint(h); err != nil { // missed again meanwhile
 		t.Fatal(err)
@@ -118,8 +118,35 @@ func TestHintRecordedDuringReplayStays(t *testing.T) {
 	if !s.owed(h) {
 		t.Fatal("hint lost")
 	}
-	if due = s.takeDue(func(string) bool { return true }, time.Now()); len(due) != 1 {
+	if due = s.takeDue(func(string) bool { return true }, time.Now(), batchKeys); len(due) != 1 {
 		t.Fatalf("batch with a hint recorded during its replay is not due again at once: %d due", len(due))
+	}
+}
+
+// TestTakeDueBounded: a replay round takes at most so many names of a
+// batch; the rest are due again at once, not after a backoff.
+func TestTakeDueBounded(t *testing.T) {
+	s := openTestState(t, t.TempDir(), 0, 0)
+	for i := range 25 {
+		if err := s.addHint(hint{User: "u", Path: fmt.Sprintf("kv/%d", i), Node: "n3"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for round := 0; len(seen) < 25; round++ {
+		if round == 3 {
+			t.Fatalf("3 rounds of 10 took %d of 25 names", len(seen))
+		}
+		due := s.takeDue(func(string) bool { return true }, time.Now(), 10)
+		if len(due) != 1 || len(due[0].names) > 10 {
+			t.Fatalf("round %d: %d batches, %d names; want 1 batch of at most 10", round, len(due), len(due[0].names))
+		}
+		seq := s.seqNow()
+		for _, n := range due[0].names {
+			seen[n] = true
+			s.settle("n3", "u", "kv/"+n, seq)
+		}
+		s.release(due[0], false)
 	}
 }
 
