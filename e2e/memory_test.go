@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -147,6 +149,26 @@ func (pc *processCluster) get(t *testing.T, proxy, p string) (int, int64) {
 	return resp.StatusCode, n
 }
 
+// post uploads size bytes to proxy as p, as charm does (multipart, with a
+// length), and returns the status.
+func (pc *processCluster) post(t *testing.T, proxy, p string, size int) int {
+	t.Helper()
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	part, _ := mw.CreateFormFile("data", p)
+	_, _ = part.Write(make([]byte, size))
+	_ = mw.Close()
+	req, _ := http.NewRequest(http.MethodPost, proxy+"/v1/fs/"+p+"?mode=420", &body)
+	req.Header.Set("Authorization", "bearer "+pc.jwt)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // peakHeap runs f and returns the most the heap grew over its size before
 // f, sampled every millisecond. The garbage collector runs at GOGC=10
 // meanwhile, so what is measured is (within 10%) memory in use, not
@@ -180,6 +202,39 @@ func peakHeap(f func()) uint64 {
 	close(stop)
 	<-done
 	return max(peak, read()) - base
+}
+
+// peakLive runs f and returns the most the live heap grew over its size
+// before f: every 10 ms a collection runs and what it leaves is read, so
+// garbage never counts (for work that holds its memory for a while, like a
+// directory being scanned).
+func peakLive(f func()) uint64 {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	read := func() uint64 {
+		runtime.GC()
+		metrics.Read(sample)
+		return sample[0].Value.Uint64()
+	}
+	base := read()
+	peak := base
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				peak = max(peak, read())
+			}
+		}
+	}()
+	f()
+	close(stop)
+	<-done
+	return peak - base
 }
 
 // TestListingMemory: the proxy's memory for a 50,000-entry listing is at
@@ -257,18 +312,21 @@ func TestScanMemory(t *testing.T) {
 		var rep *heal.Report
 		var err error
 		start = time.Now()
-		grew[tt.name] = peakHeap(func() { rep, err = h.Scan(context.Background(), heal.ScanOptions{Users: []string{id}}) })
+		grew[tt.name] = peakLive(func() { rep, err = h.Scan(context.Background(), heal.ScanOptions{Users: []string{id}}) })
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%s: planted in %s, scanned in %s: %d keys, %d healthy; heap grew %.1f MiB",
+		t.Logf("%s: planted in %s, scanned in %s: %d keys, %d healthy; live heap grew %.1f MiB",
 			tt.name, planted.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), rep.Keys, rep.Healthy, float64(grew[tt.name])/(1<<20))
 		if want := tt.dirs * tt.files; rep.Keys != want || rep.Healthy != want {
 			t.Fatalf("%s: %d keys, %d healthy, want %d of each", tt.name, rep.Keys, rep.Healthy, want)
 		}
 	}
-	// Roughly equal: within half again and a MiB of what one directory costs.
-	if one, twenty := grew["1 dir of 2000"], grew["20 dirs of 2000"]; twenty > one*3/2+1<<20 {
+	// Roughly equal: a sample of the live heap also holds what the scan
+	// allocated while its collection ran, a few MiB either way, so within
+	// twice what one directory costs and 4 MiB (holding the tree, as scans
+	// did, is ~0.8 KiB a file: 31 MiB here).
+	if one, twenty := grew["1 dir of 2000"], grew["20 dirs of 2000"]; twenty > 2*one+4<<20 {
 		t.Errorf("20 directories cost %.1f MiB, one %.1f MiB: a scan's memory grows with the tree", float64(twenty)/(1<<20), float64(one)/(1<<20))
 	}
 	if g, ok := grew["1000 dirs of 1000"]; ok && g > 1<<30 {
@@ -287,9 +345,20 @@ func TestUploadMemory(t *testing.T) {
 	pc := startProcessNodes(t, 3)
 	px := pc.tc.startProxy(clusterOpts{replicas: 3, quorum: 2, tune: func(c *config.Config) {
 		c.MaxRequestsPerClient = 4 * uploads
+		// A probe that takes over 200 ms on a loaded machine would mark a
+		// node down, and later uploads would skip it.
+		c.HealthInterval = 5 * time.Second
 	}}, 3, "")
-	if st, _ := pc.get(t, "http://"+px.httpAddr, "nothing-here"); st != http.StatusNotFound {
-		t.Fatalf("warm-up read: %d", st)
+	// Uploads first: the proxy learns that its nodes keep stamps (cring
+	// nodes; it learns a node's kind from its answers before the ack, and
+	// the slowest replica's comes after), so the uploads measured need no
+	// version records and are not hashed: what the recommended cluster
+	// costs. (With stock nodes each upload also has its checksum taken as
+	// it streams, about 50 KiB and one goroutine more.)
+	for k := range 10 {
+		if st := pc.post(t, "http://"+px.httpAddr, fmt.Sprintf("warm%d", k), 4<<10); st != http.StatusOK {
+			t.Fatalf("warm-up upload: %d", st)
+		}
 	}
 	tmpFiles := func() int {
 		least := -1
@@ -353,14 +422,27 @@ func TestUploadMemory(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })
-	// Every node is writing every upload.
+	// Every node is writing every upload, and the proxy's goroutines hold
+	// still (no dial or probe in passing is counted).
 	waitFor(t, 30*time.Second, func() bool { return tmpFiles() >= uploads })
+	last, since := -1, time.Now()
+	waitFor(t, 30*time.Second, func() bool {
+		if n := runtime.NumGoroutine(); n != last {
+			last, since = n, time.Now()
+			return false
+		}
+		return time.Since(since) >= 300*time.Millisecond
+	})
 	heap1, stacks1, g1 := measure()
 	per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / uploads }
 	heapPer, stackPer := per(heap0, heap1), per(stacks0, stacks1)
 	t.Logf("per upload in flight: heap %.1f KiB, stacks %.1f KiB, %.1f goroutines; total %.1f KiB",
 		heapPer/1024, stackPer/1024, per(g0, g1), (heapPer+stackPer)/1024)
-	if total := heapPer + stackPer; total > 384<<10 {
-		t.Errorf("an upload in flight costs the proxy %.1f KiB, want at most 384 KiB", total/1024)
+	limit := 384.0 * 1024
+	if raceEnabled {
+		limit += 64 << 10 // its goroutines' stacks are about twice as large
+	}
+	if total := heapPer + stackPer; total > limit {
+		t.Errorf("an upload in flight costs the proxy %.1f KiB, want at most %.0f KiB", total/1024, limit/1024)
 	}
 }

@@ -40,24 +40,23 @@ const (
 	entryChunk = 1 << 10
 )
 
-// mergedEntry is one name's newest entry among the listings (about 40
-// bytes; its name is in the table's arena).
+// mergedEntry is one name's newest entry among the listings (32 bytes; its
+// name is in the table's arena).
 type mergedEntry struct {
+	nanos int64 // modification time, Unix nanoseconds (entryFar: in dirMerge.far)
 	size  int64
-	sec   int64 // modification time, Unix seconds
 	off   uint32
-	nsec  int32
-	zone  int32 // the time's UTC offset in seconds, as the node wrote it
 	mode  uint32
 	nlen  uint16
 	n     uint16 // listings that had the name
-	isDir bool
+	zone  int16  // the time's UTC offset in minutes, as the node wrote it
+	flags uint8
 }
 
-// olderThan reports whether e's time is before sec.nsec.
-func (e *mergedEntry) olderThan(sec int64, nsec int32) bool {
-	return e.sec < sec || e.sec == sec && e.nsec < nsec
-}
+const (
+	entryDir = 1 << iota
+	entryFar // a time Unix nanoseconds can't hold, or an offset of seconds
+)
 
 // dirMerge is the union of several nodes' listings of one directory: by
 // name, the newest modification time wins; the directory's own fields are
@@ -70,6 +69,7 @@ type dirMerge struct {
 
 	arena  [][]byte        // names, back to back
 	chunks [][]mergedEntry // entries, entryChunk to a block
+	far    map[uint32]time.Time
 	count  int
 	slots  []uint32 // open addressing: entry index + 1, 0 empty
 	seed   maphash.Seed
@@ -123,11 +123,9 @@ func (m *dirMerge) insert(f *charm.FileInfo) error {
 	if len(f.Name) > maxNameLen {
 		return fmt.Errorf("listed name of %d bytes", len(f.Name))
 	}
-	if 2*(m.count+1) > len(m.slots) {
+	if 4*(m.count+1) > 3*len(m.slots) {
 		m.grow()
 	}
-	sec, nsec := f.ModTime.Unix(), int32(f.ModTime.Nanosecond())
-	_, zone := f.ModTime.Zone()
 	mask := uint32(len(m.slots) - 1)
 	for s := uint32(maphash.String(m.seed, f.Name)) & mask; ; s = (s + 1) & mask {
 		idx := m.slots[s]
@@ -136,7 +134,8 @@ func (m *dirMerge) insert(f *charm.FileInfo) error {
 				return errors.New("listing too large")
 			}
 			e := m.newEntry(f.Name)
-			e.size, e.sec, e.nsec, e.zone, e.mode, e.isDir, e.n = f.Size, sec, nsec, int32(zone), uint32(f.Mode), f.IsDir, 1
+			e.n = 1
+			m.set(uint32(m.count-1), e, f)
 			m.slots[s] = uint32(m.count)
 			return nil
 		}
@@ -147,11 +146,52 @@ func (m *dirMerge) insert(f *charm.FileInfo) error {
 		if e.n < 1<<16-1 {
 			e.n++
 		}
-		if e.olderThan(sec, nsec) {
-			e.size, e.sec, e.nsec, e.zone, e.mode, e.isDir = f.Size, sec, nsec, int32(zone), uint32(f.Mode), f.IsDir
+		if f.ModTime.After(m.modTime(idx-1, e)) {
+			m.set(idx-1, e, f)
 		}
 		return nil
 	}
+}
+
+// set makes entry i (e) f's version.
+func (m *dirMerge) set(i uint32, e *mergedEntry, f *charm.FileInfo) {
+	e.size, e.mode, e.flags = f.Size, uint32(f.Mode), 0
+	if f.IsDir {
+		e.flags |= entryDir
+	}
+	_, zone := f.ModTime.Zone()
+	e.nanos, e.zone = f.ModTime.UnixNano(), int16(zone/60)
+	if !time.Unix(0, e.nanos).Equal(f.ModTime) || zone%60 != 0 || zone/60 != int(e.zone) {
+		e.flags |= entryFar
+		if m.far == nil {
+			m.far = map[uint32]time.Time{}
+		}
+		m.far[i] = f.ModTime
+		return
+	}
+	delete(m.far, i)
+}
+
+// modTime is entry i's (e's) modification time, in the zone its node wrote.
+func (m *dirMerge) modTime(i uint32, e *mergedEntry) time.Time {
+	if e.flags&entryFar != 0 {
+		return m.far[i]
+	}
+	return time.Unix(0, e.nanos).In(zoneAt(int(e.zone) * 60))
+}
+
+// zones: the few UTC offsets listings use, one Location each.
+var zones sync.Map // int → *time.Location
+
+func zoneAt(offset int) *time.Location {
+	if offset == 0 {
+		return time.UTC
+	}
+	if l, ok := zones.Load(offset); ok {
+		return l.(*time.Location)
+	}
+	l, _ := zones.LoadOrStore(offset, time.FixedZone("", offset))
+	return l.(*time.Location)
 }
 
 // newEntry appends an entry named name and returns it; m.count is then its
@@ -194,7 +234,7 @@ func (m *dirMerge) everywhere() bool {
 		return false
 	}
 	for i := range uint32(m.count) {
-		if e := m.entry(i); !e.isDir && int(e.n) != m.lists {
+		if e := m.entry(i); e.flags&entryDir == 0 && int(e.n) != m.lists {
 			return false
 		}
 	}
@@ -247,16 +287,10 @@ func (m *dirMerge) writeJSON(w io.Writer, keep func(listed) bool) error {
 	if _, err := bw.Write(head); err != nil {
 		return err
 	}
-	zones := map[int32]*time.Location{0: time.UTC}
 	wrote := 0
 	for _, i := range m.order {
 		e := m.entry(i)
-		loc, ok := zones[e.zone]
-		if !ok {
-			loc = time.FixedZone("", int(e.zone))
-			zones[e.zone] = loc
-		}
-		f := charm.FileInfo{Name: string(m.name(e)), IsDir: e.isDir, Size: e.size, ModTime: time.Unix(e.sec, int64(e.nsec)).In(loc), Mode: fs.FileMode(e.mode)}
+		f := charm.FileInfo{Name: string(m.name(e)), IsDir: e.flags&entryDir != 0, Size: e.size, ModTime: m.modTime(i, e), Mode: fs.FileMode(e.mode)}
 		if keep != nil && !keep(listed{f.Name, f.IsDir, f.ModTime}) {
 			continue
 		}

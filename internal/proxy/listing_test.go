@@ -90,7 +90,8 @@ func wholeMerge(lists []*charm.FileInfo, dirPath string, tombs map[string]time.T
 }
 
 // TestStreamedMergeMatchesWhole: random listings (unsorted, overlapping,
-// ties, directories, times in several zones, names JSON escapes, cring's
+// ties, directories, times in several zones and out of Unix nanoseconds'
+// range, names JSON escapes, cring's
 // own directory in the root, deletes of entries and of the directory)
 // merge as streams to exactly the bytes the whole-listing merge gave, with
 // the same "every file everywhere" answer.
@@ -110,11 +111,16 @@ func TestStreamedMergeMatchesWhole(t *testing.T) {
 					continue
 				}
 				l.Files = append(l.Files, charm.FileInfo{
-					Name:    names[k],
-					IsDir:   rng.IntN(6) == 0,
-					Size:    int64(rng.IntN(3)),
-					ModTime: t0.Add(time.Duration(rng.IntN(4))*time.Second + time.Duration(rng.IntN(2))*time.Nanosecond).In(zones[rng.IntN(len(zones))]),
-					Mode:    0o600,
+					Name:  names[k],
+					IsDir: rng.IntN(6) == 0,
+					Size:  int64(rng.IntN(3)),
+					ModTime: []time.Time{
+						t0.Add(time.Duration(rng.IntN(4))*time.Second + time.Duration(rng.IntN(2))*time.Nanosecond).In(zones[rng.IntN(len(zones))]),
+						t0.Add(time.Duration(rng.IntN(4)) * time.Second),
+						{}, // zero: before what Unix nanoseconds hold
+						time.Date(3000, 1, 1, 0, 0, 0, 5, zones[rng.IntN(len(zones))]),
+					}[min(rng.IntN(8), 3)],
+					Mode: 0o600,
 				})
 			}
 			lists = append(lists, l)
