@@ -50,7 +50,7 @@ const (
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadReplay, WorkloadHash, WorkloadPeersRead, WorkloadPeersUpload}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadReplay, WorkloadHash, WorkloadListMemory, WorkloadUploadMemory, WorkloadPeersRead, WorkloadPeersUpload}
 }
 
 // DefaultWorkloads are the workloads a run without a list runs: all but the
@@ -192,6 +192,7 @@ type Report struct {
 	Workloads   []*Workload `json:"workloads"`
 	BigUpload   *BigUpload  `json:"big_upload,omitempty"`
 	Hashes      []HashRate  `json:"hashes,omitempty"`
+	Memory      []*Memory   `json:"memory,omitempty"`
 	Replays     []*Replay   `json:"replays,omitempty"`
 }
 
@@ -325,6 +326,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if name == WorkloadReplay {
 			rs, err := e.replays(ctx)
 			rep.Replays = append(rep.Replays, rs...)
+			if err != nil {
+				return rep, fmt.Errorf("%s: %w", name, err)
+			}
+			continue
+		}
+		if ok, err := rep.runMemory(ctx, e, name); ok {
 			if err != nil {
 				return rep, fmt.Errorf("%s: %w", name, err)
 			}

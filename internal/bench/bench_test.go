@@ -95,6 +95,15 @@ func TestRunSmoke(t *testing.T) {
 			t.Errorf("replay: %+v", r)
 		}
 	}
+	if len(rep.Memory) != 2 {
+		t.Errorf("memory: %d results, want 2 (listing, uploads)", len(rep.Memory))
+	}
+	for _, m := range rep.Memory {
+		if m.Name == WorkloadListMemory && (m.ResponseBytes <= 0 || m.GrowthBytes <= 0) ||
+			m.Name == WorkloadUploadMemory && (m.RSSPerUpload <= 0 || m.GoroutinesPerUpload <= 0) {
+			t.Errorf("memory: %+v", m)
+		}
+	}
 	if len(rep.Hashes) != 3 || rep.Hashes[0].Name != "sha256" || !rep.Hashes[0].Chosen || rep.Hashes[0].MBPerSec <= 0 {
 		t.Errorf("hashes: %+v", rep.Hashes)
 	}
@@ -104,7 +113,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload", "checksums, one core", "scrub at 8MiB/s per node", "replay 20 × 1KiB in 1 directory"} {
+	for _, s := range []string{"upload 1KiB ×8", "read 1KiB ×8", "read 1KiB ×8, 1 node +20ms", "upload 1KiB ×8, 1 node +20ms", "healthy", "list 20 entries ×1", "limit", "proxy", "8MiB upload", "checksums, one core", "scrub at 8MiB/s per node", "replay 20 × 1KiB in 1 directory", "list 50000 entries", "24 slow uploads"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q", s)
 		}

@@ -49,6 +49,7 @@ type env struct {
 	client *http.Client
 	auth   string // Authorization header value
 
+	userID    string   // the seeded user's charm ID
 	readFiles []string // written to every node once, for the reads
 
 	restoreLogs func()
@@ -166,6 +167,7 @@ func start(ctx context.Context, o *Options) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.userID = id
 	signer, err := token.LoadSigner(e.dc.KeyPath)
 	if err != nil {
 		return nil, err

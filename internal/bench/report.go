@@ -123,6 +123,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 	if len(r.Replays) > 0 {
 		b.WriteString("\n")
 	}
+	writeMemory(&b, r.Memory, dim, good, bad)
 	if len(r.Hashes) > 0 {
 		b.WriteString("\nchecksums, one core:")
 		for _, h := range r.Hashes {
