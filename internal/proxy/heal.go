@@ -16,8 +16,6 @@ import (
 	"sync"
 	"time"
 
-	charm "github.com/charmbracelet/charm/proto"
-
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -183,11 +181,12 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 			// Copies go to out as they stream in: those of a listing that
 			// breaks off are real tombstones all the same.
 			listed, o := p.listStream(ctx, i, req, func(rd io.Reader) error {
-				_, err := decodeListing(rd, func(b []charm.FileInfo) error {
+				_, err := decodeListing(rd, func(b []wireEntry) error {
 					mu.Lock()
 					defer mu.Unlock()
 					for _, f := range b {
-						out[f.Name] = append(out[f.Name], tombCopy{node: i, size: f.Size, mtime: f.ModTime})
+						name := string(f.Name.b)
+						out[name] = append(out[name], tombCopy{node: i, size: f.Size, mtime: f.ModTime})
 					}
 					return nil
 				})

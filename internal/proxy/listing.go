@@ -9,10 +9,13 @@ import (
 	"hash/maphash"
 	"io"
 	"io/fs"
+	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	charm "github.com/charmbracelet/charm/proto"
 
@@ -92,7 +95,7 @@ func (m *dirMerge) name(e *mergedEntry) []byte {
 // node that answered, so deletes are then always checked.
 func (m *dirMerge) add(rd io.Reader) error {
 	added := false
-	hdr, err := decodeListing(rd, func(batch []charm.FileInfo) error {
+	hdr, err := decodeListing(rd, func(batch []wireEntry) error {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		added = true
@@ -119,28 +122,29 @@ func (m *dirMerge) add(rd io.Reader) error {
 }
 
 // insert adds one listed entry (m.mu held).
-func (m *dirMerge) insert(f *charm.FileInfo) error {
-	if len(f.Name) > maxNameLen {
-		return fmt.Errorf("listed name of %d bytes", len(f.Name))
+func (m *dirMerge) insert(f *wireEntry) error {
+	name := f.Name.b
+	if len(name) > maxNameLen {
+		return fmt.Errorf("listed name of %d bytes", len(name))
 	}
 	if 4*(m.count+1) > 3*len(m.slots) {
 		m.grow()
 	}
 	mask := uint32(len(m.slots) - 1)
-	for s := uint32(maphash.String(m.seed, f.Name)) & mask; ; s = (s + 1) & mask {
+	for s := uint32(maphash.Bytes(m.seed, name)) & mask; ; s = (s + 1) & mask {
 		idx := m.slots[s]
 		if idx == 0 {
 			if m.count >= 1<<32-2 {
 				return errors.New("listing too large")
 			}
-			e := m.newEntry(f.Name)
+			e := m.newEntry(name)
 			e.n = 1
 			m.set(uint32(m.count-1), e, f)
 			m.slots[s] = uint32(m.count)
 			return nil
 		}
 		e := m.entry(idx - 1)
-		if string(m.name(e)) != f.Name {
+		if !bytes.Equal(m.name(e), name) {
 			continue
 		}
 		if e.n < 1<<16-1 {
@@ -154,7 +158,7 @@ func (m *dirMerge) insert(f *charm.FileInfo) error {
 }
 
 // set makes entry i (e) f's version.
-func (m *dirMerge) set(i uint32, e *mergedEntry, f *charm.FileInfo) {
+func (m *dirMerge) set(i uint32, e *mergedEntry, f *wireEntry) {
 	e.size, e.mode, e.flags = f.Size, uint32(f.Mode), 0
 	if f.IsDir {
 		e.flags |= entryDir
@@ -196,7 +200,7 @@ func zoneAt(offset int) *time.Location {
 
 // newEntry appends an entry named name and returns it; m.count is then its
 // index + 1.
-func (m *dirMerge) newEntry(name string) *mergedEntry {
+func (m *dirMerge) newEntry(name []byte) *mergedEntry {
 	last := len(m.arena) - 1
 	if last < 0 || len(m.arena[last])+len(name) > arenaChunk {
 		m.arena = append(m.arena, make([]byte, 0, arenaChunk))
@@ -260,9 +264,9 @@ func (m *dirMerge) sort() {
 	slices.SortFunc(m.order, func(a, b uint32) int { return bytes.Compare(m.name(m.entry(a)), m.name(m.entry(b))) })
 }
 
-// listed is an entry as the filter sees it.
+// listed is an entry as the filter sees it (name only while it is called).
 type listed struct {
-	name    string
+	name    []byte
 	isDir   bool
 	modTime time.Time
 }
@@ -288,24 +292,23 @@ func (m *dirMerge) writeJSON(w io.Writer, keep func(listed) bool) error {
 		return err
 	}
 	wrote := 0
+	var line []byte
 	for _, i := range m.order {
 		e := m.entry(i)
-		f := charm.FileInfo{Name: string(m.name(e)), IsDir: e.flags&entryDir != 0, Size: e.size, ModTime: m.modTime(i, e), Mode: fs.FileMode(e.mode)}
-		if keep != nil && !keep(listed{f.Name, f.IsDir, f.ModTime}) {
+		t := m.modTime(i, e)
+		if keep != nil && !keep(listed{m.name(e), e.flags&entryDir != 0, t}) {
 			continue
 		}
-		buf.Reset()
-		if err := enc.Encode(f); err != nil {
-			return fmt.Errorf("encode listing: %w", err)
-		}
-		sep := ","
 		if wrote == 0 {
-			sep = `,"files":[`
+			line = append(line[:0], `,"files":[`...)
+		} else {
+			line = append(line[:0], ',')
 		}
-		if _, err := bw.WriteString(sep); err != nil {
+		var err error
+		if line, err = appendEntry(line, m.name(e), e.flags&entryDir != 0, e.size, t, fs.FileMode(e.mode)); err != nil {
 			return err
 		}
-		if _, err := bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n"))); err != nil {
+		if _, err := bw.Write(line); err != nil {
 			return err
 		}
 		wrote++
@@ -320,11 +323,40 @@ func (m *dirMerge) writeJSON(w io.Writer, keep func(listed) bool) error {
 	return bw.Flush()
 }
 
+// wireEntry is one listed entry as decoded: charm's FileInfo fields, with
+// the name decoded into a buffer the entry keeps (no string per entry).
+type wireEntry struct {
+	Name    wireName    `json:"name"`
+	IsDir   bool        `json:"is_dir"`
+	Size    int64       `json:"size"`
+	ModTime time.Time   `json:"modtime"`
+	Mode    fs.FileMode `json:"mode"`
+}
+
+// wireName is a JSON string decoded into reused bytes, as encoding/json
+// would decode it into a string.
+type wireName struct{ b []byte }
+
+func (n *wireName) UnmarshalJSON(data []byte) error {
+	if len(data) >= 2 && data[0] == '"' && bytes.IndexByte(data, '\\') < 0 && utf8.Valid(data) {
+		n.b = append(n.b[:0], data[1:len(data)-1]...)
+		return nil
+	}
+	// Escapes, invalid UTF-8 (replaced), null: as a string field would be.
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return err
+	}
+	n.b = append(n.b[:0], s...)
+	return nil
+}
+
 // decodeListing reads one node's JSON listing (charm's FileInfo) from rd,
-// handing its entries to add a few at a time as they are decoded, and
-// returns the directory's own fields. Fields are matched as encoding/json
-// matches them (case-insensitively); unknown ones are skipped.
-func decodeListing(rd io.Reader, add func([]charm.FileInfo) error) (charm.FileInfo, error) {
+// handing its entries to add a few at a time as they are decoded (the
+// slice and its names are reused: add keeps nothing of them), and returns
+// the directory's own fields. Fields are matched as encoding/json matches
+// them (case-insensitively); unknown ones are skipped.
+func decodeListing(rd io.Reader, add func([]wireEntry) error) (charm.FileInfo, error) {
 	var hdr charm.FileInfo
 	fail := func(err error) (charm.FileInfo, error) {
 		return charm.FileInfo{}, fmt.Errorf("decode listing: %w", err)
@@ -333,7 +365,13 @@ func decodeListing(rd io.Reader, add func([]charm.FileInfo) error) (charm.FileIn
 	if err := expectDelim(dec, '{'); err != nil {
 		return fail(err)
 	}
-	batch := make([]charm.FileInfo, 0, 64)
+	batch := make([]wireEntry, 64)
+	n := 0
+	flush := func() error {
+		err := add(batch[:n])
+		n = 0
+		return err
+	}
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
@@ -353,25 +391,25 @@ func decodeListing(rd io.Reader, add func([]charm.FileInfo) error) (charm.FileIn
 				return fail(fmt.Errorf("files: want an array, got %v", t))
 			}
 			for dec.More() {
-				batch = append(batch, charm.FileInfo{})
-				if err := dec.Decode(&batch[len(batch)-1]); err != nil {
+				e := &batch[n]
+				name := e.Name.b[:0]
+				*e = wireEntry{Name: wireName{name}} // a field absent from the JSON is zero, as in a new FileInfo
+				if err := dec.Decode(e); err != nil {
 					return fail(err)
 				}
-				if len(batch) == cap(batch) {
-					if err := add(batch); err != nil {
+				if n++; n == len(batch) {
+					if err := flush(); err != nil {
 						return fail(err)
 					}
-					batch = batch[:0]
 				}
 			}
 			if err := expectDelim(dec, ']'); err != nil {
 				return fail(err)
 			}
-			if len(batch) > 0 {
-				if err := add(batch); err != nil {
+			if n > 0 {
+				if err := flush(); err != nil {
 					return fail(err)
 				}
-				batch = batch[:0]
 			}
 		case "name":
 			err = dec.Decode(&hdr.Name)
@@ -395,6 +433,87 @@ func decodeListing(rd io.Reader, add func([]charm.FileInfo) error) (charm.FileIn
 		return fail(err)
 	}
 	return hdr, nil
+}
+
+// appendEntry appends one listing entry as encoding/json encodes a
+// charm.FileInfo without files (names HTML-escaped, as json.Encoder does),
+// without the allocations of encoding it through reflection.
+func appendEntry(b, name []byte, isDir bool, size int64, t time.Time, mode fs.FileMode) ([]byte, error) {
+	b = append(b, `{"name":`...)
+	b = appendJSONString(b, name)
+	b = append(b, `,"is_dir":`...)
+	b = strconv.AppendBool(b, isDir)
+	b = append(b, `,"size":`...)
+	b = strconv.AppendInt(b, size, 10)
+	b = append(b, `,"modtime":`...)
+	if _, off := t.Zone(); t.Year() < 0 || t.Year() > 9999 || off <= -24*3600 || off >= 24*3600 {
+		// What RFC 3339 can't say: encoding/json fails, and so does this.
+		mt, err := t.MarshalJSON()
+		if err != nil {
+			return b, fmt.Errorf("encode listing: %w", err)
+		}
+		b = append(b, mt...)
+	} else {
+		b = append(b, '"')
+		b = t.AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	b = append(b, `,"mode":`...)
+	b = strconv.AppendUint(b, uint64(mode), 10)
+	return append(b, '}'), nil
+}
+
+// appendJSONString is encoding/json's string encoding with HTML escaping.
+func appendJSONString(b, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func expectDelim(dec *json.Decoder, d json.Delim) error {
@@ -421,6 +540,8 @@ func listingFilter(dirPath string, tombs map[string]time.Time) func(listed) bool
 			dirDeleted = append(dirDeleted, t)
 		}
 	}
+	dir := tombstone.Clean(dirPath)
+	dirReserved := tombstone.Reserved(dir)
 	return func(f listed) bool {
 		for _, t := range dirDeleted {
 			// The directory itself was deleted: only what was written
@@ -429,12 +550,24 @@ func listingFilter(dirPath string, tombs map[string]time.Time) func(listed) bool
 				return false
 			}
 		}
-		p := tombstone.Clean(dirPath + "/" + f.name)
-		if tombstone.Reserved(p) {
+		// A name a directory lists holds no slash and is no dot, so its
+		// path is the directory's and the name; anything else is cleaned.
+		var p string
+		plain := len(f.name) > 0 && bytes.IndexByte(f.name, '/') < 0 && string(f.name) != "." && string(f.name) != ".."
+		switch {
+		case !plain:
+			p = tombstone.Clean(dirPath + "/" + string(f.name))
+			if tombstone.Reserved(p) {
+				return false
+			}
+		case dirReserved || dir == "" && string(f.name) == tombstone.Root:
 			return false
 		}
 		if len(tombs) == 0 || f.isDir {
 			return true
+		}
+		if plain {
+			p = path.Join(dir, string(f.name))
 		}
 		t, ok := tombs[tombstone.Name(p)]
 		return !ok || f.modTime.After(t)
