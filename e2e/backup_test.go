@@ -15,6 +15,7 @@ import (
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/miniotest"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // backupTarget is where a test's proxy backs up, and the test's own view of it.
@@ -98,12 +99,12 @@ func TestBackupMirrorsWrites(t *testing.T) {
 					}
 					continue
 				}
-				waitFor(t, 10*time.Second, func() bool { return bytes.Equal(object(t, tg, u, n), want) })
+				testwait.For(t, 10*time.Second, "the condition", func() bool { return bytes.Equal(object(t, tg, u, n), want) })
 			}
 			if err := u.fs.Remove("b/two"); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, func() bool { return object(t, tg, u, "b/two") == nil })
+			testwait.For(t, 10*time.Second, "the condition", func() bool { return object(t, tg, u, "b/two") == nil })
 			if object(t, tg, u, "b/one") == nil {
 				t.Fatal("deleting one file removed another from the backup")
 			}
@@ -141,7 +142,7 @@ func TestBackupQueueSurvivesRestart(t *testing.T) {
 	}
 	bt.minio.Start()
 	tg := bt.open(t)
-	waitFor(t, 30*time.Second, func() bool {
+	testwait.For(t, 30*time.Second, "the condition", func() bool {
 		for n, b := range want {
 			if !bytes.Equal(object(t, tg, u, n), b) {
 				return false

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -108,7 +109,7 @@ func TestProxyMemoryFlat(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	waitFor(t, 10*time.Second, func() bool { _, err := peakRSS(admin); return err == nil })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { _, err := peakRSS(admin); return err == nil })
 
 	kp, err := keygen.New(filepath.Join(t.TempDir(), "client"), keygen.WithKeyType(keygen.Ed25519))
 	if err != nil {
@@ -147,7 +148,7 @@ func TestProxyMemoryFlat(t *testing.T) {
 	}
 	// Acked at quorum: the last replica may still be writing.
 	for _, n := range dc.Nodes {
-		waitFor(t, 60*time.Second, func() bool {
+		testwait.For(t, 60*time.Second, "the condition", func() bool {
 			st, err := os.Stat(n.FilePath(id, "big"))
 			return err == nil && st.Size() == size
 		})

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -187,7 +188,7 @@ func TestStalledUploadReleased(t *testing.T) {
 			if status != http.StatusRequestTimeout || !strings.Contains(msg, "stalled") {
 				t.Fatalf("stalled upload: %d %q, want 408 saying it stalled", status, msg)
 			}
-			waitFor(t, 10*time.Second, func() bool { now, _, _ := activeOn(fronts); return now == 0 })
+			testwait.For(t, 10*time.Second, "the condition", func() bool { now, _, _ := activeOn(fronts); return now == 0 })
 			_, _, after := activeOn(fronts)
 			t.Logf("node requests opened for it: %d", after-before)
 		})
@@ -218,7 +219,7 @@ func TestSlowReaderReleased(t *testing.T) {
 	u := tc.newUser(t)
 	const size = 48 << 20 // well past what loopback socket buffers hold
 	upload(t, tc.httpAddr, u.jwt(t), "big", size)
-	waitFor(t, 30*time.Second, func() bool { now, _, _ := activeOn(fronts); return now == 0 })
+	testwait.For(t, 30*time.Second, "the condition", func() bool { now, _, _ := activeOn(fronts); return now == 0 })
 
 	c, err := net.Dial("tcp", tc.httpAddr)
 	if err != nil {
@@ -229,9 +230,9 @@ func TestSlowReaderReleased(t *testing.T) {
 	// Nothing is read: the proxy must give up on this client and end the
 	// node request that feeds it, well before the node itself would be
 	// taken for stalled (--node-timeout, 10s here) and marked down.
-	waitFor(t, 5*time.Second, func() bool { now, _, _ := activeOn(fronts); return now > 0 })
+	testwait.For(t, 5*time.Second, "the condition", func() bool { now, _, _ := activeOn(fronts); return now > 0 })
 	start := time.Now()
-	waitFor(t, 5*time.Second, func() bool { now, _, _ := activeOn(fronts); return now == 0 })
+	testwait.For(t, 5*time.Second, "the condition", func() bool { now, _, _ := activeOn(fronts); return now == 0 })
 	t.Logf("node request ended %s after it started feeding a client that reads nothing", time.Since(start).Round(time.Millisecond))
 	n, _ := io.Copy(io.Discard, c)
 	if n >= size {
@@ -265,7 +266,7 @@ func TestRequestBounds(t *testing.T) {
 	}
 	inFlight := func() float64 { return metricSum(scrape(t, tc.admin), "cring_http_requests_in_flight") }
 	heldA := hold(ja, 3)
-	waitFor(t, 10*time.Second, func() bool { return inFlight() == 3 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return inFlight() == 3 })
 
 	over := rawUpload(t, tc.httpAddr, ja, "over", 1<<20, []byte(formHead))
 	status, h, msg := answer(t, over, 10*time.Second)
@@ -278,7 +279,7 @@ func TestRequestBounds(t *testing.T) {
 	b.put(t, "mine", []byte("b's file, again"))
 
 	heldB := hold(jb, 2) // the proxy's 5
-	waitFor(t, 10*time.Second, func() bool { return inFlight() == 5 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return inFlight() == 5 })
 	req, _ := http.NewRequest("GET", "http://"+tc.httpAddr+"/v1/fs/mine", nil)
 	req.Header.Set("Authorization", "bearer "+jb)
 	resp, err := http.DefaultClient.Do(req)
@@ -299,7 +300,7 @@ func TestRequestBounds(t *testing.T) {
 	for _, c := range append(heldA, heldB...) {
 		c.Close()
 	}
-	waitFor(t, 10*time.Second, func() bool { return inFlight() == 0 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return inFlight() == 0 })
 	if got := string(b.get(t, "mine")); got != "b's file, again" {
 		t.Fatalf("b reads %q after the others left", got)
 	}
@@ -586,7 +587,7 @@ func TestConnsPerAddress(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		idle = append(idle, c)
 	}
-	waitFor(t, 10*time.Second, func() bool { return metricSum(scrape(t, tc.admin), "cring_http_connections") >= 5 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return metricSum(scrape(t, tc.admin), "cring_http_connections") >= 5 })
 	over, err := net.Dial("tcp", tc.httpAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -608,7 +609,7 @@ func TestConnsPerAddress(t *testing.T) {
 	}
 	// A slot comes back when its connection ends.
 	idle[0].Close()
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		c, err := net.Dial("tcp", tc.httpAddr)
 		if err != nil {
 			return false

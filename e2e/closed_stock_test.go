@@ -14,6 +14,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestClosedStockNodes: stock `charm serve` nodes closed with charm's own
@@ -57,7 +58,7 @@ func TestClosedStockNodes(t *testing.T) {
 			_ = cmd.Process.Signal(syscall.SIGKILL)
 			<-done
 		})
-		waitFor(t, 30*time.Second, func() bool {
+		testwait.For(t, 30*time.Second, "the condition", func() bool {
 			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", n.hea))
 			if err != nil {
 				return false

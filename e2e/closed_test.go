@@ -16,6 +16,7 @@ import (
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
+	"github.com/cring-dev/cring/internal/testwait"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -265,7 +266,7 @@ func TestClosedCluster(t *testing.T) {
 		t.Fatalf("%d accounts left", n)
 	}
 	// Purged: no file of alice's is left on any node.
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		for _, n := range pc.nodes {
 			var files int
 			_ = filepath.WalkDir(filepath.Join(n.dataDir, "files", added.CharmID), func(p string, d os.DirEntry, err error) error {
@@ -346,7 +347,7 @@ func (tt *term) tmux(args ...string) string {
 func (tt *term) waitScreen(want string) string {
 	tt.t.Helper()
 	var s string
-	waitFor(tt.t, 60*time.Second, func() bool {
+	testwait.For(tt.t, 60*time.Second, "the condition", func() bool {
 		s = strings.TrimRight(tt.tmux("capture-pane", "-p", "-J", "-t", "s"), "\n ")
 		tt.last = s
 		return strings.Contains(s, want)
@@ -358,7 +359,7 @@ func (tt *term) waitScreen(want string) string {
 func (tt *term) exitStatus() string {
 	tt.t.Helper()
 	var b []byte
-	waitFor(tt.t, 60*time.Second, func() bool {
+	testwait.For(tt.t, 60*time.Second, "the condition", func() bool {
 		var err error
 		b, err = os.ReadFile(tt.exitFile)
 		return err == nil && len(b) > 0

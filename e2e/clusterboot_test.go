@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/pgtest"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestClusterInitBoot: the cluster `cring cluster init` generates by default
@@ -98,7 +99,7 @@ func TestClusterInitBoot(t *testing.T) {
 	}
 	proxy.health = "http://" + admin + "/healthz"
 	proxy.start()
-	waitFor(t, 20*time.Second, func() bool { return ciHealthy(admin) == 3 })
+	testwait.For(t, 20*time.Second, "the condition", func() bool { return ciHealthy(admin) == 3 })
 
 	st := bootStatus(t, admin)
 	if st.Heal == nil {
@@ -141,7 +142,7 @@ func TestClusterInitBoot(t *testing.T) {
 	// Healing: charm3 is killed, a write lands on the other two, and once
 	// charm3 is back the healer gives it the file, with no operator.
 	nodes[2].kill()
-	waitFor(t, 10*time.Second, func() bool { return ciHealthy(admin) == 2 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return ciHealthy(admin) == 2 })
 	if err := os.WriteFile(note, []byte("while charm3 was away\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestClusterInitBoot(t *testing.T) {
 	if len(want) < 3 { // two notes and at least one kv backup
 		t.Fatalf("charm1 holds %v", want)
 	}
-	waitFor(t, 30*time.Second, func() bool { return slices.Equal(files(nodes[2]), want) })
+	testwait.For(t, 30*time.Second, "the condition", func() bool { return slices.Equal(files(nodes[2]), want) })
 	if got := charm("fs", "cat", "charm:notes/later.txt"); got != "while charm3 was away" {
 		t.Fatalf("fs cat after healing = %q", got)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -94,7 +95,7 @@ func TestClusterInit(t *testing.T) {
 		"--server-key", filepath.Join(out, "keys", "charm_server_ed25519"), "--data-dir", filepath.Join(base, "proxy"),
 		"--address", httpAddr, "--ssh-proxy-address", sshAddr, "--admin-address", admin, "--health-interval", "200ms")
 	ciRun(t, "cring", proxy, "http://"+admin+"/readyz")
-	waitFor(t, 15*time.Second, func() bool { return ciHealthy(admin) == len(hosts) })
+	testwait.For(t, 15*time.Second, "the condition", func() bool { return ciHealthy(admin) == len(hosts) })
 
 	signer, err := token.LoadSigner(filepath.Join(out, "keys", "charm_server_ed25519"))
 	if err != nil {
@@ -130,7 +131,7 @@ func TestClusterInit(t *testing.T) {
 	for _, n := range dc.Nodes {
 		// Acked at quorum: the last replica may land a moment later.
 		var b []byte
-		waitFor(t, 5*time.Second, func() bool {
+		testwait.For(t, 5*time.Second, "the condition", func() bool {
 			b, err = os.ReadFile(n.FilePath(id, "hello.bin"))
 			return err == nil && bytes.Equal(b, want)
 		})

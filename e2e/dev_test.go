@@ -15,6 +15,7 @@ import (
 	"github.com/charmbracelet/charm/client"
 	charmfs "github.com/charmbracelet/charm/fs"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // devProc is a running `cring dev` process.
@@ -55,7 +56,7 @@ func startDev(t *testing.T, dir string, portsFrom int) *devProc {
 	go func() { d.done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill(); <-d.done })
 	admin := fmt.Sprintf("127.0.0.1:%d", portsFrom+3)
-	waitFor(t, 20*time.Second, func() bool {
+	testwait.For(t, 20*time.Second, "the condition", func() bool {
 		resp, err := http.Get("http://" + admin + "/readyz")
 		if err != nil {
 			return false
@@ -93,7 +94,7 @@ func TestDevSmoke(t *testing.T) {
 	dir := t.TempDir()
 	d := startDev(t, dir, base)
 	wantExport := fmt.Sprintf("export CHARM_HOST=127.0.0.1 CHARM_SSH_PORT=%d CHARM_HTTP_PORT=%d\n", base, base+1)
-	waitFor(t, 5*time.Second, func() bool { return strings.Contains(d.stdout.String(), wantExport) })
+	testwait.For(t, 5*time.Second, "the condition", func() bool { return strings.Contains(d.stdout.String(), wantExport) })
 
 	dataDir := t.TempDir()
 	env := map[string]string{

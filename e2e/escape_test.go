@@ -15,6 +15,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -76,7 +77,7 @@ func TestHealEscapedName(t *testing.T) {
 			}
 			c.start()
 			c.ready(3)
-			waitFor(t, 15*time.Second, func() bool {
+			testwait.For(t, 15*time.Second, "the condition", func() bool {
 				st, b := c.get(t, c.nodes[2], "sp%20ace")
 				return st == http.StatusOK && bytes.Equal(b, data)
 			})

@@ -26,6 +26,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/serve"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // testCluster is real Charm servers in-process behind a real cring proxy.
@@ -253,7 +254,7 @@ func countingFront(t testing.TB, target string, c *atomic.Int64, observe func(*h
 	srv.Addr = addr
 	go func() { _ = srv.ListenAndServe() }()
 	t.Cleanup(func() { _ = srv.Close() })
-	waitFor(t, 5*time.Second, func() bool {
+	testwait.For(t, 5*time.Second, "the condition", func() bool {
 		resp, err := http.Get("http://" + addr + "/v1/public/jwks")
 		if err != nil {
 			return false
@@ -407,7 +408,7 @@ func (tc *testCluster) start(i int) {
 // waitHealthy waits until the proxy's view of node health matches want.
 func (tc *testCluster) waitReady(want int) {
 	tc.t.Helper()
-	waitFor(tc.t, 10*time.Second, func() bool {
+	testwait.For(tc.t, 10*time.Second, "the condition", func() bool {
 		resp, err := http.Get("http://" + tc.admin + "/readyz")
 		if err != nil {
 			return false
@@ -420,17 +421,6 @@ func (tc *testCluster) waitReady(want int) {
 		_ = json.Unmarshal(b, &st)
 		return st.Healthy == want
 	})
-}
-
-func waitFor(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }
 
 // memFile is an fs.File over bytes, what charm's WriteFile wants.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 func healOpts() clusterOpts { return clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true} }
@@ -242,7 +243,7 @@ func TestTwoProxiesDelete(t *testing.T) {
 	}
 	tc.start(2)
 	tc.waitReady(3)
-	waitFor(t, 10*time.Second, func() bool { return b.srv.Healer() != nil })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return b.srv.Healer() != nil })
 	// B never saw this user's requests: the operator's scan names the user.
 	for range 2 {
 		if _, err := b.srv.Healer().Scan(context.Background(), heal.ScanOptions{Users: []string{u.id}}); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/charmbracelet/keygen"
 
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -59,7 +60,7 @@ func TestHostileUploadsBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
 	pid := cmd.Process.Pid
-	waitFor(t, 20*time.Second, func() bool { _, err := peakRSS(admin); return err == nil })
+	testwait.For(t, 20*time.Second, "the condition", func() bool { _, err := peakRSS(admin); return err == nil })
 
 	signer, err := token.LoadSigner(dc.KeyPath)
 	if err != nil {
@@ -105,7 +106,7 @@ func TestHostileUploadsBounded(t *testing.T) {
 				c.Close()
 			}
 		}
-		waitFor(t, 30*time.Second, func() bool { return metricOf(t, admin, "cring_http_requests_in_flight") == 0 })
+		testwait.For(t, 30*time.Second, "the condition", func() bool { return metricOf(t, admin, "cring_http_requests_in_flight") == 0 })
 	}
 	t.Logf("victim without the attack: %s", before)
 	t.Logf("victim during 2000 stalled uploads of another user: %s", during)
@@ -184,7 +185,7 @@ func attack(t *testing.T, httpAddr, jwt string, round, n int, admin string, pid 
 	close(work)
 	wg.Wait()
 	// Settled: every upload is either answered or held by the proxy.
-	waitFor(t, 60*time.Second, func() bool {
+	testwait.For(t, 60*time.Second, "the condition", func() bool {
 		return answered.Load()+dropped.Load()+int64(metricOf(t, admin, "cring_http_requests_in_flight")) >= int64(n)
 	})
 	held := metricOf(t, admin, "cring_http_requests_in_flight")

@@ -23,6 +23,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -424,9 +425,9 @@ func TestUploadMemory(t *testing.T) {
 	t.Cleanup(func() { close(stop); <-done })
 	// Every node is writing every upload, and the proxy's goroutines hold
 	// still (no dial or probe in passing is counted).
-	waitFor(t, 30*time.Second, func() bool { return tmpFiles() >= uploads })
+	testwait.For(t, 30*time.Second, "the condition", func() bool { return tmpFiles() >= uploads })
 	last, since := -1, time.Now()
-	waitFor(t, 30*time.Second, func() bool {
+	testwait.For(t, 30*time.Second, "the condition", func() bool {
 		if n := runtime.NumGoroutine(); n != last {
 			last, since = n, time.Now()
 			return false

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestDeepScanOnCringNodes: with cring nodes, a deep scan compares replicas
@@ -24,7 +25,7 @@ func TestDeepScanOnCringNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyOn := func(i int) string { return filepath.Join(pc.nodes[i].dataDir, "files", u.id, ep) }
-	waitFor(t, 5*time.Second, func() bool {
+	testwait.For(t, 5*time.Second, "the condition", func() bool {
 		var first []byte
 		for i := range pc.nodes {
 			b, err := os.ReadFile(copyOn(i))

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // promtool is Debian's (package prometheus), installed by scripts/test.
@@ -166,7 +168,7 @@ func TestMetricsDuringLongTransfer(t *testing.T) {
 	if _, err := part.Write(randBytes(t, 2<<20)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool { // the upload still open
+	testwait.For(t, 10*time.Second, "the condition", func() bool { // the upload still open
 		return metricValue(t, tc.admin, "cring_client_received_bytes_total") >= 2<<20 &&
 			metricValue(t, tc.admin, "cring_http_requests_in_flight") >= 1
 	})
@@ -175,5 +177,5 @@ func TestMetricsDuringLongTransfer(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { return metricValue(t, tc.admin, "cring_http_requests_in_flight") == 0 })
+	testwait.For(t, 5*time.Second, "the condition", func() bool { return metricValue(t, tc.admin, "cring_http_requests_in_flight") == 0 })
 }

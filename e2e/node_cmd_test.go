@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestNodeStockMode: without --accounts `cring node` is `charm serve`: it
@@ -38,7 +39,7 @@ func TestNodeStockMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		waitFor(t, 30*time.Second, func() bool { return healthy(n.healthURL()) })
+		testwait.For(t, 30*time.Second, "the condition", func() bool { return healthy(n.healthURL()) })
 		return cmd
 	}
 	stop := func(cmd *exec.Cmd) {

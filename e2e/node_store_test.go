@@ -21,6 +21,7 @@ import (
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/node/filestore"
 	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -85,8 +86,8 @@ func TestNodeKillDuringWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		waitFor(t, 30*time.Second, func() bool { return healthy(n.healthURL()) })
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.For(t, 30*time.Second, "the condition", func() bool { return healthy(n.healthURL()) })
+		testwait.For(t, 10*time.Second, "the condition", func() bool {
 			resp, err := http.Get(n.httpURL() + "/v1/public/jwks")
 			if err == nil {
 				resp.Body.Close()
@@ -137,10 +138,11 @@ func TestNodeKillDuringWrites(t *testing.T) {
 		// rounds while an upload is being written, on odd ones wherever
 		// the writer happens to be.
 		target := int64(1 + r.IntN(4))
-		waitFor(t, 60*time.Second, func() bool { return done.Load() >= target })
+		testwait.For(t, 60*time.Second, "the condition", func() bool { return done.Load() >= target })
 		if round%2 == 0 {
 			tmp := filepath.Join(data, "cring", "tmp")
-			waitFor1ms(t, 60*time.Second, func() bool {
+			// A temp file lasts a few milliseconds.
+			testwait.ForEvery(t, 60*time.Second, time.Millisecond, "an upload's temp file", func() bool {
 				des, _ := os.ReadDir(tmp)
 				return len(des) > 0
 			})
@@ -182,19 +184,6 @@ func TestNodeKillDuringWrites(t *testing.T) {
 		}
 	}
 	_ = cmd.Process.Kill()
-}
-
-// waitFor1ms is waitFor polling every millisecond, to catch a state that
-// lasts only a few.
-func waitFor1ms(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // TestNodeVersionedDevcluster: devcluster's in-process nodes can run cring

@@ -20,6 +20,7 @@ import (
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/pgtest"
 	"github.com/cring-dev/cring/internal/serve"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // pgCluster is `cring node` processes (the built binary) sharing one real
@@ -202,7 +203,7 @@ func (pc *pgCluster) start(i int) {
 	}
 	n.cmd, n.done = cmd, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(n.done) }()
-	waitFor(t, 30*time.Second, func() bool {
+	testwait.For(t, 30*time.Second, "the condition", func() bool {
 		select {
 		case <-n.done:
 			t.Fatalf("%s exited while starting: %v", n.name, cmd.ProcessState)

@@ -19,6 +19,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestNodesOverTLS: three `cring node` processes serve TLS
@@ -93,7 +94,7 @@ func TestNodesOverTLS(t *testing.T) {
 	if want == nil {
 		want = copyOn(1, "tls/away")
 	}
-	waitFor(t, 60*time.Second, func() bool { return want != nil && bytes.Equal(copyOn(2, "tls/away"), want) })
+	testwait.For(t, 60*time.Second, "the condition", func() bool { return want != nil && bytes.Equal(copyOn(2, "tls/away"), want) })
 
 	// A deep scan hashes every copy on its node (the metadata endpoints,
 	// over TLS) and finds nothing to repair.
@@ -121,7 +122,7 @@ func TestNodesOverTLS(t *testing.T) {
 	untrusting.SSHProxyAddress = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	untrusting.AdminAddress = fmt.Sprintf("127.0.0.1:%d", ports[2])
 	other := serveInProcess(t, &untrusting)
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		sts := nodeStatuses(t, other.admin)
 		for _, st := range sts {
 			if st.Healthy || !strings.Contains(st.LastError, "certificate") {

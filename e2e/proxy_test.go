@@ -20,6 +20,7 @@ import (
 	badger "github.com/dgraph-io/badger/v3"
 	jwt "github.com/golang-jwt/jwt/v4"
 
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -50,7 +51,7 @@ func TestPlacement(t *testing.T) {
 				u.put(t, name, data)
 				// Acked at W; the last replica may land a moment later.
 				var copies map[string][]byte
-				waitFor(t, 5*time.Second, func() bool {
+				testwait.For(t, 5*time.Second, "the condition", func() bool {
 					copies = tc.onDisk(t, u, name)
 					return len(copies) >= tt.replicas && allEqual(copies)
 				})

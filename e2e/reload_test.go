@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -59,7 +60,7 @@ func TestReloadAddsNode(t *testing.T) {
 		}
 		return len(st.Nodes)
 	}
-	waitFor(t, 10*time.Second, func() bool { return nodes() == 3 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 3 })
 
 	kp, _ := keygen.New(filepath.Join(t.TempDir(), "c"), keygen.WithKeyType(keygen.Ed25519))
 	id, err := dc.SeedUser(kp.RawAuthorizedKey())
@@ -74,13 +75,13 @@ func TestReloadAddsNode(t *testing.T) {
 	if err := os.WriteFile(cfgPath, yaml(4), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool { return nodes() == 4 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 4 })
 	// New writes follow the 4-node ring: some land on node4.
 	landed := 0
 	for i := range 12 {
 		name := fmt.Sprintf("after-%d", i)
 		upload(t, httpAddr, jwt, name, 512)
-		waitFor(t, 5*time.Second, func() bool {
+		testwait.For(t, 5*time.Second, "the condition", func() bool {
 			n := 0
 			for _, nd := range dc.Nodes {
 				if _, err := os.Stat(nd.FilePath(id, name)); err == nil {
@@ -101,5 +102,5 @@ func TestReloadAddsNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 10*time.Second, func() bool { return nodes() == 3 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 3 })
 }

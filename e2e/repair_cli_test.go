@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/heal"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestRepairAndStatusCommands: `cring repair --dry-run` reports without
@@ -116,7 +117,7 @@ func TestRepairHonoursDrain(t *testing.T) {
 	u := tc.newUser(t)
 	u.put(t, "drain/f", randBytes(t, 4<<10))
 	var holders []string
-	waitFor(t, 5*time.Second, func() bool {
+	testwait.For(t, 5*time.Second, "the condition", func() bool {
 		holders = holders[:0]
 		for name := range tc.onDisk(t, u, "drain/f") {
 			holders = append(holders, name)

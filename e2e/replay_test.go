@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestReplayListsDirectoryPerBatch: a stock node that missed many writes
@@ -52,7 +54,7 @@ func TestReplayListsDirectoryPerBatch(t *testing.T) {
 	requests.Store(0)
 	tc.start(2)
 	start := time.Now()
-	waitFor(t, 60*time.Second, func() bool { return tc.srv.Healer().Status().HintsPending["node3"] == 0 })
+	testwait.For(t, 60*time.Second, "the condition", func() bool { return tc.srv.Healer().Status().HintsPending["node3"] == 0 })
 	t.Logf("node3 caught up on %d writes in %s, %.1f requests to nodes per hint", n, time.Since(start).Round(time.Millisecond),
 		float64(requests.Load())/n)
 	// Per missed write on stock nodes: its version records on each node

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // rot flips bytes in the middle of a file, keeping its size and
@@ -53,7 +54,7 @@ func TestScrubRepairsRotOnStockNodes(t *testing.T) {
 		t.Fatal("test setup: rot not present")
 	}
 	identicalOn(t, tc, u, "s/rot", all3, 20*time.Second)
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		st := tc.srv.Healer().Status().Scrub
 		return st != nil && st.Corrupt >= 1 && st.Repaired >= 1
 	})
@@ -87,14 +88,14 @@ func TestRotNeverServedByCringNodes(t *testing.T) {
 		}
 		return true
 	}
-	waitFor(t, 5*time.Second, same)
+	testwait.For(t, 5*time.Second, "the condition", same)
 	// Two of three replicas rot the same way: the scrub trusts each node's
 	// checksum recorded at write time, not the majority.
 	for i := range 2 {
 		rot(t, copyOn(i))
 	}
-	waitFor(t, 20*time.Second, same)
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 20*time.Second, "the condition", same)
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		st := pc.srv.Healer().Status().Scrub
 		return st != nil && st.Corrupt >= 2 && st.Repaired >= 2
 	})
@@ -125,7 +126,7 @@ func TestKillMidUploadLeavesNoPartialFile(t *testing.T) {
 	tmp := filepath.Join(pc.nodes[victim].dataDir, "cring", "tmp")
 	done := make(chan error, 1)
 	go func() { done <- u.fs.WriteFile("big/upload", memFile("big/upload", data)) }()
-	waitFor(t, 60*time.Second, func() bool { // the victim is halfway through its temp file
+	testwait.For(t, 60*time.Second, "the condition", func() bool { // the victim is halfway through its temp file
 		es, _ := os.ReadDir(tmp)
 		for _, e := range es {
 			if fi, err := e.Info(); err == nil && fi.Size() > 16<<20 {
@@ -151,7 +152,7 @@ func TestKillMidUploadLeavesNoPartialFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() bool {
+	testwait.For(t, 60*time.Second, "the condition", func() bool {
 		b, err := os.ReadFile(name)
 		return err == nil && bytes.Equal(b, want)
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/serve"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // foreignKey is a valid charm server key no node uses.
@@ -93,7 +94,7 @@ func TestServerKeyChecked(t *testing.T) {
 		}
 		errc := serveAsync(t, keyProxy(t, dc, httpAddr, sshAddr, admin, foreignKey(t)))
 		// Serving meanwhile: the admin endpoint answers.
-		waitFor(t, 10*time.Second, func() bool { st, _ := adminGetErr(admin, "/healthz"); return st == 200 })
+		testwait.For(t, 10*time.Second, "the condition", func() bool { st, _ := adminGetErr(admin, "/healthz"); return st == 200 })
 		select {
 		case err := <-errc:
 			t.Fatalf("Serve returned with every node down: %v", err)

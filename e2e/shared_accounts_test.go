@@ -19,6 +19,7 @@ import (
 	charmfs "github.com/charmbracelet/charm/fs"
 	charm "github.com/charmbracelet/charm/proto"
 	"github.com/cring-dev/cring/internal/accounts/postgres"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -78,7 +79,7 @@ func TestSharedAccountsNewUserFirstNodeDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	onNode1 := filepath.Join(pc.nodes[0].dataDir, "files", u.id, ep)
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		b, err := os.ReadFile(onNode1)
 		return err == nil && len(b) > 0
 	})

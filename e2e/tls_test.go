@@ -22,6 +22,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // TestTLS: `cring serve` with --tls-cert/--tls-key serves HTTPS on the HTTP
@@ -68,7 +69,7 @@ func TestTLS(t *testing.T) {
 		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	p := serveInProcess(t, cfg)
-	waitFor(t, 10*time.Second, func() bool { return ciHealthy(p.admin) == 3 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return ciHealthy(p.admin) == 3 })
 
 	home := t.TempDir()
 	env := append(bootBaseEnv(home), "CHARM_HOST=127.0.0.1", fmt.Sprintf("CHARM_SSH_PORT=%d", ports[1]),

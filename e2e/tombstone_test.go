@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -103,7 +104,7 @@ func TestRepairWaitsForTombstones(t *testing.T) {
 	}
 	tc.waitReady(5)
 	// The hint for x is retried with backoff (1, 2, 4, 8 s...).
-	waitFor(t, 30*time.Second, func() bool { return len(tc.onDisk(t, u, name)) == 0 })
+	testwait.For(t, 30*time.Second, "the condition", func() bool { return len(tc.onDisk(t, u, name)) == 0 })
 	if _, err := u.fs.ReadFile(name); err == nil {
 		t.Fatal("deleted file readable")
 	}

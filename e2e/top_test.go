@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // topTerm is `cring top` running in a detached tmux session of fixed size,
@@ -100,7 +101,7 @@ func (tt *topTerm) quit() {
 	tt.t.Helper()
 	tt.tmux("send-keys", "-t", "top", "q")
 	var status []byte
-	waitFor(tt.t, 5*time.Second, func() bool {
+	testwait.For(tt.t, 5*time.Second, "the condition", func() bool {
 		b, err := os.ReadFile(tt.exitFile)
 		status = b
 		return err == nil && len(b) > 0
@@ -108,7 +109,7 @@ func (tt *topTerm) quit() {
 	if got := strings.TrimSpace(string(status)); got != "0" {
 		tt.t.Fatalf("cring top exited with status %s after q; last screen:\n%s", got, tt.last)
 	}
-	waitFor(tt.t, 5*time.Second, func() bool {
+	testwait.For(tt.t, 5*time.Second, "the condition", func() bool {
 		return exec.Command("tmux", "-S", tt.sock, "has-session", "-t", "top").Run() != nil
 	})
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -158,7 +159,7 @@ func TestNoFalse404WhenHintCannotReplay(t *testing.T) {
 	}
 	// Once node1's hint was tried (and could not be settled), it is still
 	// owed the key: the read must not take its 404 for an answer.
-	waitFor(t, 10*time.Second, func() bool { return tc.srv.Healer().Status().Totals["hints_retried"] > 0 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return tc.srv.Healer().Status().Totals["hints_retried"] > 0 })
 	if st := u.status(t, tc, ep); st != http.StatusServiceUnavailable {
 		t.Fatalf("read with the key's only copies down: %d, want 503", st)
 	}
@@ -417,12 +418,12 @@ func TestFailedUploadDropsIntent(t *testing.T) {
 		done <- err
 	}()
 	// The intent is written before any data; then the client goes away.
-	waitFor(t, 10*time.Second, func() bool { return intents.Load() >= 2 })
+	testwait.For(t, 10*time.Second, "the condition", func() bool { return intents.Load() >= 2 })
 	pw.CloseWithError(errors.New("client gone mid-body"))
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testwait.For(t, 10*time.Second, "the condition", func() bool {
 		for _, n := range tc.dc.Nodes {
 			ents, _ := os.ReadDir(n.FilePath(u.id, tombstone.VersionDir(ep)))
 			for _, e := range ents {

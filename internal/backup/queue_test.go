@@ -17,6 +17,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/miniotest"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -54,17 +55,6 @@ func runQueue(t testing.TB, q *backup.Queue) (stop func()) {
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
-}
-
-func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func dirEntries(t testing.TB, dir string) []string {
@@ -114,7 +104,7 @@ func TestQueueSurvivesOutageAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := runQueue(t, q)
-	waitUntil(t, 10*time.Second, "failed attempts", func() bool { return q.Stats().Failures >= 3 })
+	testwait.For(t, 10*time.Second, "failed attempts", func() bool { return q.Stats().Failures >= 3 })
 	st := q.Stats()
 	if st.Depth != 8 || st.LastError == "" || st.Oldest.IsZero() || time.Since(st.Oldest) <= 0 {
 		t.Fatalf("stats while down: %+v", st)
@@ -137,7 +127,7 @@ func TestQueueSurvivesOutageAndRestart(t *testing.T) {
 	runQueue(t, q2)
 	time.Sleep(100 * time.Millisecond)
 	m.Start()
-	waitUntil(t, 30*time.Second, "queue drained", func() bool { return q2.Stats().Depth == 0 })
+	testwait.For(t, 30*time.Second, "queue drained", func() bool { return q2.Stats().Depth == 0 })
 
 	objs, err := tg.List(ctx, "u/", true)
 	if err != nil {
@@ -230,7 +220,7 @@ func TestQueueOrder(t *testing.T) {
 		want[d+"/sub/b"] = "new"
 	}
 	runQueue(t, q)
-	waitUntil(t, 30*time.Second, "queue drained", func() bool { return q.Stats().Depth == 0 })
+	testwait.For(t, 30*time.Second, "queue drained", func() bool { return q.Stats().Depth == 0 })
 
 	objs, err := base.List(ctx, "", true)
 	if err != nil {
@@ -375,7 +365,7 @@ func TestQueueParksLostBodies(t *testing.T) {
 	}
 	os.Truncate(op.SpoolPath, 1) // the disk lost part of it
 	runQueue(t, q)
-	waitUntil(t, 10*time.Second, "op parked", func() bool { return q.Stats().Parked == 1 })
+	testwait.For(t, 10*time.Second, "op parked", func() bool { return q.Stats().Parked == 1 })
 	st := q.Stats()
 	if st.Depth != 0 || st.Failures == 0 || !strings.Contains(st.LastError, "spooled body has 1 bytes, want 4") {
 		t.Fatalf("stats %+v", st)
@@ -465,7 +455,7 @@ func TestQueueDoWithRun(t *testing.T) {
 		}
 		want = append(want, "put "+k+" "+v)
 	}
-	waitUntil(t, 20*time.Second, "queue drained", func() bool { return q.Stats().Depth == 0 })
+	testwait.For(t, 20*time.Second, "queue drained", func() bool { return q.Stats().Depth == 0 })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for k := range 3 {

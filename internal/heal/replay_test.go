@@ -26,6 +26,7 @@ import (
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -371,7 +372,7 @@ func TestHintLimitFullScan(t *testing.T) {
 	go func() { defer close(done); hc.h.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	hc.health.set(2, true)
-	waitUntil(t, 30*time.Second, "full scan done", func() bool {
+	testwait.For(t, 30*time.Second, "full scan done", func() bool {
 		return len(hc.h.Status().FullScanOwed) == 0 && len(hc.listed(2, "kv")) == 15
 	})
 	if hc.h.Owed(hc.user, "kv/0", "node3") {

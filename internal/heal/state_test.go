@@ -8,19 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// waitUntil polls cond until it holds or d passes.
-func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/cring-dev/cring/internal/testwait"
+)
 
 func openTestState(t *testing.T, dir string, limit, slack int) *state {
 	t.Helper()
@@ -180,7 +170,7 @@ func TestHintLogCompactedOnline(t *testing.T) {
 		t.Fatalf("%d hints pending, want %d", got, live)
 	}
 	// 2n+ records were written; compaction keeps the log near the live set.
-	waitUntil(t, 20*time.Second, "log compacted", func() bool { return logLines(t, dir) <= 2*live+100+8 })
+	testwait.For(t, 20*time.Second, "log compacted", func() bool { return logLines(t, dir) <= 2*live+100+8 })
 	s.close()
 	s = openTestState(t, dir, 0, 100)
 	for i := range n {

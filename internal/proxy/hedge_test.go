@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // countingObserver counts hedged reads.
@@ -65,7 +67,7 @@ func TestHedgedRead(t *testing.T) {
 	if got := obs.hedged.Load() - before; got != 5 {
 		t.Fatalf("%d hedged reads, want 5", got)
 	}
-	waitFor(t, 2*time.Second, "slow requests cancelled", func() bool { return cancelled.Load() == 5 })
+	testwait.For(t, 2*time.Second, "slow requests cancelled", func() bool { return cancelled.Load() == 5 })
 }
 
 // TestSlowReplicaAskedLast: a replica slow on every read is soon asked last
@@ -112,7 +114,7 @@ func TestSlowReplicaAskedLast(t *testing.T) {
 		t.Errorf("the slow replica was asked %d times in %d reads, want it asked last after a few", asked, reads)
 	}
 	slow.setHook(nil)
-	waitFor(t, 10*time.Second, "the recovered replica asked first again", func() bool { return read() == "copy 0" })
+	testwait.For(t, 10*time.Second, "the recovered replica asked first again", func() bool { return read() == "copy 0" })
 }
 
 // TestOrder: a much slower replica goes last; when a probe is due (and the

@@ -30,6 +30,7 @@ import (
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -613,7 +614,7 @@ func TestClientDisconnectMidUpload(t *testing.T) {
 			}()
 
 			// Wait until every node is receiving the body, then hang up.
-			waitFor(t, 5*time.Second, "every node receives part of the body", func() bool {
+			testwait.For(t, 5*time.Second, "every node receives part of the body", func() bool {
 				for _, f := range c.fakes {
 					if f.got.Load() < 1<<20 {
 						return false
@@ -680,7 +681,7 @@ func TestSmallUploadCut(t *testing.T) {
 		t.Fatalf("whole small upload: %d %q", r.status, r.body)
 	}
 	// Acked at W=2: the third copy may land just after.
-	waitFor(t, 5*time.Second, "every node stores the whole small upload", func() bool {
+	testwait.For(t, 5*time.Second, "every node stores the whole small upload", func() bool {
 		for _, f := range c.fakes {
 			if got, ok := f.file("small/ok"); !ok || !bytes.Equal(got, body) {
 				return false
@@ -739,11 +740,11 @@ func TestBackgroundWritesBounded(t *testing.T) {
 		// the peak instead raced with the node noticing the cancel on a
 		// loaded machine.)
 		want := int64(min(k+1, limit))
-		waitFor(t, 5*time.Second, fmt.Sprintf("after write %d, %d writes held on the stuck node", k, want), func() bool {
+		testwait.For(t, 5*time.Second, fmt.Sprintf("after write %d, %d writes held on the stuck node", k, want), func() bool {
 			return held.Load() == want
 		})
 	}
-	waitFor(t, 5*time.Second, "the writes over the bound hinted", func() bool {
+	testwait.For(t, 5*time.Second, "the writes over the bound hinted", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return h.missed[name] == writes-limit
@@ -802,17 +803,6 @@ func TestMalformedChunkedUpload(t *testing.T) {
 		if _, ok := f.file("big/bad"); ok {
 			t.Errorf("node%d stored part of a malformed upload", i+1)
 		}
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -1345,7 +1335,7 @@ func TestReadWaitsForOwnWrite(t *testing.T) {
 	truncated.Wait()
 	read := make(chan result, 1)
 	go func() { read <- c.call(http.MethodGet, "/v1/fs/"+p, nil, "") }()
-	waitFor(t, 5*time.Second, "the read waits for the write", func() bool {
+	testwait.For(t, 5*time.Second, "the read waits for the write", func() bool {
 		c.p.inflight.mu.Lock()
 		defer c.p.inflight.mu.Unlock()
 		return c.p.inflight.waiters > 0

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // sshBackend is a real SSH server (x/crypto/ssh) on loopback that, like
@@ -155,7 +157,7 @@ func TestSlotsPerAddress(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-	waitFor(t, "the flood's extra connections refused", func() bool {
+	testwait.For(t, ioTimeout, "the flood's extra connections refused", func() bool {
 		return rej.get(RejectMaxConnsPerAddr) == flood-3
 	})
 	if got := p.Active(); got != 3 {
@@ -218,7 +220,7 @@ func TestHandshakeTimeout(t *testing.T) {
 				t.Fatal(err)
 			}
 			expectClosed(t, c, 30*time.Second)
-			waitFor(t, "the rejection counted", func() bool { return rej.get(RejectHandshake) == i+1 })
+			testwait.For(t, ioTimeout, "the rejection counted", func() bool { return rej.get(RejectHandshake) == i+1 })
 		})
 	}
 	// The session's own handshake timer fired before the first of those

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 const ioTimeout = 5 * time.Second
@@ -176,17 +178,6 @@ func expectClosed(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
 	return elapsed
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRoundTrip(t *testing.T) {
 	b := startBackend(t, echo)
 	addr, _ := startProxy(t, &Proxy{Backends: static(b.addr)})
@@ -310,7 +301,7 @@ func TestNoBackendReachable(t *testing.T) {
 			if elapsed := expectClosed(t, c, 2*time.Second); elapsed > 2*time.Second {
 				t.Errorf("closed after %v", elapsed)
 			}
-			waitFor(t, "Active()==0", func() bool { return p.Active() == 0 })
+			testwait.For(t, ioTimeout, "Active()==0", func() bool { return p.Active() == 0 })
 		})
 	}
 }
@@ -339,7 +330,7 @@ func TestMaxConns(t *testing.T) {
 
 	// A slot frees up once a client leaves.
 	c1.Close()
-	waitFor(t, "Active()==1", func() bool { return p.Active() == 1 })
+	testwait.For(t, ioTimeout, "Active()==1", func() bool { return p.Active() == 1 })
 	c4 := dial(t, addr)
 	roundTrip(t, c4, "four")
 }
@@ -519,7 +510,7 @@ func TestCancelDuringDial(t *testing.T) {
 	}
 	addr, stop := startProxy(t, p)
 	c := dial(t, addr)
-	waitFor(t, "Active()==1", func() bool { return p.Active() == 1 })
+	testwait.For(t, ioTimeout, "Active()==1", func() bool { return p.Active() == 1 })
 	go func() { time.Sleep(100 * time.Millisecond); close(release) }()
 	if err := stop(); err != nil {
 		t.Fatal(err)

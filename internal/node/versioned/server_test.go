@@ -30,20 +30,9 @@ import (
 
 	"github.com/cring-dev/cring/internal/node/filestore"
 	"github.com/cring-dev/cring/internal/stamp"
+	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // testPorts returns n free loopback ports below the ephemeral range, where
 // the kernel's own picks (charm's internal port among them) never land.
@@ -149,7 +138,7 @@ func (n *testNode) startStock() {
 	}
 	go func() { _ = srv.Start() }()
 	n.stock, n.closeFn = srv, func() { _ = srv.Close() }
-	waitFor(t, 30*time.Second, "stock charm up", func() bool {
+	testwait.For(t, 30*time.Second, "stock charm up", func() bool {
 		resp, err := http.Get(n.publicURL + "/v1/public/jwks")
 		if err != nil {
 			return false
@@ -161,7 +150,7 @@ func (n *testNode) startStock() {
 }
 
 func (n *testNode) waitSSH() {
-	waitFor(n.t, 30*time.Second, "ssh up", func() bool {
+	testwait.For(n.t, 30*time.Second, "ssh up", func() bool {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", n.sshPort), time.Second)
 		if err == nil {
 			c.Close()
@@ -574,9 +563,9 @@ func TestNodeCutUpload(t *testing.T) {
 	if _, err := c.Write(chunk); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the upload's temp file", func() bool { return entries() == 1 })
+	testwait.For(t, 10*time.Second, "the upload's temp file", func() bool { return entries() == 1 })
 	c.Close()
-	waitFor(t, 10*time.Second, "the cut upload's temp file removed", func() bool { return entries() == 0 })
+	testwait.For(t, 10*time.Second, "the cut upload's temp file removed", func() bool { return entries() == 0 })
 
 	resp = n.send(n.publicURL, req{method: "GET", path: "/v1/fs/cut/f", auth: "Bearer " + tok})
 	if b := readAll(t, resp); string(b) != "old" || resp.Header.Get(stamp.Header) != testStamp(1).String() {
