@@ -46,7 +46,7 @@ const (
 	// bounds.
 	stallTimeout  = time.Second
 	headerTimeout = 2 * time.Second // the node transport's ResponseHeaderTimeout, as in serve
-	clientTimeout = 10 * time.Second
+	clientTimeout = 30 * time.Second // a hang, not a slow machine: TestBigListings took 7.5 s under -race at load 10
 	user          = "u1"
 	goodToken     = "bearer good"
 )
