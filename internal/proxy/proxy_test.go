@@ -45,7 +45,7 @@ const (
 	// writes that should succeed; a second is still far below the tests'
 	// bounds.
 	stallTimeout  = time.Second
-	headerTimeout = 2 * time.Second // the node transport's ResponseHeaderTimeout, as in serve
+	headerTimeout = 2 * time.Second  // the node transport's ResponseHeaderTimeout, as in serve
 	clientTimeout = 30 * time.Second // a hang, not a slow machine: TestBigListings took 7.5 s under -race at load 10
 	user          = "u1"
 	goodToken     = "bearer good"
