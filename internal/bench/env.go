@@ -355,25 +355,30 @@ type proxyStatus struct {
 }
 
 func (e *env) status(ctx context.Context, px *proc) (*proxyStatus, error) {
+	st := &proxyStatus{}
+	return st, e.getStatus(ctx, px, st)
+}
+
+// getStatus decodes a proxy's /status into st.
+func (e *env) getStatus(ctx context.Context, px *proc, st any) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, px.admin+"/status", nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("proxy /status: %s", resp.Status)
+		return fmt.Errorf("proxy /status: %s", resp.Status)
 	}
-	st := &proxyStatus{}
 	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
-		return nil, fmt.Errorf("proxy /status: %w", err)
+		return fmt.Errorf("proxy /status: %w", err)
 	}
-	return st, nil
+	return nil
 }
 
 // peakRSS is a proxy's peak RSS as it reports it on /status.

@@ -2,10 +2,8 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,25 +172,8 @@ func (s *replayStatus) healthy(node string) bool {
 }
 
 func (e *env) replayStatus(ctx context.Context, px *proc) (*replayStatus, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, px.admin+"/status", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("proxy /status: %s", resp.Status)
-	}
 	st := &replayStatus{}
-	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
-		return nil, fmt.Errorf("proxy /status: %w", err)
-	}
-	return st, nil
+	return st, e.getStatus(ctx, px, st)
 }
 
 // waitStatus polls the proxy's status every 50 ms until cond holds.
