@@ -164,7 +164,7 @@ func TestReadSkipsReplicaStillWriting(t *testing.T) {
 	c := newCluster(t, 2, nil, nil, nil)
 	slow := c.fakes[c.pref(p)[0]] // the replica a read asks first
 	slow.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodPost {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/fs/"+p { // not the version record
 			return false
 		}
 		b, _ := io.ReadAll(r.Body)
