@@ -59,8 +59,9 @@ func TestReplayListsDirectoryPerBatch(t *testing.T) {
 		float64(requests.Load())/n)
 	// Per missed write on stock nodes: its version records on each node
 	// (a listing and a read where there is one), its copies hashed (the
-	// copy written is the bytes hashed), a probe of the returning node and
-	// the copy; its directory and tombstones are read once per batch.
+	// copy written is the bytes hashed), a probe of the returning node, its
+	// records re-read on nodes-W+1 of them right before the copy, and the
+	// copy; its directory and tombstones are read once per batch.
 	if per := float64(requests.Load()) / n; per > 12 {
 		t.Errorf("%.1f requests to nodes per missed write", per)
 	}

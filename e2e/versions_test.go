@@ -435,3 +435,103 @@ func TestFailedUploadDropsIntent(t *testing.T) {
 		return true
 	})
 }
+
+// TestCopyRacingNewerWriteStops: a stock node can't refuse an older copy.
+// A repair copy of v1 that lands on a node right after an acknowledged v2
+// replaces it there; the repair must then copy v1 onto no other node, or
+// it could replace v2 everywhere it is (the second lost write of the stock
+// chaos runs, docs/chaos.md). Here v1 is on node1 only; the first repair
+// copy is held at its node's front while v2 is written, and v2's copy to
+// the other missing node is held until the repair has ended (without the
+// fix, until the repair's own copy arrives there, which then lands last).
+func TestCopyRacingNewerWriteStops(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		ep      string
+		first   = -1 // the node the repair copies onto first
+		held    = make(chan struct{})
+		release = sync.OnceFunc(func() { close(held) })
+		posts   = map[int]int{}
+		during  func() // writes v2, while the repair's first copy is held
+		landed  func() // waits until v2 is on the held node
+	)
+	observe := func(k int, r *http.Request) {
+		mu.Lock()
+		if ep == "" || k == 0 || r.Method != http.MethodPost || r.URL.Path != "/v1/fs/"+ep {
+			mu.Unlock()
+			return
+		}
+		posts[k]++
+		n := posts[k]
+		if first == -1 {
+			first = k // the repair's copy
+		}
+		isFirst := k == first
+		mu.Unlock()
+		switch {
+		case isFirst && n == 1:
+			during()
+		case !isFirst && n == 1: // v2's copy
+			<-held
+		case !isFirst && n == 2: // the repair's copy, without the fix
+			release()
+			landed()
+		}
+	}
+	tc := startCluster(t, clusterOpts{nodes: 3, replicas: 3, quorum: 2, heal: true, observe: observe})
+	t.Cleanup(release)
+	u := tc.newUser(t)
+	u.put(t, "k", []byte("v1"))
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	p, err := u.fs.EncryptPath("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range tc.dc.Nodes[1:] {
+		if err := os.Remove(n.FilePath(u.id, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrote := make(chan error, 1)
+	var v2 []byte
+	during = func() {
+		go func() { wrote <- u.fs.WriteFile("k", memFile("k", []byte("v2, acknowledged"))) }()
+		if err := <-wrote; err != nil {
+			t.Errorf("write v2: %v", err)
+			return
+		}
+		v2 = tc.onDisk(t, u, "k")["node1"]
+	}
+	landed = func() {
+		mu.Lock()
+		other := 3 - first // the missing node the repair reaches second
+		mu.Unlock()
+		testwait.For(t, 5*time.Second, "v2 on the held node", func() bool {
+			return bytes.Equal(tc.onDisk(t, u, "k")[tc.dc.Nodes[other].Name], v2)
+		})
+	}
+	mu.Lock()
+	ep = p
+	mu.Unlock()
+	res := tc.srv.Healer().RepairKey(context.Background(), u.id, p, false)
+	release()
+	mu.Lock()
+	other := 3 - first
+	mu.Unlock()
+	if first == -1 || v2 == nil {
+		t.Fatalf("the repair made no copy to race (result %+v)", res)
+	}
+	name := tc.dc.Nodes[other].Name
+	testwait.For(t, 5*time.Second, "v2 kept on "+name+" (a repair copy of v1 must not land after it)", func() bool {
+		return bytes.Equal(tc.onDisk(t, u, "k")[name], v2)
+	})
+	if slices.Contains(res.Copied, name) {
+		t.Fatalf("the repair copied v1 onto %s after a newer write raced its first copy (result %+v)", name, res)
+	}
+	// The next pass spreads v2 from the copies it kept.
+	scan(t, tc)
+	identicalOn(t, tc, u, "k", all3, 5*time.Second)
+	if got := u.get(t, "k"); string(got) != "v2, acknowledged" {
+		t.Fatalf("read %q after the repair, want v2", got)
+	}
+}

@@ -353,6 +353,11 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		if err := h.copy(ctx, v, win, i); err != nil {
 			res.Err = err.Error()
 			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			if errors.Is(err, errNewerVersion) {
+				// An earlier copy of this pass may have written over it:
+				// copy onto no other node, so it keeps the copies it has.
+				break
+			}
 			continue
 		}
 		res.Copied = append(res.Copied, v.m.nodes[i].Name)
@@ -622,6 +627,12 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 		}
 		defer resp.Body.Close()
 		body, mode = h.idle(resp.Body, cancel), fileMode(resp.Header)
+	}
+	if h.guarded(v, dst) {
+		// Last, right before the copy lands: a stock node can't refuse it.
+		if err := h.newerVersion(ctx, v, dst, from.stamp); err != nil {
+			return err
+		}
 	}
 	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, mode, from.stamp, body); err != nil {
 		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.nodes[from.node].Name, v.m.nodes[dst].Name, err)

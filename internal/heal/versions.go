@@ -262,3 +262,120 @@ func errSettling(v *view, node int) string {
 	return fmt.Sprintf("%s on %s matches no version record, and an upload of it is in flight; left for a later pass",
 		v.path, v.m.nodes[node].Name)
 }
+
+// A stock node can't refuse an older copy: a repair copy that lands after
+// a newer write on that node replaces it. The re-check of the node's copy
+// right before copying (unchanged) leaves a window of a round trip, and of
+// a whole transfer for a copy read from another node while it is written;
+// seconds under latency. A newer write records its version (or its intent)
+// on W nodes before any of its data is sent, so the key's records, read
+// right before every copy on enough nodes to meet any W of them, close
+// most of that window and bound the rest: no copy is made while a newer
+// version is recorded or in flight, and after a copy that a newer write
+// raced, the next copy's re-check finds its record and the pass copies
+// onto no further node, so the newer write keeps its other copies
+// (docs/design.md, "Acting on what is still true").
+
+// guarded reports whether a copy of v's key onto node i needs the records
+// re-read right before it: a cring node refuses a copy older than what it
+// holds, and cring's own files are versions of themselves.
+func (h *Healer) guarded(v *view, i int) bool {
+	return v.m.nodes[i].Meta == nil && !tombstone.Reserved(v.path)
+}
+
+// recordGrace is how long after its version record a small upload's data
+// may still be on its way to a node; a record older than that with no
+// copy is a write that failed.
+const recordGrace = 2 * time.Minute
+
+// errNewerVersion: a version newer than the one a repair would copy is
+// recorded or in flight.
+var errNewerVersion = errors.New("a newer version is being written")
+
+// newerVersion reads the key's version records on enough nodes to meet
+// every W of them (dst first) and reports a version newer than win and
+// than the key's tombstone that a copy of win could write over: one the
+// view did not know of, or a write or upload still in flight.
+func (h *Healer) newerVersion(ctx context.Context, v *view, dst int, win stamp.Stamp) error {
+	found, err := h.quorumRecords(ctx, v, dst)
+	if err != nil {
+		return fmt.Errorf("re-check %s before copying: %w", v.path, err)
+	}
+	all := addRecords(slices.Clone(v.records), found...)
+	for _, r := range found {
+		if !r.stamp.After(win) || !r.stamp.After(v.tomb) {
+			continue
+		}
+		if !slices.ContainsFunc(v.records, func(o *versionRecord) bool { return o.stamp == r.stamp && o.pending == r.pending }) {
+			return fmt.Errorf("%s: %w (%s, recorded since it was judged)", v.path, errNewerVersion, r.stamp)
+		}
+		age := time.Since(r.stamp.Time())
+		inFlight := age < recordGrace
+		if r.pending {
+			inFlight = age < PendingGrace && !slices.ContainsFunc(all, func(o *versionRecord) bool { return o.stamp == r.stamp && !o.pending })
+		}
+		if inFlight {
+			return fmt.Errorf("%s: %w (%s, in flight)", v.path, errNewerVersion, r.stamp)
+		}
+	}
+	return nil
+}
+
+// quorumRecords lists the key's version records by name on nodes - W + 1
+// nodes (any record stored at W is on one of them), asked at once, dst
+// first; a node that fails is replaced by the next.
+func (h *Healer) quorumRecords(ctx context.Context, v *view, dst int) ([]*versionRecord, error) {
+	order := []int{dst}
+	for i := range v.m.nodes {
+		if i != dst && !v.unknown[i] && v.m.health.Healthy(i) {
+			order = append(order, i)
+		}
+	}
+	need := len(v.m.nodes) - v.m.w + 1
+	var found []*versionRecord
+	var errs []error
+	for need > 0 && len(order) > 0 {
+		ask := order[:min(need, len(order))]
+		order = order[len(ask):]
+		recs := make([][]*versionRecord, len(ask))
+		errsOf := make([]error, len(ask))
+		var wg sync.WaitGroup
+		for k, i := range ask {
+			wg.Go(func() { recs[k], errsOf[k] = h.recordNames(ctx, v, i) })
+		}
+		wg.Wait()
+		for k := range ask {
+			if errsOf[k] != nil {
+				errs = append(errs, errsOf[k])
+				continue
+			}
+			found = append(found, recs[k]...)
+			need--
+		}
+	}
+	if need > 0 {
+		return nil, fmt.Errorf("%d more nodes must answer: %w", need, errors.Join(errs...))
+	}
+	return found, nil
+}
+
+// recordNames lists the key's version records on node i by name (a
+// record's name is its stamp; no body is read).
+func (h *Healer) recordNames(ctx context.Context, v *view, i int) ([]*versionRecord, error) {
+	d, err := h.api.list(ctx, v.m.nodes[i].URL, v.user, tombstone.VersionDir(v.path))
+	if errors.Is(err, errNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("version records on %s: %w", v.m.nodes[i].Name, err)
+	}
+	var out []*versionRecord
+	for _, f := range d.Files {
+		s, pending, err := tombstone.RecordName(f.Name)
+		if err != nil || f.IsDir {
+			continue
+		}
+		out = append(out, &versionRecord{stamp: s, pending: pending})
+	}
+	return out, nil
+}

@@ -72,6 +72,14 @@ const pendingSuffix = ".pending"
 // intent record.
 func IsPending(name string) bool { return strings.HasSuffix(name, pendingSuffix) }
 
+// RecordName is the stamp a version directory's file name carries, and
+// whether the file is an intent record.
+func RecordName(name string) (s stamp.Stamp, pending bool, err error) {
+	base, pending := strings.CutSuffix(name, pendingSuffix)
+	s, err = stamp.Parse(base)
+	return s, pending, err
+}
+
 // Record is a tombstone's content: the path deleted (with everything under
 // it, when it was a directory) and the delete's stamp.
 type Record struct {
