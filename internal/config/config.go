@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"gopkg.in/yaml.v3"
 )
 
@@ -59,20 +60,9 @@ const (
 	DefaultSSHIdleTimeout        = 10 * time.Minute
 )
 
-// Node is one Charm server behind the proxy.
-type Node struct {
-	Name   string `yaml:"name"`
-	URL    string `yaml:"url"`    // HTTP base URL, e.g. http://charm1:35354
-	SSH    string `yaml:"ssh"`    // host:port of its SSH server
-	Health string `yaml:"health"` // URL answering 200 when healthy; empty: check the HTTP API
-	// Meta is a cring node's metadata endpoint (http://host:35357): exact
-	// size, mtime and SHA-256 for the healer. Empty for stock nodes.
-	Meta string `yaml:"meta"`
-	Zone string `yaml:"zone"`
-	// Drain moves the node's data to the others: it holds no replicas,
-	// still serves reads, and can be removed once a scan emptied it.
-	Drain bool `yaml:"drain"`
-}
+// Node is one Charm server behind the proxy (the membership's type: the
+// config declares the nodes the membership is built from).
+type Node = cluster.Node
 
 // Backup is the optional backup target (validated here, used by the backup package).
 type Backup struct {

@@ -1,13 +1,12 @@
-// Package ring computes deterministic replica placement (Dynamo-style
-// preference lists) for a replicating proxy in front of several storage nodes.
-//
-// It uses rendezvous (highest random weight) hashing: every node gets a
-// pseudo-random score per key and the key goes to the highest-scored nodes.
-// Adding or removing a node moves only the keys that gain or lose that node
-// (minimal movement), there are no virtual nodes to tune for balance, and the
-// placement depends only on key, node names and zones, so every proxy computes
-// the identical preference list without coordination.
-package ring
+package cluster
+
+// Ring placement (Dynamo-style preference lists): rendezvous (highest random
+// weight) hashing. Every node gets a pseudo-random score per key and the key
+// goes to the highest-scored nodes. Adding or removing a node moves only the
+// keys that gain or lose that node (minimal movement), there are no virtual
+// nodes to tune for balance, and the placement depends only on key, node
+// names, zones and drain, so every proxy computes the identical preference
+// list without coordination.
 
 import (
 	"errors"
@@ -15,15 +14,6 @@ import (
 	"slices"
 	"strings"
 )
-
-// Node is one member of the ring. Name is its stable identity (placement depends only on names and zones).
-type Node struct {
-	Name string
-	Zone string // optional; "" means no zone
-	// Drain keeps the node out of every key's replicas: it comes last in
-	// every preference list, so its data moves to the other nodes.
-	Drain bool
-}
 
 // Ring places keys on nodes. It is immutable and safe for concurrent use.
 type Ring struct {
@@ -35,8 +25,8 @@ type Ring struct {
 	active int  // nodes not draining
 }
 
-// New builds a ring. replicas is N; it is clamped to len(nodes). Errors: no nodes, empty name, duplicate name, replicas < 1.
-func New(nodes []Node, replicas int) (*Ring, error) {
+// NewRing builds a ring. replicas is N; it is clamped to len(nodes). Errors: no nodes, empty name, duplicate name, replicas < 1.
+func NewRing(nodes []Node, replicas int) (*Ring, error) {
 	if len(nodes) == 0 {
 		return nil, errors.New("ring: no nodes")
 	}
@@ -86,7 +76,7 @@ func (r *Ring) Replicas() int { return r.n }
 // Nodes returns a copy of the nodes in configured order.
 func (r *Ring) Nodes() []Node { return slices.Clone(r.nodes) }
 
-// Preference returns the full ordered preference list for key as indexes into the nodes passed to New:
+// Preference returns the full ordered preference list for key as indexes into the nodes passed to NewRing:
 // the first Replicas() entries are the key's replicas, the rest are handoff nodes in order.
 // Every node appears exactly once.
 func (r *Ring) Preference(key string) []int {

@@ -1,4 +1,4 @@
-package ring
+package cluster
 
 import (
 	"fmt"
@@ -23,7 +23,7 @@ func plain(names ...string) []Node {
 
 func mustNew(t testing.TB, nodes []Node, n int) *Ring {
 	t.Helper()
-	r, err := New(nodes, n)
+	r, err := NewRing(nodes, n)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -344,7 +344,7 @@ func TestNewErrors(t *testing.T) {
 		{"replicas negative", plain("a"), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if r, err := New(tc.nodes, tc.n); err == nil {
+			if r, err := NewRing(tc.nodes, tc.n); err == nil {
 				t.Fatalf("New succeeded: %+v", r)
 			}
 		})
@@ -384,7 +384,7 @@ func TestDrain(t *testing.T) {
 	nodes := []Node{{Name: "a", Zone: "z1"}, {Name: "b", Zone: "z2"}, {Name: "c", Zone: "z3"}, {Name: "d", Zone: "z1"}}
 	drained := append([]Node(nil), nodes...)
 	drained[1].Drain = true
-	r, err := New(drained, 3)
+	r, err := NewRing(drained, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,11 +398,11 @@ func TestDrain(t *testing.T) {
 		}
 	}
 	all := []Node{{Name: "a", Drain: true}, {Name: "b", Drain: true}}
-	if _, err := New(all, 1); err == nil {
+	if _, err := NewRing(all, 1); err == nil {
 		t.Fatal("all draining accepted")
 	}
 	two := []Node{{Name: "a"}, {Name: "b", Drain: true}}
-	if r, _ := New(two, 3); r.Replicas() != 1 {
+	if r, _ := NewRing(two, 3); r.Replicas() != 1 {
 		t.Fatalf("replicas with one active node = %d", r.Replicas())
 	}
 }
