@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/heal"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/testwait"
 )
 
@@ -203,11 +203,11 @@ func TestRebalanceOnNewNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("rebalance: %d keys, %d misplaced, %d under-replicated, %d repaired", rep.Keys, rep.Misplaced, rep.UnderReplicated, rep.Repaired)
-	var rn []ring.Node
+	var rn []cluster.Node
 	for _, n := range tc.dc.Nodes {
-		rn = append(rn, ring.Node{Name: n.Name})
+		rn = append(rn, cluster.Node{Name: n.Name})
 	}
-	rg, _ := ring.New(rn, 3)
+	rg, _ := cluster.NewRing(rn, 3)
 	moved := 0
 	for _, name := range names {
 		ep, _ := u.fs.EncryptPath(name)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -20,11 +20,11 @@ import (
 func TestRepairWaitsForTombstones(t *testing.T) {
 	tc := startCluster(t, clusterOpts{nodes: 5, replicas: 3, quorum: 2, heal: true})
 	u := tc.newUser(t)
-	var rn []ring.Node
+	var rn []cluster.Node
 	for _, n := range tc.dc.Nodes {
-		rn = append(rn, ring.Node{Name: n.Name})
+		rn = append(rn, cluster.Node{Name: n.Name})
 	}
-	rg, err := ring.New(rn, 3)
+	rg, err := cluster.NewRing(rn, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

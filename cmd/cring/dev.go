@@ -22,9 +22,9 @@ import (
 	charmlog "github.com/charmbracelet/log"
 	"github.com/spf13/cobra"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/serve"
 )
 
@@ -301,18 +301,14 @@ func progName(arg0 string) string {
 
 // ringShare samples the ring: the fraction of keys each node replicates.
 func ringShare(cfg *config.Config) []float64 {
-	var nodes []ring.Node
-	for _, n := range cfg.Nodes {
-		nodes = append(nodes, ring.Node{Name: n.Name, Zone: n.Zone})
-	}
-	share := make([]float64, len(nodes))
-	r, err := ring.New(nodes, cfg.Replicas)
+	share := make([]float64, len(cfg.Nodes))
+	m, err := cluster.New(cfg.Nodes, cfg.Replicas, cfg.WriteQuorum)
 	if err != nil {
 		return share
 	}
 	const samples = 10000
 	for k := range samples {
-		for _, i := range r.Preference(fmt.Sprintf("sample/%d", k))[:r.Replicas()] {
+		for _, i := range m.Replicas(fmt.Sprintf("sample/%d", k)) {
 			share[i] += 1.0 / samples
 		}
 	}

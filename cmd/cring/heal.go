@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -22,11 +21,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
 	"github.com/cring-dev/cring/internal/nodetls"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -142,31 +141,9 @@ func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []s
 	if err != nil {
 		return usageError{err}
 	}
-	var rnodes []ring.Node
-	var hnodes []heal.Node
-	var targets []health.Target
-	for _, n := range cfg.Nodes {
-		u, err := url.Parse(n.URL)
-		if err != nil {
-			return usageError{err}
-		}
-		// As serve places them: a draining node holds no replicas, and a
-		// cring node's metadata endpoint hashes its copies locally.
-		rnodes = append(rnodes, ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain})
-		hn := heal.Node{Name: n.Name, URL: u, Drain: n.Drain}
-		if n.Meta != "" {
-			if hn.Meta, err = url.Parse(n.Meta); err != nil {
-				return usageError{fmt.Errorf("node %s meta: %w", n.Name, err)}
-			}
-		}
-		hnodes = append(hnodes, hn)
-		hu := n.Health
-		if hu == "" {
-			hu = n.URL + "/v1/public/jwks"
-		}
-		targets = append(targets, health.Target{Name: n.Name, URL: hu})
-	}
-	rg, err := ring.New(rnodes, cfg.Replicas)
+	// As serve places them: a draining node holds no replicas, and a cring
+	// node's metadata endpoint hashes its copies locally.
+	m, err := cluster.New(cfg.Nodes, cfg.Replicas, cfg.WriteQuorum)
 	if err != nil {
 		return usageError{err}
 	}
@@ -183,10 +160,11 @@ func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []s
 	}
 	defer tr.CloseIdleConnections()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hc := health.New(targets, health.Options{Interval: time.Second, Logger: quiet, Transport: tr})
+	hc := health.New(m.Nodes, health.Options{Interval: time.Second, Logger: quiet, Transport: tr})
 	hc.CheckAll(ctx)
+	m.Health = hc
 	h, err := heal.New(heal.Options{
-		Nodes: hnodes, Ring: rg, WriteQuorum: cfg.WriteQuorum, Health: hc, Signer: signer, Transport: tr,
+		Members: m, Signer: signer, Transport: tr,
 		Issuer: func() string { return strings.TrimRight(cfg.PublicURL, "/") }, DataDir: cfg.DataDir,
 		Logger: quiet, StallTimeout: cfg.NodeTimeout,
 	})

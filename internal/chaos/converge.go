@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cring-dev/cring/internal/ring"
+	membership "github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -95,17 +95,17 @@ func walk(ctx context.Context, a *api, base, dir string, files map[string][]byte
 
 // placement is each key's replicas, as every proxy computes them.
 type placement struct {
-	ring *ring.Ring
+	ring *membership.Ring
 	user string
 	n    int
 }
 
 func newPlacement(names []string, replicas int, user string) (*placement, error) {
-	nodes := make([]ring.Node, len(names))
+	nodes := make([]membership.Node, len(names))
 	for i, n := range names {
-		nodes[i] = ring.Node{Name: n}
+		nodes[i] = membership.Node{Name: n}
 	}
-	r, err := ring.New(nodes, replicas)
+	r, err := membership.NewRing(nodes, replicas)
 	if err != nil {
 		return nil, err
 	}

@@ -11,38 +11,20 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
-// Node is one Charm server's HTTP API.
-type Node struct {
-	Name  string
-	URL   *url.URL
-	Drain bool // holds no replicas (its share is not counted as fair)
-	// Meta is a cring node's metadata endpoint; nil for stock nodes, whose
-	// copies are hashed by reading them.
-	Meta *url.URL
-}
-
-// Health is the healer's view of which nodes are up.
-type Health interface {
-	Healthy(i int) bool
-}
-
 // Options configure a Healer.
 type Options struct {
-	Nodes        []Node
-	Ring         *ring.Ring
-	WriteQuorum  int
-	Health       Health
+	// Members is the cluster to heal; nil until Reconfigure gives it.
+	Members      *cluster.Membership
 	Signer       *token.Signer
 	Issuer       func() string // the issuer nodes accept (the public URL)
 	Transport    http.RoundTripper
@@ -71,7 +53,7 @@ type Options struct {
 
 // Healer repairs the cluster.
 type Healer struct {
-	mem      atomic.Pointer[membership]
+	mem      atomic.Pointer[cluster.Membership]
 	api      *nodeAPI
 	state    *state
 	log      *slog.Logger
@@ -94,38 +76,21 @@ type Healer struct {
 
 type suspect struct{ user, path string }
 
-// membership is the cluster as one configuration sees it; a reload swaps it
-// whole, and every repair works on one snapshot.
-type membership struct {
-	nodes  []Node
-	ring   *ring.Ring
-	w      int
-	health Health
-}
-
-func (m *membership) index(name string) int {
-	for i, n := range m.nodes {
-		if n.Name == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // healthyCount is how many nodes are up.
-func (m *membership) healthyCount() int {
+func healthyCount(m *cluster.Membership) int {
 	n := 0
-	for i := range m.nodes {
-		if m.health.Healthy(i) {
+	for i := range m.Nodes {
+		if m.Health.Healthy(i) {
 			n++
 		}
 	}
 	return n
 }
 
-// Reconfigure switches to a new node list (hints are kept by node name).
-func (h *Healer) Reconfigure(nodes []Node, r *ring.Ring, writeQuorum int, health Health) {
-	h.mem.Store(&membership{nodes: nodes, ring: r, w: writeQuorum, health: health})
+// Reconfigure switches to a new membership, whole: every repair works on
+// one snapshot (hints are kept by node name).
+func (h *Healer) Reconfigure(m *cluster.Membership) {
+	h.mem.Store(m)
 }
 
 // New opens the healer's state under o.DataDir.
@@ -160,7 +125,9 @@ func New(o Options) (*Healer, error) {
 		suspects: make(chan suspect, 4096),
 		fullScan: make(chan struct{}, 1),
 	}
-	h.Reconfigure(o.Nodes, o.Ring, o.WriteQuorum, o.Health)
+	if o.Members != nil {
+		h.Reconfigure(o.Members)
+	}
 	if o.ScrubInterval > 0 {
 		h.scrub = newScrubber(h, o.DataDir, o.ScrubInterval, o.ScrubRate)
 	}
@@ -279,8 +246,8 @@ func (h *Healer) replayHints(ctx context.Context) {
 		}
 		m := h.mem.Load()
 		cameUp := false
-		for i, n := range m.nodes {
-			up := m.health.Healthy(i)
+		for i, n := range m.Nodes {
+			up := m.Health.Healthy(i)
 			cameUp = cameUp || up && !wasUp[n.Name]
 			wasUp[n.Name] = up
 		}
@@ -298,17 +265,17 @@ func (h *Healer) replayHints(ctx context.Context) {
 			}
 		}
 		due := h.state.takeDue(func(node string) bool {
-			i := m.index(node)
-			return i < 0 || m.health.Healthy(i) // a node no longer configured: settle it
+			i := m.Index(node)
+			return i < 0 || m.Health.Healthy(i) // a node no longer configured: settle it
 		}, time.Now(), batchKeys)
 		h.replay(ctx, m, due)
 	}
 }
 
 // fullScanDue reports whether a node marked for a full scan is up.
-func (h *Healer) fullScanDue(m *membership) bool {
+func (h *Healer) fullScanDue(m *cluster.Membership) bool {
 	for node := range h.state.fullScanOwed() {
-		if i := m.index(node); i >= 0 && m.health.Healthy(i) {
+		if i := m.Index(node); i >= 0 && m.Health.Healthy(i) {
 			return true
 		}
 	}
@@ -368,7 +335,7 @@ func (h *Healer) scanLoop(ctx context.Context) {
 func (h *Healer) fullScanned(rep *Report, started time.Time) {
 	m := h.mem.Load()
 	for node, since := range h.state.fullScanOwed() {
-		if m.index(node) < 0 || slices.Contains(rep.Unreachable, node) || !started.After(since) {
+		if m.Index(node) < 0 || slices.Contains(rep.Unreachable, node) || !started.After(since) {
 			continue
 		}
 		h.state.scanned(node, started)

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stall"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -51,7 +52,7 @@ func (r *Result) changed() bool { return len(r.Copied)+len(r.Removed) > 0 }
 
 // view is everything known about one key across the cluster.
 type view struct {
-	m          *membership
+	m          *cluster.Membership
 	user, path string
 	replicas   []int
 	copies     map[int]replicaCopy
@@ -81,9 +82,9 @@ const holdCopies = 64 << 10
 func (h *Healer) gather(ctx context.Context, user, p string) *view {
 	m := h.mem.Load()
 	v := &view{m: m, user: user, path: p, copies: map[int]replicaCopy{}, unknown: map[int]bool{}}
-	v.replicas = m.ring.Preference(user + "/" + p)[:m.ring.Replicas()]
-	for i := range m.nodes {
-		if !m.health.Healthy(i) {
+	v.replicas = m.Ring.Preference(user + "/" + p)[:m.Ring.Replicas()]
+	for i := range m.Nodes {
+		if !m.Health.Healthy(i) {
 			v.unknown[i] = true
 			continue
 		}
@@ -91,7 +92,7 @@ func (h *Healer) gather(ctx context.Context, user, p string) *view {
 			// Its tombstones or records unread, a copy elsewhere might be
 			// one this node knows was deleted or replaced: count it
 			// unasked, its own copy included, as scans do.
-			h.log.Debug("gather: node unasked", "node", m.nodes[i].Name, "path", p, "err", err)
+			h.log.Debug("gather: node unasked", "node", m.Nodes[i].Name, "path", p, "err", err)
 			delete(v.copies, i)
 			v.unknown[i] = true
 		}
@@ -101,10 +102,10 @@ func (h *Healer) gather(ctx context.Context, user, p string) *view {
 
 // gatherOn reads what node i holds of v's key.
 func (h *Healer) gatherOn(ctx context.Context, v *view, i int) error {
-	n := v.m.nodes[i]
+	n := &v.m.Nodes[i]
 	dir, name := path.Split(v.path)
 	dir = strings.TrimSuffix(dir, "/")
-	d, err := h.api.list(ctx, n.URL, v.user, dir)
+	d, err := h.api.list(ctx, n.API(), v.user, dir)
 	if err != nil && !errors.Is(err, errNotFound) {
 		return err
 	}
@@ -246,7 +247,7 @@ func (h *Healer) RepairKey(ctx context.Context, user, p string, dry bool) Result
 		tree := map[string]nodeFile{}
 		if err := h.walk(ctx, v.m, i, user, p, tree); err != nil {
 			res.Err = err.Error()
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 			continue
 		}
 		for f := range tree {
@@ -274,7 +275,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 	for _, i := range v.replicas {
 		isReplica[i] = true
 		if v.unknown[i] {
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 		}
 	}
 	if err := h.stampStockCopies(ctx, v); err != nil {
@@ -299,7 +300,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		for _, c := range dead {
 			h.removeChecked(ctx, v, c.node, dry, &res)
 		}
-		if len(v.unknown) >= v.m.w {
+		if len(v.unknown) >= v.m.W {
 			// An acknowledged write may live only on the nodes not asked:
 			// nothing here says the key is settled.
 			res.Err = fmt.Sprintf("%d nodes unreachable, the key's newest version may be known only to them", len(v.unknown))
@@ -307,7 +308,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		return res
 	}
 
-	if len(v.unknown) >= v.m.w {
+	if len(v.unknown) >= v.m.W {
 		// A delete acknowledged at W may have left its tombstone only on
 		// the nodes not asked: a copy made now could outlive it.
 		res.Err = fmt.Sprintf("%d nodes unreachable, a delete may be known only to them", len(v.unknown))
@@ -329,7 +330,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 		}
 		if ok && v.settling(c, win.stamp) {
 			res.Err = errSettling(v, i)
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 			continue
 		}
 		switch {
@@ -341,18 +342,18 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			res.Problem = "replicas differ"
 		}
 		if dry {
-			res.Copied = append(res.Copied, v.m.nodes[i].Name)
+			res.Copied = append(res.Copied, v.m.Nodes[i].Name)
 			continue
 		}
 		h.pace(ctx, win.size) // before the re-check: the copy follows it at once
 		if !h.unchanged(ctx, v, i) {
-			res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, v.m.nodes[i].Name)
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, v.m.Nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 			continue
 		}
 		if err := h.copy(ctx, v, win, i); err != nil {
 			res.Err = err.Error()
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 			if errors.Is(err, errNewerVersion) {
 				// An earlier copy of this pass may have written over it:
 				// copy onto no other node, so it keeps the copies it has.
@@ -360,7 +361,7 @@ func (h *Healer) repair(ctx context.Context, v *view, dry, deep bool) Result {
 			}
 			continue
 		}
-		res.Copied = append(res.Copied, v.m.nodes[i].Name)
+		res.Copied = append(res.Copied, v.m.Nodes[i].Name)
 	}
 	if len(res.Pending) > 0 {
 		return res // keep every other copy until the replicas are confirmed
@@ -393,7 +394,7 @@ func (h *Healer) unchanged(ctx context.Context, v *view, i int) bool {
 		return v.batch.unchanged(ctx, v, i)
 	}
 	dir, name := path.Split(v.path)
-	d, err := h.api.list(ctx, v.m.nodes[i].URL, v.user, strings.TrimSuffix(dir, "/"))
+	d, err := h.api.list(ctx, v.m.Nodes[i].API(), v.user, strings.TrimSuffix(dir, "/"))
 	if err != nil && !errors.Is(err, errNotFound) {
 		return false
 	}
@@ -425,7 +426,7 @@ func (h *Healer) pick(ctx context.Context, v *view, live []replicaCopy, deep boo
 		if err := h.hashIfNeeded(ctx, v, live, deep); err != nil {
 			return replicaCopy{}, err
 		}
-		return winner(live, v.m.w), nil
+		return winner(live, v.m.W), nil
 	}
 	win := live[0]
 	for _, c := range live[1:] {
@@ -553,7 +554,7 @@ func (h *Healer) hashIfNeeded(ctx context.Context, v *view, live []replicaCopy, 
 	for k := range live {
 		sum, err := h.hash(ctx, v, live[k].node)
 		if err != nil {
-			return fmt.Errorf("hash %s on %s: %w", v.path, v.m.nodes[live[k].node].Name, err)
+			return fmt.Errorf("hash %s on %s: %w", v.path, v.m.Nodes[live[k].node].Name, err)
 		}
 		live[k].sum = sum
 		c := v.copies[live[k].node]
@@ -564,7 +565,7 @@ func (h *Healer) hashIfNeeded(ctx context.Context, v *view, live []replicaCopy, 
 }
 
 func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
-	if m := v.m.nodes[node].Meta; m != nil {
+	if m := v.m.Nodes[node].MetaAPI(); m != nil {
 		meta, err := h.api.meta(ctx, m, v.user, v.path)
 		if err == nil {
 			h.counts.add("hashed_on_node")
@@ -576,11 +577,11 @@ func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 			}
 			return meta.SHA256, nil
 		}
-		h.log.Warn("metadata endpoint failed; hashing the copy", "node", v.m.nodes[node].Name, "err", err)
+		h.log.Warn("metadata endpoint failed; hashing the copy", "node", v.m.Nodes[node].Name, "err", err)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	resp, err := h.api.open(ctx, v.m.nodes[node].URL, v.user, v.path)
+	resp, err := h.api.open(ctx, v.m.Nodes[node].API(), v.user, v.path)
 	if err != nil {
 		return "", err
 	}
@@ -612,7 +613,7 @@ func (h *Healer) hash(ctx context.Context, v *view, node int) (string, error) {
 // keeps it (errNewer).
 func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) error {
 	if from.node == dst {
-		return fmt.Errorf("copy %s: %s holds the winning copy already", v.path, v.m.nodes[dst].Name)
+		return fmt.Errorf("copy %s: %s holds the winning copy already", v.path, v.m.Nodes[dst].Name)
 	}
 	var body io.Reader
 	var mode uint32
@@ -621,9 +622,9 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 	} else {
 		ctx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
-		resp, err := h.api.open(ctx, v.m.nodes[from.node].URL, v.user, v.path)
+		resp, err := h.api.open(ctx, v.m.Nodes[from.node].API(), v.user, v.path)
 		if err != nil {
-			return fmt.Errorf("read %s from %s: %w", v.path, v.m.nodes[from.node].Name, err)
+			return fmt.Errorf("read %s from %s: %w", v.path, v.m.Nodes[from.node].Name, err)
 		}
 		defer resp.Body.Close()
 		body, mode = h.idle(resp.Body, cancel), fileMode(resp.Header)
@@ -634,10 +635,10 @@ func (h *Healer) copy(ctx context.Context, v *view, from replicaCopy, dst int) e
 			return err
 		}
 	}
-	if err := h.api.put(ctx, v.m.nodes[dst].URL, v.user, v.path, mode, from.stamp, body); err != nil {
-		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.nodes[from.node].Name, v.m.nodes[dst].Name, err)
+	if err := h.api.put(ctx, v.m.Nodes[dst].API(), v.user, v.path, mode, from.stamp, body); err != nil {
+		return fmt.Errorf("copy %s from %s to %s: %w", v.path, v.m.Nodes[from.node].Name, v.m.Nodes[dst].Name, err)
 	}
-	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", v.m.nodes[from.node].Name, "to", v.m.nodes[dst].Name)
+	h.log.Info("repaired replica", "user", v.user, "path", v.path, "from", v.m.Nodes[from.node].Name, "to", v.m.Nodes[dst].Name)
 	h.counts.add("copied")
 	return nil
 }
@@ -657,7 +658,7 @@ func fileMode(h http.Header) uint32 {
 // holds the same or a newer version, is removed. A cring node is sent the
 // tombstone's stamp, so it keeps anything newer whatever happened since.
 func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool, res *Result) {
-	name := v.m.nodes[node].Name
+	name := v.m.Nodes[node].Name
 	if dry {
 		res.Removed = append(res.Removed, name)
 		return
@@ -684,7 +685,7 @@ func (h *Healer) removeChecked(ctx context.Context, v *view, node int, dry bool,
 		res.Err = fmt.Sprintf("%s on %s changed since it was judged; left for the next pass", v.path, name)
 		return
 	}
-	if err := h.api.remove(ctx, v.m.nodes[node].URL, v.user, v.path, with); err != nil {
+	if err := h.api.remove(ctx, v.m.Nodes[node].API(), v.user, v.path, with); err != nil {
 		res.Err = err.Error()
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -46,7 +47,7 @@ type replayGroup struct {
 }
 
 // replay repairs the keys of due batches and puts the batches back.
-func (h *Healer) replay(ctx context.Context, m *membership, due []*dueBatch) {
+func (h *Healer) replay(ctx context.Context, m *cluster.Membership, due []*dueBatch) {
 	if len(due) == 0 {
 		return
 	}
@@ -97,7 +98,7 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // replayDir replays one directory's due hints, batchKeys keys at a time.
-func (h *Healer) replayDir(ctx context.Context, m *membership, g *replayGroup, keys chan struct{}) {
+func (h *Healer) replayDir(ctx context.Context, m *cluster.Membership, g *replayGroup, keys chan struct{}) {
 	names := slices.Sorted(maps.Keys(g.owed))
 	failed := map[string]bool{}
 	for start := 0; start < len(names); start += batchKeys {
@@ -117,7 +118,7 @@ func (h *Healer) replayDir(ctx context.Context, m *membership, g *replayGroup, k
 // replayChunk repairs chunk's keys from one read of their directory and
 // settles, as each key is done, the hints of every node its repair reached.
 // It returns the owed nodes some key could not be repaired on.
-func (h *Healer) replayChunk(ctx context.Context, m *membership, g *replayGroup, chunk []string, keys chan struct{}) map[string]bool {
+func (h *Healer) replayChunk(ctx context.Context, m *cluster.Membership, g *replayGroup, chunk []string, keys chan struct{}) map[string]bool {
 	// Hints recorded after this may be for writes the listings below
 	// don't show: they are not settled by this pass.
 	seq := h.state.seqNow()
@@ -182,7 +183,7 @@ func (h *Healer) replayKey(ctx context.Context, dv *dirView, name string) Result
 // nodes, no tombstone). Fewer than W nodes unasked, as repair needs.
 func (h *Healer) alreadyRight(v *view) (Result, bool) {
 	res := Result{User: v.user, Path: v.path}
-	if len(v.dirOn) > 0 || len(v.unknown) >= v.m.w {
+	if len(v.dirOn) > 0 || len(v.unknown) >= v.m.W {
 		return res, false
 	}
 	for i := range v.copies {
@@ -192,7 +193,7 @@ func (h *Healer) alreadyRight(v *view) (Result, bool) {
 	}
 	for _, i := range v.replicas {
 		if v.unknown[i] {
-			res.Pending = append(res.Pending, v.m.nodes[i].Name)
+			res.Pending = append(res.Pending, v.m.Nodes[i].Name)
 			continue
 		}
 		if _, ok := v.copies[i]; !ok && len(v.copies) > 0 {
@@ -205,7 +206,7 @@ func (h *Healer) alreadyRight(v *view) (Result, bool) {
 			if !v.tomb.IsZero() {
 				return res, false // dead or not is for the records to say
 			}
-			sum, ok := h.facts.get(factKey{node: v.m.nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()})
+			sum, ok := h.facts.get(factKey{node: v.m.Nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()})
 			if !ok {
 				return res, false
 			}
@@ -229,7 +230,7 @@ func (h *Healer) alreadyRight(v *view) (Result, bool) {
 // than repair it twice.
 func (h *Healer) replayOwns(v *view) bool {
 	for _, node := range h.state.hintedNodes(v.user, v.path) {
-		if i := v.m.index(node); i >= 0 && v.m.health.Healthy(i) {
+		if i := v.m.Index(node); i >= 0 && v.m.Health.Healthy(i) {
 			return true
 		}
 	}
@@ -241,7 +242,7 @@ func (h *Healer) replayOwns(v *view) bool {
 // batch's entries are kept.
 type dirView struct {
 	h         *Healer
-	m         *membership
+	m         *cluster.Membership
 	user, dir string
 	batch     *dirBatch
 	unknown   map[int]bool               // nodes that could not be asked
@@ -287,7 +288,7 @@ func (h *Healer) newBatch(user, dir string, names []string) *dirBatch {
 
 // readDir lists dir on every healthy node, at once, with the tombstones
 // the batch needs (none when listingOnly).
-func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, b *dirBatch, listingOnly bool) *dirView {
+func (h *Healer) readDir(ctx context.Context, m *cluster.Membership, user, dir string, b *dirBatch, listingOnly bool) *dirView {
 	dv := &dirView{h: h, m: m, user: user, dir: dir, batch: b, unknown: map[int]bool{},
 		files: map[int]map[string]listing{}, tombs: map[int]map[string]listing{}}
 	needTombs := !listingOnly && !tombstone.Reserved(dir)
@@ -297,10 +298,10 @@ func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, b
 		tomb         stamp.Stamp
 		err          error
 	}
-	reads := make([]read, len(m.nodes))
+	reads := make([]read, len(m.Nodes))
 	var wg sync.WaitGroup
-	for i := range m.nodes {
-		if !m.health.Healthy(i) {
+	for i := range m.Nodes {
+		if !m.Health.Healthy(i) {
 			dv.unknown[i] = true
 			continue
 		}
@@ -328,7 +329,7 @@ func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, b
 			continue
 		}
 		if r.err != nil {
-			h.log.Debug("replay: node unasked", "node", m.nodes[i].Name, "user", user, "dir", dir, "err", r.err)
+			h.log.Debug("replay: node unasked", "node", m.Nodes[i].Name, "user", user, "dir", dir, "err", r.err)
 			dv.unknown[i] = true
 			continue
 		}
@@ -346,8 +347,8 @@ func (h *Healer) readDir(ctx context.Context, m *membership, user, dir string, b
 // listNames is node i's listing of dir, the entries named in keep; empty
 // when the directory doesn't exist. It also says how many entries the
 // listing had.
-func (h *Healer) listNames(ctx context.Context, m *membership, i int, user, dir string, keep map[string]bool) (map[string]listing, int, error) {
-	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
+func (h *Healer) listNames(ctx context.Context, m *cluster.Membership, i int, user, dir string, keep map[string]bool) (map[string]listing, int, error) {
+	d, err := h.api.list(ctx, m.Nodes[i].API(), user, dir)
 	if errors.Is(err, errNotFound) {
 		return map[string]listing{}, 0, nil
 	}
@@ -365,7 +366,7 @@ func (h *Healer) listNames(ctx context.Context, m *membership, i int, user, dir 
 
 // listedTombstone is the newest of the tombstones of paths that node i
 // listed (bodies from the facts cache when known).
-func (h *Healer) listedTombstone(ctx context.Context, m *membership, i int, user string, tombs map[string]listing, paths ...string) (stamp.Stamp, error) {
+func (h *Healer) listedTombstone(ctx context.Context, m *cluster.Membership, i int, user string, tombs map[string]listing, paths ...string) (stamp.Stamp, error) {
 	var newest stamp.Stamp
 	for _, c := range paths {
 		name := tombstone.Name(c)
@@ -398,7 +399,7 @@ func (dv *dirView) keyView(ctx context.Context, name string) *view {
 	p := joinKey(dv.dir, name)
 	v := &view{m: m, user: dv.user, path: p, copies: map[int]replicaCopy{}, unknown: maps.Clone(dv.unknown),
 		tomb: dv.dirTomb, batch: dv}
-	v.replicas = m.ring.Preference(dv.user + "/" + p)[:m.ring.Replicas()]
+	v.replicas = m.Ring.Preference(dv.user + "/" + p)[:m.Ring.Replicas()]
 	asked := slices.Sorted(maps.Keys(dv.files))
 	for _, i := range asked {
 		f, ok := dv.files[i][name]
@@ -413,7 +414,7 @@ func (dv *dirView) keyView(ctx context.Context, name string) *view {
 		}
 	}
 	unask := func(i int, err error) {
-		h.log.Debug("replay: node unasked", "node", m.nodes[i].Name, "path", p, "err", err)
+		h.log.Debug("replay: node unasked", "node", m.Nodes[i].Name, "path", p, "err", err)
 		delete(v.copies, i)
 		v.unknown[i] = true
 	}
@@ -465,8 +466,8 @@ func (dv *dirView) keyView(ctx context.Context, name string) *view {
 }
 
 // ownTombstone reads p's own tombstone on node i (not its directories').
-func (h *Healer) ownTombstone(ctx context.Context, m *membership, i int, user, p string) (stamp.Stamp, error) {
-	b, err := h.api.small(ctx, m.nodes[i].URL, user, tombstone.Path(p))
+func (h *Healer) ownTombstone(ctx context.Context, m *cluster.Membership, i int, user, p string) (stamp.Stamp, error) {
+	b, err := h.api.small(ctx, m.Nodes[i].API(), user, tombstone.Path(p))
 	if errors.Is(err, errNotFound) {
 		return stamp.Stamp{}, nil
 	}
@@ -483,7 +484,7 @@ func (h *Healer) ownTombstone(ctx context.Context, m *membership, i int, user, p
 func (dv *dirView) unchanged(ctx context.Context, v *view, i int) bool {
 	was, had := v.copies[i]
 	if !had {
-		return dv.h.api.absent(ctx, v.m.nodes[i].URL, v.user, v.path)
+		return dv.h.api.absent(ctx, v.m.Nodes[i].API(), v.user, v.path)
 	}
 	f := dv.recheck(ctx)
 	if f.unknown[i] {
@@ -527,7 +528,7 @@ func (dv *dirView) confirm(ctx context.Context) {
 	for _, p := range dv.repaired {
 		_, name := splitKey(p)
 		v := &view{user: dv.user, path: p, copies: map[int]replicaCopy{},
-			replicas: dv.m.ring.Preference(dv.user + "/" + p)[:dv.m.ring.Replicas()]}
+			replicas: dv.m.Ring.Preference(dv.user + "/" + p)[:dv.m.Ring.Replicas()]}
 		for i, files := range after.files {
 			if f, ok := files[name]; ok && !f.IsDir {
 				v.copies[i] = replicaCopy{node: i, size: f.Size, mtime: f.ModTime}

@@ -23,8 +23,8 @@ import (
 	"github.com/charmbracelet/keygen"
 	charmlog "github.com/charmbracelet/log"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/devcluster"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
@@ -49,6 +49,8 @@ func (h *testHealth) Healthy(i int) bool {
 	defer h.mu.Unlock()
 	return !h.down[i]
 }
+
+func (h *testHealth) MarkDown(i int, _ error) { h.set(i, false) }
 
 func (h *testHealth) set(i int, up bool) {
 	h.mu.Lock()
@@ -143,24 +145,22 @@ func newHealCluster(t *testing.T, o healOpts) *healCluster {
 		t.Fatal(err)
 	}
 	hc := &healCluster{t: t, dc: dc, user: user, health: &testHealth{}, clock: stamp.NewClock(time.Now)}
-	var nodes []Node
-	var rnodes []ring.Node
+	var nodes []cluster.Node
 	for _, n := range dc.Nodes {
 		target, _ := url.Parse(n.HTTPURL())
 		f := &front{reqs: map[string]int{}}
 		srv := httptest.NewServer(f.ServeHTTP(httputil.NewSingleHostReverseProxy(target)))
 		t.Cleanup(srv.Close)
-		u, _ := url.Parse(srv.URL)
 		hc.fronts = append(hc.fronts, f)
-		nodes = append(nodes, Node{Name: n.Name, URL: u})
-		rnodes = append(rnodes, ring.Node{Name: n.Name})
+		nodes = append(nodes, cluster.Node{Name: n.Name, URL: srv.URL})
 	}
-	rg, err := ring.New(rnodes, 3)
+	m, err := cluster.New(nodes, 3, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Health = hc.health
 	hc.h, err = New(Options{
-		Nodes: nodes, Ring: rg, WriteQuorum: 2, Health: hc.health, Signer: signer,
+		Members: m, Signer: signer,
 		Issuer: func() string { return issuer }, DataDir: t.TempDir(),
 		Logger:       slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		StallTimeout: 10 * time.Second, HintLimit: o.hintLimit, ByteRate: o.byteRate, ScanInterval: o.interval,
@@ -185,7 +185,7 @@ func (hc *healCluster) put(p string, data []byte, st stamp.Stamp, nodes ...int) 
 	hc.t.Helper()
 	m := hc.h.mem.Load()
 	for _, i := range nodes {
-		if err := hc.h.api.put(context.Background(), m.nodes[i].URL, hc.user, p, 0o600, st, bytes.NewReader(data)); err != nil {
+		if err := hc.h.api.put(context.Background(), m.Nodes[i].API(), hc.user, p, 0o600, st, bytes.NewReader(data)); err != nil {
 			hc.t.Fatal(err)
 		}
 	}
@@ -195,7 +195,7 @@ func (hc *healCluster) put(p string, data []byte, st stamp.Stamp, nodes ...int) 
 func (hc *healCluster) listed(i int, dir string) map[string]string {
 	hc.t.Helper()
 	out := map[string]string{}
-	d, err := hc.h.api.list(context.Background(), hc.h.mem.Load().nodes[i].URL, hc.user, dir)
+	d, err := hc.h.api.list(context.Background(), hc.h.mem.Load().Nodes[i].API(), hc.user, dir)
 	if errors.Is(err, errNotFound) {
 		return out
 	}
@@ -211,7 +211,7 @@ func (hc *healCluster) listed(i int, dir string) map[string]string {
 // replayOnce replays every due hint, as one tick of the replay loop.
 func (hc *healCluster) replayOnce() {
 	m := hc.h.mem.Load()
-	due := hc.h.state.takeDue(func(node string) bool { return hc.health.Healthy(m.index(node)) }, time.Now(), batchKeys)
+	due := hc.h.state.takeDue(func(node string) bool { return hc.health.Healthy(m.Index(node)) }, time.Now(), batchKeys)
 	hc.h.replay(context.Background(), m, due)
 }
 
@@ -270,7 +270,7 @@ func TestReplayBatchRepairs(t *testing.T) {
 			hc.put(tombstone.Path(p), tombstone.Body(p, del), del, 0, 1)
 			m := hc.h.mem.Load()
 			for _, i := range []int{0, 1} {
-				if err := hc.h.api.remove(context.Background(), m.nodes[i].URL, hc.user, p, del); err != nil {
+				if err := hc.h.api.remove(context.Background(), m.Nodes[i].API(), hc.user, p, del); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -83,9 +84,9 @@ type UserUsage struct {
 }
 
 // usage finishes the report's distribution figures.
-func (r *Report) usage(m *membership) {
+func (r *Report) usage(m *cluster.Membership) {
 	total, holders := 0, 0
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes {
 		if !n.Drain {
 			holders++
 		}
@@ -97,7 +98,7 @@ func (r *Report) usage(m *membership) {
 		return
 	}
 	fair := float64(total) / float64(holders)
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes {
 		u := r.Nodes[n.Name]
 		if u == nil {
 			continue
@@ -145,8 +146,8 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 		h.mu.Unlock()
 	}()
 	m := h.mem.Load()
-	for i, n := range m.nodes {
-		if !m.health.Healthy(i) {
+	for i, n := range m.Nodes {
+		if !m.Health.Healthy(i) {
 			rep.Unreachable = append(rep.Unreachable, n.Name)
 		}
 	}
@@ -166,7 +167,7 @@ func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 }
 
 // scanUser checks every key of one user, a directory at a time (scandir.go).
-func (h *Healer) scanUser(ctx context.Context, m *membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
+func (h *Healer) scanUser(ctx context.Context, m *cluster.Membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
 	return h.scanDirs(ctx, m, user, o, rep, prog)
 }
 
@@ -212,8 +213,8 @@ func (h *Healer) check(ctx context.Context, v *view, o ScanOptions, rep *Report)
 
 // walk lists a user's tree on node i, files only, skipping cring's own
 // directory.
-func (h *Healer) walk(ctx context.Context, m *membership, i int, user, dir string, out map[string]nodeFile) error {
-	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
+func (h *Healer) walk(ctx context.Context, m *cluster.Membership, i int, user, dir string, out map[string]nodeFile) error {
+	d, err := h.api.list(ctx, m.Nodes[i].API(), user, dir)
 	if errors.Is(err, errNotFound) {
 		return nil // user has nothing on this node
 	}
@@ -249,7 +250,7 @@ func isUnder(p, dir string) bool { return len(p) > len(dir) && p[:len(dir)+1] ==
 // collectTombstones deletes tombstones older than the grace period (by
 // their stamps), once every node could be asked (a node that was away
 // longer than the grace period may bring a deleted file back: documented).
-func (h *Healer) collectTombstones(ctx context.Context, m *membership, user string, tombs map[string]stamp.Stamp, allUp, dry bool, rep *Report) {
+func (h *Healer) collectTombstones(ctx context.Context, m *cluster.Membership, user string, tombs map[string]stamp.Stamp, allUp, dry bool, rep *Report) {
 	if !allUp {
 		return
 	}
@@ -261,8 +262,9 @@ func (h *Healer) collectTombstones(ctx context.Context, m *membership, user stri
 		if dry {
 			continue
 		}
-		for _, n := range m.nodes {
-			if err := h.api.remove(ctx, n.URL, user, tombstone.Dir+"/"+name, stamp.Stamp{}); err != nil {
+		for i := range m.Nodes {
+			n := &m.Nodes[i]
+			if err := h.api.remove(ctx, n.API(), user, tombstone.Dir+"/"+name, stamp.Stamp{}); err != nil {
 				h.log.Warn("cannot collect tombstone", "node", n.Name, "err", err)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -22,7 +23,7 @@ import (
 // userScan is one user's scan in progress.
 type userScan struct {
 	h    *Healer
-	m    *membership
+	m    *cluster.Membership
 	user string
 	o    ScanOptions
 	rep  *Report
@@ -49,7 +50,7 @@ func (s *userScan) failed(i int, err error) {
 	if s.unknown[i] {
 		return
 	}
-	n := s.m.nodes[i].Name
+	n := s.m.Nodes[i].Name
 	s.h.log.Warn("scan: cannot read node", "node", n, "user", s.user, "err", err)
 	s.unknown[i] = true
 	if !slices.Contains(s.rep.Unreachable, n) {
@@ -59,7 +60,7 @@ func (s *userScan) failed(i int, err error) {
 
 func (s *userScan) known() []int {
 	var out []int
-	for i := range s.m.nodes {
+	for i := range s.m.Nodes {
 		if !s.unknown[i] {
 			out = append(out, i)
 		}
@@ -70,11 +71,11 @@ func (s *userScan) known() []int {
 // scanDirs is scanUser: cring's own records first (without them a deleted
 // or replaced file elsewhere would look like one to copy back), then the
 // tree a directory at a time, then the records no key read.
-func (h *Healer) scanDirs(ctx context.Context, m *membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
+func (h *Healer) scanDirs(ctx context.Context, m *cluster.Membership, user string, o ScanOptions, rep *Report, prog *Progress) error {
 	s := &userScan{h: h, m: m, user: user, o: o, rep: rep, prog: prog, unknown: map[int]bool{},
 		tombs: map[string]stamp.Stamp{}, versions: map[string]*versionDir{}, usage: UserUsage{User: user}}
-	for i := range m.nodes {
-		if !m.health.Healthy(i) {
+	for i := range m.Nodes {
+		if !m.Health.Healthy(i) {
 			s.unknown[i] = true
 		}
 	}
@@ -113,7 +114,7 @@ func (h *Healer) scanDirs(ctx context.Context, m *membership, user string, o Sca
 func (s *userScan) readTombstones(ctx context.Context) map[string]map[int]replicaCopy {
 	copies := map[string]map[int]replicaCopy{}
 	for _, i := range s.known() {
-		d, err := s.h.api.list(ctx, s.m.nodes[i].URL, s.user, tombstone.Dir)
+		d, err := s.h.api.list(ctx, s.m.Nodes[i].API(), s.user, tombstone.Dir)
 		if errors.Is(err, errNotFound) {
 			continue
 		}
@@ -149,7 +150,7 @@ func (s *userScan) readTombstones(ctx context.Context) map[string]map[int]replic
 // readVersionDirs lists which keys have version records on which node.
 func (s *userScan) readVersionDirs(ctx context.Context) {
 	for _, i := range s.known() {
-		d, err := s.h.api.list(ctx, s.m.nodes[i].URL, s.user, tombstone.Versions)
+		d, err := s.h.api.list(ctx, s.m.Nodes[i].API(), s.user, tombstone.Versions)
 		if errors.Is(err, errNotFound) {
 			continue
 		}
@@ -186,7 +187,7 @@ func (s *userScan) records(ctx context.Context, name string) []*versionRecord {
 		if s.unknown[i] {
 			continue
 		}
-		d, err := s.h.api.list(ctx, s.m.nodes[i].URL, s.user, dir)
+		d, err := s.h.api.list(ctx, s.m.Nodes[i].API(), s.user, dir)
 		if errors.Is(err, errNotFound) {
 			continue // removed since it was listed
 		}
@@ -230,7 +231,7 @@ func (s *userScan) records(ctx context.Context, name string) []*versionRecord {
 func (s *userScan) keepRecord(ctx context.Context, p string, copies map[int]replicaCopy) {
 	h := s.h
 	v := &view{m: s.m, user: s.user, path: p, copies: map[int]replicaCopy{}, unknown: s.unknown,
-		replicas: s.m.ring.Preference(s.user + "/" + p)[:s.m.ring.Replicas()]}
+		replicas: s.m.Ring.Preference(s.user + "/" + p)[:s.m.Ring.Replicas()]}
 	for i, c := range copies {
 		if !s.unknown[i] {
 			v.copies[i] = c
@@ -258,7 +259,7 @@ func (s *userScan) checkDir(ctx context.Context, d *treeDir) error {
 			p = d.dir + "/" + name
 		}
 		v := &view{m: s.m, user: s.user, path: p, copies: map[int]replicaCopy{}, unknown: s.unknown,
-			replicas: s.m.ring.Preference(s.user + "/" + p)[:s.m.ring.Replicas()]}
+			replicas: s.m.Ring.Preference(s.user + "/" + p)[:s.m.Ring.Replicas()]}
 		for i, files := range d.on {
 			if f, ok := files[name]; ok && !f.IsDir && !s.unknown[i] {
 				c := replicaCopy{node: i, size: f.Size, mtime: f.ModTime}
@@ -289,15 +290,15 @@ func (s *userScan) checkDir(ctx context.Context, d *treeDir) error {
 // count adds a key's copies to the usage figures.
 func (s *userScan) count(v *view) {
 	first := true
-	for _, i := range v.m.ring.Preference(s.user + "/" + v.path) {
+	for _, i := range v.m.Ring.Preference(s.user + "/" + v.path) {
 		c, ok := v.copies[i]
 		if !ok {
 			continue
 		}
-		nu := s.rep.Nodes[s.m.nodes[i].Name]
+		nu := s.rep.Nodes[s.m.Nodes[i].Name]
 		if nu == nil {
 			nu = &NodeUsage{}
-			s.rep.Nodes[s.m.nodes[i].Name] = nu
+			s.rep.Nodes[s.m.Nodes[i].Name] = nu
 		}
 		nu.Files++
 		nu.Bytes += c.size
@@ -321,7 +322,7 @@ type treeDir struct {
 // directory is held at a time (and the names of the subdirectories still
 // to walk above it). cring's own directory is never walked. A node that
 // cannot list a directory is reported to failed and left out.
-func (h *Healer) walkTree(ctx context.Context, m *membership, user, dir string, known func() []int, failed func(int, error), visit func(context.Context, *treeDir) error) error {
+func (h *Healer) walkTree(ctx context.Context, m *cluster.Membership, user, dir string, known func() []int, failed func(int, error), visit func(context.Context, *treeDir) error) error {
 	nodes := known()
 	lists := make([]*listing, len(nodes))
 	errs := make([]error, len(nodes))
@@ -330,7 +331,7 @@ func (h *Healer) walkTree(ctx context.Context, m *membership, user, dir string, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			lists[k], errs[k] = h.api.list(ctx, m.nodes[i].URL, user, dir)
+			lists[k], errs[k] = h.api.list(ctx, m.Nodes[i].API(), user, dir)
 		}()
 	}
 	wg.Wait()

@@ -163,8 +163,8 @@ func (s *scrubber) user(ctx context.Context, user string) error {
 	var failed error
 	healthy := func() []int {
 		var out []int
-		for i := range m.nodes {
-			if m.health.Healthy(i) {
+		for i := range m.Nodes {
+			if m.Health.Healthy(i) {
 				out = append(out, i)
 			}
 		}
@@ -172,7 +172,7 @@ func (s *scrubber) user(ctx context.Context, user string) error {
 	}
 	err := s.h.walkTree(ctx, m, user, "", healthy, func(i int, err error) {
 		if failed == nil {
-			failed = fmt.Errorf("list on %s: %w", m.nodes[i].Name, err)
+			failed = fmt.Errorf("list on %s: %w", m.Nodes[i].Name, err)
 		}
 	}, func(ctx context.Context, d *treeDir) error {
 		if failed != nil {
@@ -209,7 +209,7 @@ func (s *scrubber) user(ctx context.Context, user string) error {
 func (s *scrubber) key(ctx context.Context, user, p string) error {
 	v := s.h.gather(ctx, user, p)
 	for i, c := range v.copies {
-		if err := s.pace(ctx, v.m.nodes[i].Name, c.size); err != nil {
+		if err := s.pace(ctx, v.m.Nodes[i].Name, c.size); err != nil {
 			return err
 		}
 		s.mu.Lock()

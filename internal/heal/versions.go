@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -70,14 +71,14 @@ func (f *facts) put(k factKey, v string) {
 
 // body returns the content of a small cring file (tombstone, version
 // record) on node i, from the cache when its size and mtime are known.
-func (h *Healer) body(ctx context.Context, m *membership, i int, user, p string, size int64, mtime time.Time) ([]byte, error) {
-	k := factKey{node: m.nodes[i].Name, user: user, path: p, size: size, mtime: mtime.UnixNano()}
+func (h *Healer) body(ctx context.Context, m *cluster.Membership, i int, user, p string, size int64, mtime time.Time) ([]byte, error) {
+	k := factKey{node: m.Nodes[i].Name, user: user, path: p, size: size, mtime: mtime.UnixNano()}
 	if !mtime.IsZero() {
 		if v, ok := h.facts.get(k); ok {
 			return []byte(v), nil
 		}
 	}
-	b, err := h.api.small(ctx, m.nodes[i].URL, user, p)
+	b, err := h.api.small(ctx, m.Nodes[i].API(), user, p)
 	if err != nil {
 		return nil, err
 	}
@@ -106,10 +107,10 @@ func recordStamp(p string, b []byte) stamp.Stamp {
 
 // tombstoneOn reads, on node i, the newest tombstone covering p (p or a
 // directory above it); zero when there is none.
-func (h *Healer) tombstoneOn(ctx context.Context, m *membership, i int, user, p string) (stamp.Stamp, error) {
+func (h *Healer) tombstoneOn(ctx context.Context, m *cluster.Membership, i int, user, p string) (stamp.Stamp, error) {
 	var newest stamp.Stamp
 	for _, c := range tombstone.Covering(p) {
-		b, err := h.api.small(ctx, m.nodes[i].URL, user, tombstone.Path(c))
+		b, err := h.api.small(ctx, m.Nodes[i].API(), user, tombstone.Path(c))
 		if errors.Is(err, errNotFound) {
 			continue
 		}
@@ -118,7 +119,7 @@ func (h *Healer) tombstoneOn(ctx context.Context, m *membership, i int, user, p 
 		}
 		_, s, err := tombstone.ParseBody(b)
 		if err != nil {
-			return stamp.Stamp{}, fmt.Errorf("tombstone of %s on %s: %w", c, m.nodes[i].Name, err)
+			return stamp.Stamp{}, fmt.Errorf("tombstone of %s on %s: %w", c, m.Nodes[i].Name, err)
 		}
 		newest = stamp.Max(newest, s)
 	}
@@ -126,9 +127,9 @@ func (h *Healer) tombstoneOn(ctx context.Context, m *membership, i int, user, p 
 }
 
 // recordsOn reads p's version records on node i.
-func (h *Healer) recordsOn(ctx context.Context, m *membership, i int, user, p string) ([]*versionRecord, error) {
+func (h *Healer) recordsOn(ctx context.Context, m *cluster.Membership, i int, user, p string) ([]*versionRecord, error) {
 	dir := tombstone.VersionDir(p)
-	d, err := h.api.list(ctx, m.nodes[i].URL, user, dir)
+	d, err := h.api.list(ctx, m.Nodes[i].API(), user, dir)
 	if errors.Is(err, errNotFound) {
 		return nil, nil
 	}
@@ -212,7 +213,7 @@ func (h *Healer) sum(ctx context.Context, v *view, c replicaCopy, fresh bool) (s
 	if c.sum != "" && !fresh {
 		return c.sum, nil
 	}
-	k := factKey{node: v.m.nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()}
+	k := factKey{node: v.m.Nodes[c.node].Name, user: v.user, path: v.path, size: c.size, mtime: c.mtime.UnixNano()}
 	if s, ok := h.facts.get(k); ok && !fresh {
 		c.sum = s
 		v.copies[c.node] = c
@@ -220,7 +221,7 @@ func (h *Healer) sum(ctx context.Context, v *view, c replicaCopy, fresh bool) (s
 	}
 	s, err := h.hash(ctx, v, c.node)
 	if err != nil {
-		return "", fmt.Errorf("hash %s on %s: %w", v.path, v.m.nodes[c.node].Name, err)
+		return "", fmt.Errorf("hash %s on %s: %w", v.path, v.m.Nodes[c.node].Name, err)
 	}
 	h.facts.put(k, s)
 	c.sum = s
@@ -260,7 +261,7 @@ func (v *view) settling(c replicaCopy, than stamp.Stamp) bool {
 // errSettling says why a copy was left for a later pass.
 func errSettling(v *view, node int) string {
 	return fmt.Sprintf("%s on %s matches no version record, and an upload of it is in flight; left for a later pass",
-		v.path, v.m.nodes[node].Name)
+		v.path, v.m.Nodes[node].Name)
 }
 
 // A stock node can't refuse an older copy: a repair copy that lands after
@@ -280,7 +281,7 @@ func errSettling(v *view, node int) string {
 // re-read right before it: a cring node refuses a copy older than what it
 // holds, and cring's own files are versions of themselves.
 func (h *Healer) guarded(v *view, i int) bool {
-	return v.m.nodes[i].Meta == nil && !tombstone.Reserved(v.path)
+	return v.m.Nodes[i].Stock() && !tombstone.Reserved(v.path)
 }
 
 // recordGrace is how long after its version record a small upload's data
@@ -326,12 +327,12 @@ func (h *Healer) newerVersion(ctx context.Context, v *view, dst int, win stamp.S
 // first; a node that fails is replaced by the next.
 func (h *Healer) quorumRecords(ctx context.Context, v *view, dst int) ([]*versionRecord, error) {
 	order := []int{dst}
-	for i := range v.m.nodes {
-		if i != dst && !v.unknown[i] && v.m.health.Healthy(i) {
+	for i := range v.m.Nodes {
+		if i != dst && !v.unknown[i] && v.m.Health.Healthy(i) {
 			order = append(order, i)
 		}
 	}
-	need := len(v.m.nodes) - v.m.w + 1
+	need := len(v.m.Nodes) - v.m.W + 1
 	var found []*versionRecord
 	var errs []error
 	for need > 0 && len(order) > 0 {
@@ -362,12 +363,12 @@ func (h *Healer) quorumRecords(ctx context.Context, v *view, dst int) ([]*versio
 // recordNames lists the key's version records on node i by name (a
 // record's name is its stamp; no body is read).
 func (h *Healer) recordNames(ctx context.Context, v *view, i int) ([]*versionRecord, error) {
-	d, err := h.api.list(ctx, v.m.nodes[i].URL, v.user, tombstone.VersionDir(v.path))
+	d, err := h.api.list(ctx, v.m.Nodes[i].API(), v.user, tombstone.VersionDir(v.path))
 	if errors.Is(err, errNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("version records on %s: %w", v.m.nodes[i].Name, err)
+		return nil, fmt.Errorf("version records on %s: %w", v.m.Nodes[i].Name, err)
 	}
 	var out []*versionRecord
 	for _, f := range d.Files {

@@ -10,13 +10,9 @@ import (
 	"net/http"
 	"sync"
 	"time"
-)
 
-// Target is one node to probe.
-type Target struct {
-	Name string
-	URL  string // GET answering 2xx when the node is healthy
-}
+	"github.com/cring-dev/cring/internal/cluster"
+)
 
 // Status is a node's current state.
 type Status struct {
@@ -27,10 +23,10 @@ type Status struct {
 	LastCheck time.Time `json:"last_check"`
 }
 
-// Checker probes targets and remembers their state. Nodes start healthy so a
+// Checker probes nodes and remembers their state. Nodes start healthy so a
 // fresh proxy tries them; the first probe round runs at once.
 type Checker struct {
-	targets  []Target
+	nodes    []cluster.Node
 	interval time.Duration
 	timeout  time.Duration
 	client   *http.Client
@@ -50,8 +46,8 @@ type Options struct {
 	OnChange  func(i int, healthy bool) // called on every transition
 }
 
-// New returns a checker for targets.
-func New(targets []Target, o Options) *Checker {
+// New returns a checker for nodes (each probed at its HealthURL).
+func New(nodes []cluster.Node, o Options) *Checker {
 	if o.Timeout <= 0 {
 		o.Timeout = min(o.Interval, 2*time.Second)
 	}
@@ -59,12 +55,12 @@ func New(targets []Target, o Options) *Checker {
 		o.Logger = slog.Default()
 	}
 	now := time.Now()
-	st := make([]Status, len(targets))
-	for i, t := range targets {
+	st := make([]Status, len(nodes))
+	for i, t := range nodes {
 		st[i] = Status{Name: t.Name, Healthy: true, Since: now}
 	}
 	return &Checker{
-		targets:  targets,
+		nodes:    nodes,
 		interval: o.Interval,
 		timeout:  o.Timeout,
 		client:   &http.Client{Transport: o.Transport, Timeout: o.Timeout},
@@ -91,11 +87,11 @@ func (c *Checker) Run(ctx context.Context) {
 // CheckAll probes every target once, concurrently.
 func (c *Checker) CheckAll(ctx context.Context) {
 	var wg sync.WaitGroup
-	for i := range c.targets {
+	for i := range c.nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := c.probe(ctx, c.targets[i])
+			err := c.probe(ctx, &c.nodes[i])
 			if ctx.Err() != nil {
 				return
 			}
@@ -105,10 +101,10 @@ func (c *Checker) CheckAll(ctx context.Context) {
 	wg.Wait()
 }
 
-func (c *Checker) probe(ctx context.Context, t Target) error {
+func (c *Checker) probe(ctx context.Context, n *cluster.Node) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.HealthURL(), nil)
 	if err != nil {
 		return err
 	}
@@ -119,7 +115,7 @@ func (c *Checker) probe(ctx context.Context, t Target) error {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("health check %s answered %s", t.URL, resp.Status)
+		return fmt.Errorf("health check %s answered %s", n.HealthURL(), resp.Status)
 	}
 	return nil
 }
@@ -143,9 +139,9 @@ func (c *Checker) set(i int, err error) {
 	c.mu.Unlock()
 	if changed {
 		if healthy {
-			c.log.Info("node up", "node", c.targets[i].Name)
+			c.log.Info("node up", "node", c.nodes[i].Name)
 		} else {
-			c.log.Warn("node down", "node", c.targets[i].Name, "err", err)
+			c.log.Warn("node down", "node", c.nodes[i].Name, "err", err)
 		}
 		if c.onChange != nil {
 			c.onChange(i, healthy)

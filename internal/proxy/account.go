@@ -49,9 +49,9 @@ func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
 	}
 	stored := len(outs) - len(failed)
 	for _, o := range failed {
-		p.log.Warn("account update failed on node", "node", p.nodes[o.node].Name, "path", r.URL.Path, "outcome", o.String())
+		p.log.Warn("account update failed on node", "node", p.m.Nodes[o.node].Name, "path", r.URL.Path, "outcome", o.String())
 	}
-	if stored >= p.w {
+	if stored >= p.m.W {
 		relay(w, *first)
 		return
 	}
@@ -61,11 +61,11 @@ func (p *Proxy) broadcast(w http.ResponseWriter, r *http.Request) {
 	}
 	p.obs.QuorumFailure("account")
 	if knowsNoUser(failed) {
-		writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(stored, len(p.nodes)))
+		writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(stored, len(p.m.Nodes)))
 		return
 	}
 	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-		"saving your account's keys reached %d of %d nodes, %d required", stored, len(p.nodes), p.w))
+		"saving your account's keys reached %d of %d nodes, %d required", stored, len(p.m.Nodes), p.m.W))
 }
 
 // knowsNoUser reports whether some node answered 404: it doesn't know the
@@ -87,8 +87,8 @@ func accountsDifferMessage(known, nodes int) string {
 // see them. Together with bringing laggards up to the max, /v1/seq never goes
 // backwards whichever nodes are up (docs/design.md, invariant 7).
 func (p *Proxy) seqQuorums() (inc, read int) {
-	m := len(p.nodes)
-	inc = max(p.w, m/2+1)
+	m := len(p.m.Nodes)
+	inc = max(p.m.W, m/2+1)
 	return inc, m - inc + 1
 }
 
@@ -118,7 +118,7 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 	if r.Method == http.MethodPost {
 		need = inc
 	}
-	majority := len(p.nodes)/2 + 1
+	majority := len(p.m.Nodes)/2 + 1
 	for range maxSeqRounds {
 		top, handed, answered, failed := p.seqRound(r.Context(), r)
 		if answered < need {
@@ -128,11 +128,11 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 				return
 			}
 			if knowsNoUser(failed) {
-				writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(answered, len(p.nodes)))
+				writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(answered, len(p.m.Nodes)))
 				return
 			}
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-				"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.nodes), answered))
+				"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.m.Nodes), answered))
 			return
 		}
 		if r.Method != http.MethodPost || handed >= majority {
@@ -155,7 +155,7 @@ func (p *Proxy) seqRound(ctx context.Context, r *http.Request) (top uint64, hand
 	for _, o := range p.sendAll(ctx, p.healthyNodes(), r, r.Method, nil) {
 		v, err := seqValue(o)
 		if err != nil {
-			p.log.Warn("seq failed on node", "node", p.nodes[o.node].Name, "err", err)
+			p.log.Warn("seq failed on node", "node", p.m.Nodes[o.node].Name, "err", err)
 			failed = append(failed, o)
 			continue
 		}
@@ -167,7 +167,7 @@ func (p *Proxy) seqRound(ctx context.Context, r *http.Request) (top uint64, hand
 		for n := 0; v < top && n < maxCatchUp; n++ {
 			nv, err := seqValue(p.send(ctx, i, r, http.MethodPost, nil))
 			if err != nil {
-				p.log.Warn("seq catch-up failed", "node", p.nodes[i].Name, "err", err)
+				p.log.Warn("seq catch-up failed", "node", p.m.Nodes[i].Name, "err", err)
 				break
 			}
 			v = nv

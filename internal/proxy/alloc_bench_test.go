@@ -7,12 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cring-dev/cring/internal/ring"
 )
 
 // The streaming write path must cost memory per request, never per byte:
@@ -26,35 +23,26 @@ import (
 // request; they too are per request, not per byte.
 
 // sinks starts n nodes that read and discard every body and answer 200.
-func sinks(tb testing.TB, n int) []Node {
+func sinks(tb testing.TB, n int) []string {
 	tb.Helper()
-	var nodes []Node
-	for i := range n {
+	var urls []string
+	for range n {
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, r.Body)
 		}))
 		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 		srv.Start()
 		tb.Cleanup(srv.Close)
-		u, _ := url.Parse(srv.URL)
-		nodes = append(nodes, Node{Name: fmt.Sprintf("node%d", i+1), URL: u})
+		urls = append(urls, srv.URL)
 	}
-	return nodes
+	return urls
 }
 
 // fanoutProxy is a proxy with N=3, W=2 in front of three sinks, with a
 // keep-alive transport like serve's.
 func fanoutProxy(tb testing.TB) *Proxy {
 	tb.Helper()
-	nodes := sinks(tb, 3)
-	var rnodes []ring.Node
-	for _, n := range nodes {
-		rnodes = append(rnodes, ring.Node{Name: n.Name})
-	}
-	rg, err := ring.New(rnodes, 3)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	urls := sinks(tb, 3)
 	tr := &http.Transport{
 		MaxIdleConnsPerHost:   16,
 		DisableCompression:    true,
@@ -64,7 +52,7 @@ func fanoutProxy(tb testing.TB) *Proxy {
 	}
 	tb.Cleanup(tr.CloseIdleConnections)
 	p, err := New(Options{
-		Nodes: nodes, Ring: rg, WriteQuorum: 2, Health: &stubHealth{up: []bool{true, true, true}},
+		Members:  testMembers(tb, urls, 2, &stubHealth{up: []bool{true, true, true}}),
 		Verifier: stubVerifier{}, Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		StallTimeout: 10 * time.Second,
 	})

@@ -10,7 +10,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/devcluster"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -97,22 +95,15 @@ func TestReadCost(t *testing.T) {
 			}
 			authz := "Bearer " + jwt
 
-			var pnodes []Node
-			var rnodes []ring.Node
+			var urls []string
 			for _, n := range dc.Nodes {
-				u, _ := url.Parse(n.HTTPURL())
-				pnodes = append(pnodes, Node{Name: n.Name, URL: u})
-				rnodes = append(rnodes, ring.Node{Name: n.Name})
-			}
-			rg, err := ring.New(rnodes, 3)
-			if err != nil {
-				t.Fatal(err)
+				urls = append(urls, n.HTTPURL())
 			}
 			tr := &http.Transport{ResponseHeaderTimeout: headerTimeout, DisableCompression: true}
 			t.Cleanup(tr.CloseIdleConnections)
 			lookups := &recordLookups{next: tr}
 			p, err := New(Options{
-				Nodes: pnodes, Ring: rg, WriteQuorum: 2, Health: &stubHealth{up: []bool{true, true, true}},
+				Members:  testMembers(t, urls, 2, &stubHealth{up: []bool{true, true, true}}),
 				Verifier: tokenVerifier{authz, id}, Transport: lookups,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StallTimeout: stallTimeout,
 				VersionRecords: true, // as cring serve sets it when a node has no meta: address

@@ -15,12 +15,12 @@ import (
 func (p *Proxy) forwardOne(w http.ResponseWriter, r *http.Request, body []byte) {
 	ctx := r.Context()
 	order := p.healthyNodes()
-	if len(order) < len(p.nodes) {
+	if len(order) < len(p.m.Nodes) {
 		up := map[int]bool{}
 		for _, i := range order {
 			up[i] = true
 		}
-		for i := range p.nodes {
+		for i := range p.m.Nodes {
 			if !up[i] {
 				order = append(order, i)
 			}
@@ -43,13 +43,13 @@ func (p *Proxy) forwardOne(w http.ResponseWriter, r *http.Request, body []byte) 
 		if err != nil {
 			cancel(nil)
 			p.nodeFailed(ctx, i, err)
-			last = fmt.Sprintf("%s: %v", p.nodes[i].Name, err)
+			last = fmt.Sprintf("%s: %v", p.m.Nodes[i].Name, err)
 			continue
 		}
 		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented {
 			o := p.keep(ctx, i, resp, cancel)
 			cancel(nil)
-			last = fmt.Sprintf("%s: %s", p.nodes[i].Name, o.String())
+			last = fmt.Sprintf("%s: %s", p.m.Nodes[i].Name, o.String())
 			continue
 		}
 		err = p.stream(w, resp, cancel)

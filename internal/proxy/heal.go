@@ -167,7 +167,7 @@ type tombCopy struct {
 func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string, nodes []int) (map[string][]tombCopy, int) {
 	out := map[string][]tombCopy{}
 	if p.noTombs.fresh(user) {
-		return out, len(p.nodes)
+		return out, len(p.m.Nodes)
 	}
 	req := r.Clone(ctx)
 	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
@@ -202,12 +202,12 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 				read++
 			default:
 				none = false
-				p.log.Warn("tombstones unreadable", "node", p.nodes[i].Name, "user", user, "err", o.String())
+				p.log.Warn("tombstones unreadable", "node", p.m.Nodes[i].Name, "user", user, "err", o.String())
 			}
 		}()
 	}
 	wg.Wait()
-	if none && len(nodes) == len(p.nodes) {
+	if none && len(nodes) == len(p.m.Nodes) {
 		p.noTombs.set(user) // every node says: no tombstones at all
 	}
 	return out, read
@@ -384,7 +384,7 @@ func (p *Proxy) deletedSince(r *http.Request, ref fileRef, copyHeader http.Heade
 		}
 	}
 	// A tombstone acknowledged at W is on W nodes.
-	if full < len(p.nodes)-p.w+1 {
+	if full < len(p.m.Nodes)-p.m.W+1 {
 		return unsure
 	}
 	return live

@@ -22,7 +22,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -30,22 +29,10 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/auth"
-	"github.com/cring-dev/cring/internal/ring"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
-
-// Node is one Charm server's HTTP API.
-type Node struct {
-	Name string
-	URL  *url.URL
-}
-
-// Health is the proxy's view of which nodes are up.
-type Health interface {
-	Healthy(i int) bool
-	MarkDown(i int, err error)
-}
 
 // Verifier checks an Authorization header and returns the charm ID.
 type Verifier interface {
@@ -54,13 +41,12 @@ type Verifier interface {
 
 // Options configure a Proxy.
 type Options struct {
-	Nodes       []Node
-	Ring        *ring.Ring
-	WriteQuorum int
-	Health      Health
-	Verifier    Verifier
-	Transport   http.RoundTripper
-	Logger      *slog.Logger
+	// Members are the nodes, ring, W and health the proxy serves on; a
+	// reload builds a new Proxy on a new membership.
+	Members   *cluster.Membership
+	Verifier  Verifier
+	Transport http.RoundTripper
+	Logger    *slog.Logger
 	// SharedAccounts: every node reads and writes one account store, so
 	// account calls go to a single node and seq needs no merging.
 	SharedAccounts bool
@@ -100,10 +86,7 @@ type Options struct {
 
 // Proxy serves the Charm HTTP API over a cluster.
 type Proxy struct {
-	nodes      []Node
-	ring       *ring.Ring
-	w          int
-	health     Health
+	m          *cluster.Membership
 	verifier   Verifier
 	transport  http.RoundTripper
 	log        *slog.Logger
@@ -133,11 +116,12 @@ type Proxy struct {
 
 // New checks opts and returns a Proxy.
 func New(o Options) (*Proxy, error) {
-	if len(o.Nodes) == 0 || o.Ring == nil || o.Health == nil || o.Verifier == nil {
-		return nil, errors.New("proxy: nodes, ring, health and verifier are required")
+	m := o.Members
+	if m == nil || len(m.Nodes) == 0 || m.Health == nil || o.Verifier == nil {
+		return nil, errors.New("proxy: members (with health) and verifier are required")
 	}
-	if o.WriteQuorum < 1 || o.WriteQuorum > o.Ring.Replicas() {
-		return nil, fmt.Errorf("proxy: write quorum %d out of range 1..%d", o.WriteQuorum, o.Ring.Replicas())
+	if m.W < 1 || m.W > m.N() {
+		return nil, fmt.Errorf("proxy: write quorum %d out of range 1..%d", m.W, m.N())
 	}
 	if o.Transport == nil {
 		// Never the default transport: it has no answer timeout.
@@ -153,8 +137,8 @@ func New(o Options) (*Proxy, error) {
 		o.Healer = nopHealer{}
 	}
 	byHost := map[string]string{}
-	for _, n := range o.Nodes {
-		byHost[n.URL.Host] = n.Name
+	for i := range m.Nodes {
+		byHost[m.Nodes[i].API().Host] = m.Nodes[i].Name
 	}
 	o.Transport = &observedTransport{next: o.Transport, byHost: byHost, obs: o.Observer}
 	if o.StallTimeout <= 0 {
@@ -170,10 +154,7 @@ func New(o Options) (*Proxy, error) {
 		o.MaxRequests = DefaultMaxRequests
 	}
 	p := &Proxy{
-		nodes:      o.Nodes,
-		ring:       o.Ring,
-		w:          o.WriteQuorum,
-		health:     o.Health,
+		m:          m,
 		verifier:   o.Verifier,
 		transport:  o.Transport,
 		log:        o.Logger,
@@ -191,8 +172,8 @@ func New(o Options) (*Proxy, error) {
 	if p.clock == nil {
 		p.clock = stamp.NewClock(nil)
 	}
-	p.lat = newLatencies(len(p.nodes))
-	p.keepsStamps = make([]atomic.Bool, len(p.nodes))
+	p.lat = newLatencies(len(p.m.Nodes))
+	p.keepsStamps = make([]atomic.Bool, len(p.m.Nodes))
 	p.maxTails = maxTailsPerNode
 	if p.postQuorum <= 0 {
 		p.postQuorum = 10 * time.Second
@@ -390,7 +371,7 @@ func copyHeader(dst, src http.Header) {
 // newNodeRequest builds the request to node i for the client's request r,
 // same method, path, query and headers (the token is passed on untouched).
 func (p *Proxy) newNodeRequest(ctx context.Context, i int, r *http.Request, method string, body io.Reader) (*http.Request, error) {
-	u := *p.nodes[i].URL
+	u := *p.m.Nodes[i].API()
 	u.Path = strings.TrimRight(u.Path, "/") + r.URL.Path
 	if r.URL.RawPath != "" {
 		u.RawPath = strings.TrimRight(u.EscapedPath(), "/") + r.URL.RawPath
@@ -399,7 +380,7 @@ func (p *Proxy) newNodeRequest(ctx context.Context, i int, r *http.Request, meth
 	// The URL is built, not parsed from a string: one less parse per request.
 	req, err := http.NewRequestWithContext(ctx, method, "", body)
 	if err != nil {
-		return nil, fmt.Errorf("build request for %s: %w", p.nodes[i].Name, err)
+		return nil, fmt.Errorf("build request for %s: %w", p.m.Nodes[i].Name, err)
 	}
 	req.URL = &u
 	copyHeader(req.Header, r.Header)
@@ -440,7 +421,7 @@ func (p *Proxy) send(ctx context.Context, i int, r *http.Request, method string,
 	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return outcome{node: i, err: fmt.Errorf("%s %s on %s: %w", method, r.URL.Path, p.nodes[i].Name, err)}
+		return outcome{node: i, err: fmt.Errorf("%s %s on %s: %w", method, r.URL.Path, p.m.Nodes[i].Name, err)}
 	}
 	return p.keep(ctx, i, resp, cancel)
 }
@@ -455,7 +436,7 @@ func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response, cancel con
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallBody))
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return outcome{node: i, err: fmt.Errorf("read answer from %s: %w", p.nodes[i].Name, err)}
+		return outcome{node: i, err: fmt.Errorf("read answer from %s: %w", p.m.Nodes[i].Name, err)}
 	}
 	return outcome{node: i, status: resp.StatusCode, header: resp.Header, body: b}
 }
@@ -464,7 +445,7 @@ func (p *Proxy) keep(ctx context.Context, i int, resp *http.Response, cancel con
 // is only the client going away.
 func (p *Proxy) nodeFailed(ctx context.Context, i int, err error) {
 	if cause := context.Cause(ctx); cause == errStalled {
-		p.health.MarkDown(i, fmt.Errorf("%w: %v", errStalled, err))
+		p.m.Health.MarkDown(i, fmt.Errorf("%w: %v", errStalled, err))
 		return
 	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, errClientGone) {
@@ -473,7 +454,7 @@ func (p *Proxy) nodeFailed(ctx context.Context, i int, err error) {
 	if _, ok := asClientError(err); ok {
 		return // the client's body failed (stalled, malformed): not the node
 	}
-	p.health.MarkDown(i, err)
+	p.m.Health.MarkDown(i, err)
 }
 
 var errClientGone = errors.New("client went away")
@@ -517,9 +498,9 @@ var errStalled = errors.New("node stalled")
 
 // healthyNodes lists nodes believed up, in configured order.
 func (p *Proxy) healthyNodes() []int {
-	out := make([]int, 0, len(p.nodes))
-	for i := range p.nodes {
-		if p.health.Healthy(i) {
+	out := make([]int, 0, len(p.m.Nodes))
+	for i := range p.m.Nodes {
+		if p.m.Health.Healthy(i) {
 			out = append(out, i)
 		}
 	}

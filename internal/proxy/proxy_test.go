@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"runtime"
 	"slices"
 	"strings"
@@ -28,7 +27,7 @@ import (
 	charm "github.com/charmbracelet/charm/proto"
 
 	"github.com/cring-dev/cring/internal/auth"
-	"github.com/cring-dev/cring/internal/ring"
+	membership "github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -318,7 +317,7 @@ var (
 
 // --- cluster harness ---
 
-type cluster struct {
+type fakeCluster struct {
 	t      *testing.T
 	fakes  []*fake
 	health *stubHealth
@@ -327,29 +326,36 @@ type cluster struct {
 	client *http.Client
 }
 
+// testMembers is a membership of nodes node1.. at urls, N=3 and W=w.
+func testMembers(tb testing.TB, urls []string, w int, h membership.Health) *membership.Membership {
+	tb.Helper()
+	var nodes []membership.Node
+	for i, u := range urls {
+		nodes = append(nodes, membership.Node{Name: fmt.Sprintf("node%d", i+1), URL: u})
+	}
+	m, err := membership.New(nodes, 3, w)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m.Health = h
+	return m
+}
+
 // newCluster starts len(shapes) fake nodes (node1..nodeN), a ring with N=3
 // and a proxy with write quorum w in front of them.
-func newCluster(t *testing.T, w int, shapes ...shape) *cluster {
+func newCluster(t *testing.T, w int, shapes ...shape) *fakeCluster {
 	t.Helper()
-	c := &cluster{t: t, health: &stubHealth{up: make([]bool, len(shapes))}}
-	var rnodes []ring.Node
-	var pnodes []Node
+	c := &fakeCluster{t: t, health: &stubHealth{up: make([]bool, len(shapes))}}
+	var urls []string
 	for i := range shapes {
 		f := newFake(t)
 		c.fakes = append(c.fakes, f)
 		c.health.up[i] = true
-		name := fmt.Sprintf("node%d", i+1)
-		u, _ := url.Parse(f.srv.URL)
-		rnodes = append(rnodes, ring.Node{Name: name})
-		pnodes = append(pnodes, Node{Name: name, URL: u})
-	}
-	rg, err := ring.New(rnodes, 3)
-	if err != nil {
-		t.Fatal(err)
+		urls = append(urls, f.srv.URL)
 	}
 	tr := &http.Transport{ResponseHeaderTimeout: headerTimeout, DisableCompression: true}
 	p, err := New(Options{
-		Nodes: pnodes, Ring: rg, WriteQuorum: w, Health: c.health, Verifier: stubVerifier{},
+		Members: testMembers(t, urls, w, c.health), Verifier: stubVerifier{},
 		Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StallTimeout: stallTimeout,
 	})
 	if err != nil {
@@ -380,7 +386,7 @@ func newCluster(t *testing.T, w int, shapes ...shape) *cluster {
 }
 
 // pref is the key's preference list as the proxy computes it.
-func (c *cluster) pref(p string) []int { return c.p.ring.Preference(placementKey(user, p)) }
+func (c *fakeCluster) pref(p string) []int { return c.p.m.Ring.Preference(placementKey(user, p)) }
 
 type result struct {
 	status int
@@ -398,7 +404,7 @@ func (r result) message() string {
 	return m.Message
 }
 
-func (c *cluster) do(ctx context.Context, method, p, token, ctype string, body io.Reader) result {
+func (c *fakeCluster) do(ctx context.Context, method, p, token, ctype string, body io.Reader) result {
 	req, err := http.NewRequestWithContext(ctx, method, c.url+p, body)
 	if err != nil {
 		return result{err: err}
@@ -419,7 +425,7 @@ func (c *cluster) do(ctx context.Context, method, p, token, ctype string, body i
 }
 
 // call does an authenticated request and fails the test on transport errors.
-func (c *cluster) call(method, p string, body []byte, ctype string) result {
+func (c *fakeCluster) call(method, p string, body []byte, ctype string) result {
 	c.t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -432,7 +438,7 @@ func (c *cluster) call(method, p string, body []byte, ctype string) result {
 	return r
 }
 
-func (c *cluster) upload(p string, body []byte, ctype string) result {
+func (c *fakeCluster) upload(p string, body []byte, ctype string) result {
 	c.t.Helper()
 	return c.call(http.MethodPost, "/v1/fs/"+p+"?mode=420", body, ctype)
 }
@@ -729,7 +735,7 @@ func TestBackgroundWritesBounded(t *testing.T) {
 		return true
 	})
 	body, ctype := multipartBody(t, 1024, 6)
-	name := c.p.nodes[2].Name
+	name := c.p.m.Nodes[2].Name
 	for k := range writes {
 		if r := c.upload(fmt.Sprintf("tails/f%d", k), body, ctype); r.status != 200 {
 			t.Fatalf("write %d: %d %q", k, r.status, r.body)
@@ -852,13 +858,13 @@ func TestReadFailover(t *testing.T) {
 	modtime := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 	tests := []struct {
 		name  string
-		first func(c *cluster, f *fake, i int) // breaks the first node of the preference list
-		asked bool                             // whether that node is still asked
+		first func(c *fakeCluster, f *fake, i int) // breaks the first node of the preference list
+		asked bool                                 // whether that node is still asked
 	}{
-		{"404", func(_ *cluster, f *fake, _ int) { f.mu.Lock(); delete(f.files, p); f.mu.Unlock() }, true},
-		{"500", func(_ *cluster, f *fake, _ int) { fail500(f) }, true},
-		{"refused", func(_ *cluster, f *fake, _ int) { refuse(f) }, false},
-		{"known down", func(c *cluster, _ *fake, i int) { c.health.set(i, false) }, false},
+		{"404", func(_ *fakeCluster, f *fake, _ int) { f.mu.Lock(); delete(f.files, p); f.mu.Unlock() }, true},
+		{"500", func(_ *fakeCluster, f *fake, _ int) { fail500(f) }, true},
+		{"refused", func(_ *fakeCluster, f *fake, _ int) { refuse(f) }, false},
+		{"known down", func(c *fakeCluster, _ *fake, i int) { c.health.set(i, false) }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -897,22 +903,22 @@ func TestReadNotFoundRule(t *testing.T) {
 	const p = "docs/missing"
 	tests := []struct {
 		name    string
-		setup   func(c *cluster, pref []int)
+		setup   func(c *fakeCluster, pref []int)
 		status  int
 		message string
 	}{
-		{"missing everywhere", func(*cluster, []int) {}, 404, "file not found"},
-		{"missing on two, one known down", func(c *cluster, pref []int) {
+		{"missing everywhere", func(*fakeCluster, []int) {}, 404, "file not found"},
+		{"missing on two, one known down", func(c *fakeCluster, pref []int) {
 			c.health.set(pref[0], false)
 			c.fakes[pref[0]].put(p, entry{data: []byte("x")}) // down nodes may hold it: that does not matter here
 		}, 404, "file not found"},
-		{"missing on the only healthy node", func(c *cluster, pref []int) {
+		{"missing on the only healthy node", func(c *fakeCluster, pref []int) {
 			for _, i := range pref[:2] {
 				c.health.set(i, false)
 				c.fakes[i].put(p, entry{data: []byte("x")})
 			}
 		}, 503, ""},
-		{"missing on one, two refuse", func(c *cluster, pref []int) {
+		{"missing on one, two refuse", func(c *fakeCluster, pref []int) {
 			refuse(c.fakes[pref[0]])
 			refuse(c.fakes[pref[2]])
 		}, 503, ""},
@@ -1128,7 +1134,7 @@ func TestSeq(t *testing.T) {
 		}
 		return m.Seq
 	}
-	start := func(t *testing.T, shapes ...shape) *cluster {
+	start := func(t *testing.T, shapes ...shape) *fakeCluster {
 		c := newCluster(t, 2, shapes...)
 		for i, v := range []uint64{5, 3, 7} {
 			c.fakes[i].setSeq("kv", v)
@@ -1471,7 +1477,7 @@ func TestKnownDownNotDialed(t *testing.T) {
 			if len(tt.down) == 1 {
 				h.mu.Lock()
 				defer h.mu.Unlock()
-				if h.missed[c.p.nodes[2].Name] != 1 {
+				if h.missed[c.p.m.Nodes[2].Name] != 1 {
 					t.Errorf("hints for the skipped node: %v", h.missed)
 				}
 			}

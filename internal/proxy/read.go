@@ -22,8 +22,8 @@ import (
 func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	ctx := r.Context()
 	key := ref.key()
-	pref := p.ring.Preference(key)
-	asked := make([]bool, len(p.nodes))
+	pref := p.m.Ring.Preference(key)
+	asked := make([]bool, len(p.m.Nodes))
 	unreachable := 0
 	var answered []int
 	var notFound *outcome
@@ -31,7 +31,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	if p.dirs.has(key) && p.listAll(w, r, ref) {
 		return
 	}
-	if p.inflight.writingOn(key) >= p.w {
+	if p.inflight.writingOn(key) >= p.m.W {
 		// This proxy is writing the key and hasn't answered yet: a stock
 		// node rewrites in place, so no replica holds a whole copy of
 		// either version until the write ends. Read what it leaves.
@@ -41,7 +41,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	var cands []int
 	for _, i := range pref {
-		if !p.health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.nodes[i].Name) || p.inflight.writing(key, i) {
+		if !p.m.Health.Healthy(i) || p.healer.Owed(ref.user, ref.path, p.m.Nodes[i].Name) || p.inflight.writing(key, i) {
 			asked[i] = true // counted unreachable: merging skips it
 			unreachable++
 			continue
@@ -60,7 +60,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 		if a.err != nil {
 			cancel(nil)
 			p.nodeFailed(ctx, i, a.err)
-			p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "err", a.err)
+			p.log.Warn("read failed over", "node", p.m.Nodes[i].Name, "key", key, "err", a.err)
 			unreachable++
 			continue
 		}
@@ -104,14 +104,14 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				cancel(nil)
 				if !served {
 					p.healer.Suspect(ref.user, ref.path)
-					p.log.Warn("read failed over: copy not verified", "node", p.nodes[i].Name, "key", key, "err", err)
+					p.log.Warn("read failed over: copy not verified", "node", p.m.Nodes[i].Name, "key", key, "err", err)
 					unverified++
 					continue
 				}
 				att.close()
 				if err != nil && err != errClientGone {
 					p.healer.Suspect(ref.user, ref.path)
-					p.log.Warn("read cut: copy not verified", "node", p.nodes[i].Name, "key", key, "err", err)
+					p.log.Warn("read cut: copy not verified", "node", p.m.Nodes[i].Name, "key", key, "err", err)
 					panic(http.ErrAbortHandler)
 				}
 				return
@@ -123,7 +123,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 				// Headers are gone: the only honest signal left is to
 				// abort the connection so the client sees a short read.
 				p.nodeFailed(ctx, i, err)
-				p.log.Warn("read aborted mid-body", "node", p.nodes[i].Name, "key", key, "err", err)
+				p.log.Warn("read aborted mid-body", "node", p.m.Nodes[i].Name, "key", key, "err", err)
 				panic(http.ErrAbortHandler)
 			}
 			return
@@ -137,7 +137,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			answered = append(answered, i)
 			continue
 		}
-		p.log.Warn("read failed over", "node", p.nodes[i].Name, "key", key, "status", o.status)
+		p.log.Warn("read failed over", "node", p.m.Nodes[i].Name, "key", key, "status", o.status)
 		if o.status >= 500 {
 			// A cring node refuses a copy that no longer matches its
 			// checksum: have it repaired, not only avoided.
@@ -147,7 +147,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	}
 	// A copy that was no recorded version means a write is landing: it
 	// counts like a node that couldn't answer.
-	if notFound != nil && (unreachable+unverified < p.w || p.complete(ref.user, answered)) {
+	if notFound != nil && (unreachable+unverified < p.m.W || p.complete(ref.user, answered)) {
 		relay(w, *notFound)
 		return
 	}
@@ -158,7 +158,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.obs.QuorumFailure("read")
 	if notFound != nil {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-			"not found on the %d nodes that answered, but %d nodes that may hold it are unreachable", len(p.nodes)-unreachable, unreachable))
+			"not found on the %d nodes that answered, but %d nodes that may hold it are unreachable", len(p.m.Nodes)-unreachable, unreachable))
 		return
 	}
 	if unverified > 0 {
@@ -166,7 +166,7 @@ func (p *Proxy) read(w http.ResponseWriter, r *http.Request, ref fileRef) {
 			"no replica could answer with a whole recorded version (%d copies torn or stale, a write may be in progress; %d nodes unreachable)", unverified, unreachable))
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("no replica could answer: %d of %d nodes unreachable", unreachable, len(p.nodes)))
+	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("no replica could answer: %d of %d nodes unreachable", unreachable, len(p.m.Nodes)))
 }
 
 func isJSON(h http.Header) bool {
@@ -187,16 +187,16 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 	if err != nil {
 		// A broken listing costs that node, like any other failure.
 		p.nodeFailed(ctx, first, err)
-		p.log.Warn("listing failed", "node", p.nodes[first].Name, "err", err)
+		p.log.Warn("listing failed", "node", p.m.Nodes[first].Name, "err", err)
 		l.unreachable++
 	} else {
 		l.answered = append(l.answered, first)
 	}
 	var others []int
-	for i := range p.nodes {
+	for i := range p.m.Nodes {
 		switch {
 		case asked[i]:
-		case !p.health.Healthy(i):
+		case !p.m.Health.Healthy(i):
 			l.unreachable++
 		default:
 			others = append(others, i)
@@ -213,8 +213,8 @@ func (p *Proxy) mergeListing(w http.ResponseWriter, r *http.Request, ref fileRef
 func (p *Proxy) listAll(w http.ResponseWriter, r *http.Request, ref fileRef) bool {
 	l := &listings{merged: newDirMerge()}
 	var nodes []int
-	for i := range p.nodes {
-		if p.health.Healthy(i) {
+	for i := range p.m.Nodes {
+		if p.m.Health.Healthy(i) {
 			nodes = append(nodes, i)
 		} else {
 			l.unreachable++
@@ -249,7 +249,7 @@ type listings struct {
 func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *listings) {
 	ctx := r.Context()
 	var wg sync.WaitGroup
-	if !tombstone.Reserved(ref.path) && p.ring.Replicas() < len(p.nodes) {
+	if !tombstone.Reserved(ref.path) && p.m.Ring.Replicas() < len(p.m.Nodes) {
 		l.tombsAsked = true
 		wg.Add(1)
 		go func() {
@@ -295,13 +295,13 @@ func (p *Proxy) gatherListings(r *http.Request, ref fileRef, nodes []int, l *lis
 // to the merge, so it can't bring anything back.
 func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRef, l *listings) {
 	m := l.merged
-	if (l.unreachable >= p.w && !p.complete(ref.user, l.answered)) || m.lists == 0 {
+	if (l.unreachable >= p.m.W && !p.complete(ref.user, l.answered)) || m.lists == 0 {
 		p.obs.QuorumFailure("list")
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", l.unreachable, len(p.nodes), p.w-1))
+			"listing incomplete: %d of %d nodes unreachable, at most %d allowed", l.unreachable, len(p.m.Nodes), p.m.W-1))
 		return
 	}
-	agreed := m.everywhere() && m.lists >= len(p.nodes)-p.w+1
+	agreed := m.everywhere() && m.lists >= len(p.m.Nodes)-p.m.W+1
 	if !agreed && !tombstone.Reserved(ref.path) {
 		if !l.tombsAsked {
 			l.tombs, l.tombsRead = p.tombstoneTimes(r.Context(), r, ref.user, p.healthyNodes())
@@ -309,10 +309,10 @@ func (p *Proxy) answerListing(w http.ResponseWriter, r *http.Request, ref fileRe
 		// A tombstone acknowledged at W is on W nodes: reading fewer than
 		// node count − W + 1 nodes' tombstones may miss a delete (unless a
 		// node that answered has every delete, see complete).
-		if l.tombsRead < len(p.nodes)-p.w+1 && !p.complete(ref.user, l.answered) {
+		if l.tombsRead < len(p.m.Nodes)-p.m.W+1 && !p.complete(ref.user, l.answered) {
 			p.obs.QuorumFailure("list")
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-				"listing incomplete: deletes known to %d of %d nodes could not be read", len(p.nodes)-l.tombsRead, len(p.nodes)))
+				"listing incomplete: deletes known to %d of %d nodes could not be read", len(p.m.Nodes)-l.tombsRead, len(p.m.Nodes)))
 			return
 		}
 	}
@@ -345,7 +345,7 @@ func (p *Proxy) listStream(ctx context.Context, i int, r *http.Request, add func
 	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.m.Nodes[i].Name, err)}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 || !isJSON(resp.Header) {
 		return false, p.keep(ctx, i, resp, cancel)
@@ -356,7 +356,7 @@ func (p *Proxy) listStream(ctx context.Context, i int, r *http.Request, add func
 	sr.Stop()
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.nodes[i].Name, err)}
+		return false, outcome{node: i, err: fmt.Errorf("list %s on %s: %w", r.URL.Path, p.m.Nodes[i].Name, err)}
 	}
 	return true, outcome{node: i, status: resp.StatusCode, header: resp.Header}
 }
@@ -367,11 +367,11 @@ func (p *Proxy) listStream(ctx context.Context, i int, r *http.Request, add func
 // nothing by this proxy's hints (it has every write acknowledged since it
 // was last away).
 func (p *Proxy) complete(user string, answered []int) bool {
-	if p.ring.Replicas() != len(p.nodes) {
+	if p.m.Ring.Replicas() != len(p.m.Nodes) {
 		return false
 	}
 	for _, i := range answered {
-		if p.healer.Complete(user, p.nodes[i].Name) {
+		if p.healer.Complete(user, p.m.Nodes[i].Name) {
 			return true
 		}
 	}

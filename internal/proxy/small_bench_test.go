@@ -2,18 +2,15 @@ package proxy
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/stamp"
 )
 
@@ -26,8 +23,8 @@ import (
 //	go test ./internal/proxy -run '^$' -bench SmallRequests -benchmem -cpuprofile cpu.out
 func BenchmarkSmallRequests(b *testing.B) {
 	file := bytes.Repeat([]byte("x"), 4<<10)
-	var nodes []Node
-	for i := range 3 {
+	var urls []string
+	for range 3 {
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodPost {
 				_, _ = io.Copy(io.Discard, r.Body)
@@ -42,22 +39,13 @@ func BenchmarkSmallRequests(b *testing.B) {
 		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 		srv.Start()
 		b.Cleanup(srv.Close)
-		u, _ := url.Parse(srv.URL)
-		nodes = append(nodes, Node{Name: fmt.Sprintf("node%d", i+1), URL: u})
-	}
-	var rnodes []ring.Node
-	for _, n := range nodes {
-		rnodes = append(rnodes, ring.Node{Name: n.Name})
-	}
-	rg, err := ring.New(rnodes, 3)
-	if err != nil {
-		b.Fatal(err)
+		urls = append(urls, srv.URL)
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 128, DisableCompression: true, WriteBufferSize: 64 << 10,
 		ReadBufferSize: 64 << 10, ResponseHeaderTimeout: 10 * time.Second}
 	b.Cleanup(tr.CloseIdleConnections)
 	p, err := New(Options{
-		Nodes: nodes, Ring: rg, WriteQuorum: 2, Health: &stubHealth{up: []bool{true, true, true}},
+		Members:  testMembers(b, urls, 2, &stubHealth{up: []bool{true, true, true}}),
 		Verifier: stubVerifier{}, Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		StallTimeout: 10 * time.Second,
 	})

@@ -21,13 +21,13 @@ import (
 // rest are filled with down nodes in preference order: a stale down mark must
 // not fail a write that could succeed.
 func (p *Proxy) targets(pref []int) []int {
-	n := p.ring.Replicas()
+	n := p.m.Ring.Replicas()
 	out := make([]int, 0, n)
 	for _, i := range pref {
 		if len(out) == n {
 			return out
 		}
-		if p.health.Healthy(i) {
+		if p.m.Health.Healthy(i) {
 			out = append(out, i)
 		}
 	}
@@ -35,7 +35,7 @@ func (p *Proxy) targets(pref []int) []int {
 		if len(out) == n {
 			break
 		}
-		if !p.health.Healthy(i) {
+		if !p.m.Health.Healthy(i) {
 			out = append(out, i)
 		}
 	}
@@ -90,7 +90,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	// A write still finishing in the background on a slow replica must
 	// land before the next write or delete of the same key is sent.
 	p.inflight.wait(key)
-	pref := p.ring.Preference(key)
+	pref := p.m.Ring.Preference(key)
 	targets := p.targets(pref)
 	fgDone := p.inflight.start(key, targets)
 	defer fgDone() // after the tails took over their nodes, so reads never see a gap
@@ -252,7 +252,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	var got []outcome
 	var first outcome
 	n, replicasDone := 0, 0
-	for replicasDone < len(targets) && (n < p.w || bodyErr != nil) {
+	for replicasDone < len(targets) && (n < p.m.W || bodyErr != nil) {
 		o := <-results
 		got = append(got, o)
 		if _, ok := isTarget[o.node]; !ok {
@@ -324,7 +324,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	p.learnStamping(got, stored)
 	needRecord := !recorded && p.records && r.Method == http.MethodPost && !tombstone.Reserved(ref.path) &&
 		slices.ContainsFunc(got, func(o outcome) bool { return stored(o) && o.header.Get(stamp.Header) == "" })
-	if n >= p.w {
+	if n >= p.m.W {
 		if needRecord {
 			if err := p.recordVersion(r, ref, st, tee); err != nil {
 				p.obs.QuorumFailure("version")
@@ -385,7 +385,7 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		verb = "deleted"
 	}
 	writeError(w, http.StatusServiceUnavailable,
-		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.w))
+		fmt.Sprintf("%s on %d of %d replicas, %d required", verb, n, len(targets), p.m.W))
 }
 
 // mayNeedRecord reports whether an upload to targets may need a version
@@ -411,11 +411,11 @@ func (p *Proxy) learnStamping(os []outcome, stored func(outcome) bool) {
 func (p *Proxy) knownDown(targets []int) map[int]bool {
 	var down []int
 	for _, i := range targets {
-		if !p.health.Healthy(i) {
+		if !p.m.Health.Healthy(i) {
 			down = append(down, i)
 		}
 	}
-	if len(down) == 0 || len(targets)-len(down) < p.w {
+	if len(down) == 0 || len(targets)-len(down) < p.m.W {
 		return nil
 	}
 	skip := make(map[int]bool, len(down))
@@ -458,8 +458,8 @@ func (p *Proxy) logFailures(r *http.Request, ref fileRef, targets []int, os []ou
 		if !slices.Contains(targets, o.node) || errors.Is(o.err, errKnownDown) {
 			continue
 		}
-		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
-		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
+		p.obs.ReplicaFailure(p.m.Nodes[o.node].Name, r.Method)
+		p.log.Warn("replica write failed", "node", p.m.Nodes[o.node].Name, "method", r.Method, "key", ref.key(),
 			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
 		if o.err != nil {
 			// No answer: the node may have stored it anyway.
@@ -524,11 +524,11 @@ func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps [
 			o = outcome{node: o.node, err: errors.New("answered before receiving the whole body")}
 		}
 		p.hint(ref, o.node)
-		p.obs.ReplicaFailure(p.nodes[o.node].Name, r.Method)
+		p.obs.ReplicaFailure(p.m.Nodes[o.node].Name, r.Method)
 		if errors.Is(o.err, errKnownDown) {
 			continue // the health checker logged the state change once
 		}
-		p.log.Warn("replica write failed", "node", p.nodes[o.node].Name, "method", r.Method, "key", ref.key(),
+		p.log.Warn("replica write failed", "node", p.m.Nodes[o.node].Name, "method", r.Method, "key", ref.key(),
 			"outcome", o.String(), "request_id", r.Header.Get("X-Request-Id"))
 	}
 }
@@ -536,7 +536,7 @@ func (p *Proxy) settle(r *http.Request, ref fileRef, pref, targets []int, reps [
 // missedReplicas hints the replicas a write skipped as down (a handoff took
 // their place).
 func (p *Proxy) missedReplicas(ref fileRef, pref, targets []int) {
-	for _, i := range pref[:p.ring.Replicas()] {
+	for _, i := range pref[:p.m.Ring.Replicas()] {
 		if !slices.Contains(targets, i) {
 			p.hint(ref, i)
 		}
@@ -550,7 +550,7 @@ func (p *Proxy) hint(ref fileRef, i int) {
 	if strings.HasPrefix(ref.path, tombstone.Versions+"/") {
 		return
 	}
-	p.healer.Missed(ref.user, ref.path, p.nodes[i].Name)
+	p.healer.Missed(ref.user, ref.path, p.m.Nodes[i].Name)
 }
 
 // sameClientError reports whether every outcome is the same 4xx answer.
@@ -589,7 +589,7 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 	}
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
-		return outcome{node: i, err: fmt.Errorf("%s %s to %s: %w", r.Method, r.URL.Path, p.nodes[i].Name, err)}
+		return outcome{node: i, err: fmt.Errorf("%s %s to %s: %w", r.Method, r.URL.Path, p.m.Nodes[i].Name, err)}
 	}
 	return p.keep(ctx, i, resp, cancel)
 }

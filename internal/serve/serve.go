@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,13 +25,13 @@ import (
 
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/backup"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
 	"github.com/cring-dev/cring/internal/metrics"
 	"github.com/cring-dev/cring/internal/nodetls"
 	"github.com/cring-dev/cring/internal/proxy"
-	"github.com/cring-dev/cring/internal/ring"
 	"github.com/cring-dev/cring/internal/sshproxy"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/token"
@@ -189,53 +188,29 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 // built on them. A reload builds a new one and swaps it in whole; requests
 // already running finish on the one they started with.
 type generation struct {
-	cfg    *config.Config
-	health *health.Checker
-	proxy  *proxy.Proxy
-	stop   context.CancelFunc // ends its health loop
+	cfg     *config.Config
+	members *cluster.Membership
+	health  *health.Checker
+	proxy   *proxy.Proxy
+	stop    context.CancelFunc // ends its health loop
 }
 
 func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
-	rnodes := make([]ring.Node, len(cfg.Nodes))
-	pnodes := make([]proxy.Node, len(cfg.Nodes))
-	hnodes := make([]heal.Node, len(cfg.Nodes))
-	targets := make([]health.Target, len(cfg.Nodes))
-	for i, n := range cfg.Nodes {
-		u, err := url.Parse(n.URL)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		rnodes[i] = ring.Node{Name: n.Name, Zone: n.Zone, Drain: n.Drain}
-		pnodes[i] = proxy.Node{Name: n.Name, URL: u}
-		hnodes[i] = heal.Node{Name: n.Name, URL: u, Drain: n.Drain}
-		if n.Meta != "" {
-			if hnodes[i].Meta, err = url.Parse(n.Meta); err != nil {
-				return nil, fmt.Errorf("node %s meta: %w", n.Name, err)
-			}
-		}
-		hu := n.Health
-		if hu == "" {
-			hu = n.URL + "/v1/public/jwks"
-		}
-		targets[i] = health.Target{Name: n.Name, URL: hu}
-	}
-	rg, err := ring.New(rnodes, cfg.Replicas)
+	m, err := cluster.New(cfg.Nodes, cfg.Replicas, cfg.WriteQuorum)
 	if err != nil {
-		return nil, fmt.Errorf("build ring: %w", err)
+		return nil, err
 	}
-	g := &generation{cfg: cfg}
-	g.health = health.New(targets, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: s.log,
+	g := &generation{cfg: cfg, members: m}
+	g.health = health.New(m.Nodes, health.Options{Interval: cfg.HealthInterval, Transport: s.transport, Logger: s.log,
 		OnChange: func(i int, up bool) { s.metrics.NodeHealth(cfg.Nodes[i].Name, up) }})
+	m.Health = g.health
 	var healer proxy.Healer
 	if s.healer != nil {
 		healer = s.healer
-		s.healer.Reconfigure(hnodes, rg, cfg.WriteQuorum, g.health)
+		s.healer.Reconfigure(m)
 	}
 	g.proxy, err = proxy.New(proxy.Options{
-		Nodes:             pnodes,
-		Ring:              rg,
-		WriteQuorum:       cfg.WriteQuorum,
-		Health:            g.health,
+		Members:           m,
 		Verifier:          s.verifier,
 		Transport:         s.transport,
 		Logger:            s.log,
@@ -247,7 +222,7 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		Healer:            healer,
 		Backup:            s.backupSink(),
 		Clock:             s.clock,
-		VersionRecords:    needsRecords(cfg),
+		VersionRecords:    m.AnyStock(),
 
 		// Bounds hold per generation: a reload starts them afresh while
 		// the old generation's requests drain.
@@ -258,18 +233,6 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		return nil, err
 	}
 	return g, nil
-}
-
-// needsRecords reports whether some node can't keep stamps itself: a node
-// without a metadata endpoint is taken for a stock charm serve, and every
-// upload then also writes a version record (docs/design.md, "Versions").
-func needsRecords(cfg *config.Config) bool {
-	for _, n := range cfg.Nodes {
-		if n.Meta == "" {
-			return true
-		}
-	}
-	return false
 }
 
 // install makes g current and starts its health loop when serving.
