@@ -51,10 +51,9 @@ func (nopHealer) Complete(string, string) bool     { return false }
 func (p *Proxy) delete(w http.ResponseWriter, r *http.Request, ref fileRef) {
 	p.noTombs.forget(ref.user)
 	st := p.clock.Now()
-	status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, st), st)
-	if status < 200 || status > 299 {
+	if err := p.writeOwn(r, http.MethodPost, fileRef{ref.user, tombstone.Path(ref.path)}, tombstone.Body(ref.path, st), st); err != nil {
 		p.obs.QuorumFailure("tombstone")
-		writeError(w, http.StatusServiceUnavailable, "could not record the delete: "+msg)
+		writeError(w, http.StatusServiceUnavailable, "could not record the delete: "+err.Error())
 		return
 	}
 	p.noTombs.forget(ref.user) // again: a listing may have cached "none" meanwhile
@@ -71,8 +70,8 @@ func (p *Proxy) recordVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee 
 	}
 	sum := hex.EncodeToString(tee.sum.Sum(nil))
 	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String(), Size: tee.n, SHA256: sum})
-	if status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.VersionPath(ref.path, st)}, body, st); status < 200 || status > 299 {
-		return errors.New(msg)
+	if err := p.writeOwn(r, http.MethodPost, fileRef{ref.user, tombstone.VersionPath(ref.path, st)}, body, st); err != nil {
+		return err
 	}
 	p.recs.add(ref.key(), st.String(), tee.n, sum)
 	return nil
@@ -83,8 +82,8 @@ func (p *Proxy) recordVersion(r *http.Request, ref fileRef, st stamp.Stamp, tee 
 // record follows (docs/design.md, "Versions").
 func (p *Proxy) recordIntent(r *http.Request, ref fileRef, st stamp.Stamp) error {
 	body := tombstone.VersionBody(tombstone.Version{Path: ref.path, Stamp: st.String()})
-	if status, msg := p.internalWrite(r, http.MethodPost, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, body, st); status < 200 || status > 299 {
-		return errors.New(msg)
+	if err := p.writeOwn(r, http.MethodPost, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, body, st); err != nil {
+		return err
 	}
 	return nil
 }
@@ -95,63 +94,65 @@ func (p *Proxy) recordIntent(r *http.Request, ref fileRef, st stamp.Stamp) error
 func (p *Proxy) dropIntent(r *http.Request, ref fileRef, st stamp.Stamp) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), p.postQuorum)
 	defer cancel()
-	if status, msg := p.internalWrite(r.WithContext(ctx), http.MethodDelete, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, nil, st); status < 200 || status > 299 {
-		p.log.Warn("intent record of a failed upload not removed", "key", ref.key(), "status", status, "err", msg)
+	if err := p.writeOwn(r.WithContext(ctx), http.MethodDelete, fileRef{ref.user, tombstone.PendingPath(ref.path, st)}, nil, st); err != nil {
+		p.log.Warn("intent record of a failed upload not removed", "key", ref.key(), "err", err)
 	}
 }
 
-// internalWrite runs the write path for a request of cring's own, with the
-// client's token, and returns the status and message it would have sent.
-func (p *Proxy) internalWrite(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) (int, string) {
+// writeOwn replicates one of cring's own small files (a tombstone, a
+// version or intent record), or deletes one, with the client's token,
+// acknowledged at W like any write. It calls the replication primitive
+// directly: it never goes through the HTTP handler.
+func (p *Proxy) writeOwn(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) error {
+	req, body := ownRequest(r, method, ref, data, st)
+	pref, targets, done := p.claim(ref.key())
+	defer done()
+	rep := p.replicate(req.Context(), req, ref, pref, targets, body, false)
+	rep.collect(nil)
+	rep.finish()
+	if rep.n >= p.m.W {
+		return nil
+	}
+	if o, same := rep.clientError(); same {
+		return errors.New(nodeMessage(o))
+	}
+	return errors.New(rep.shortfall())
+}
+
+// ownRequest is the request every node gets for one of cring's own files:
+// the client's token and headers, the file's path, its stamp, and for a
+// POST the multipart form charm's server reads (returned as the body).
+func ownRequest(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) (*http.Request, []byte) {
 	req := r.Clone(r.Context())
+	req.Method = method
 	req.URL = &url.URL{Path: "/v1/fs/" + ref.path}
 	req.Header.Del("Content-Length")
 	req.Header.Del("Content-Type")
-	req.Body = http.NoBody
-	req.ContentLength = 0
-	if method == http.MethodPost {
-		var buf bytes.Buffer
-		mw := multipart.NewWriter(&buf)
-		part, _ := mw.CreateFormFile("data", "tombstone")
-		_, _ = part.Write(data)
-		_ = mw.Close()
-		req.URL.RawQuery = "mode=" + strconv.Itoa(tombstone.Mode)
-		req.Body = readCloser{bytes.NewReader(buf.Bytes())}
-		req.ContentLength = int64(buf.Len())
-		req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set(stamp.Header, st.String())
+	req.Body, req.ContentLength = http.NoBody, 0
+	if method != http.MethodPost {
+		return req, nil
 	}
-	req.Method = method
-	rec := &captured{header: http.Header{}}
-	p.write(rec, req, ref, st)
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	part, _ := mw.CreateFormFile("data", "tombstone")
+	_, _ = part.Write(data)
+	_ = mw.Close()
+	req.URL.RawQuery = "mode=" + strconv.Itoa(tombstone.Mode)
+	req.ContentLength = int64(buf.Len())
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return req, buf.Bytes()
+}
+
+// nodeMessage is the message of a node's JSON error answer, or its status.
+func nodeMessage(o outcome) string {
 	var m struct {
 		Message string `json:"message"`
 	}
-	_ = json.Unmarshal(rec.body.Bytes(), &m)
-	return rec.status, m.Message
-}
-
-type readCloser struct{ *bytes.Reader }
-
-func (readCloser) Close() error { return nil }
-
-// captured is a ResponseWriter that keeps what an internal request answered.
-type captured struct {
-	header http.Header
-	status int
-	body   bytes.Buffer
-}
-
-func (c *captured) Header() http.Header { return c.header }
-func (c *captured) WriteHeader(s int) {
-	if c.status == 0 {
-		c.status = s
+	if json.Unmarshal(o.body, &m) == nil && m.Message != "" {
+		return m.Message
 	}
-}
-func (c *captured) Write(b []byte) (int, error) {
-	if c.status == 0 {
-		c.status = http.StatusOK
-	}
-	return c.body.Write(b)
+	return o.String()
 }
 
 // tombCopy is one node's copy of a tombstone file, as listed.
