@@ -35,8 +35,8 @@ func (f *Files) do(ctx context.Context, method, charmID, p string) (*http.Respon
 	if err != nil {
 		return nil, fmt.Errorf("sign token for %s: %w", charmID, err)
 	}
-	// p is escaped, as the nodes list names (fsname): sent as it is, so
-	// every listed name is addressed, escaped once.
+	// p is escaped, as the nodes list names (charmapi.FromListing): sent
+	// as it is, so every listed name is addressed, escaped once.
 	u := *f.Base
 	u.RawPath = strings.TrimRight(u.EscapedPath(), "/") + "/v1/fs/" + strings.TrimPrefix(p, "/")
 	if u.Path, err = url.PathUnescape(u.RawPath); err != nil {

@@ -109,14 +109,7 @@ func New(o Options) (*Healer, error) {
 		o.TombstoneGrace = 30 * 24 * time.Hour
 	}
 	h := &Healer{
-		api: &nodeAPI{
-			client:  &http.Client{Transport: o.Transport},
-			signer:  o.Signer,
-			issuer:  o.Issuer,
-			timeout: o.StallTimeout,
-			tokens:  map[string]cachedToken{},
-			log:     o.Logger.With("component", "heal"),
-		},
+		api:      newNodeAPI(o.Transport, o.Signer, o.Issuer, o.StallTimeout, o.Logger.With("component", "heal")),
 		state:    st,
 		log:      o.Logger.With("component", "heal"),
 		stall:    o.StallTimeout,

@@ -6,7 +6,6 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -14,35 +13,21 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"mime/multipart"
 	"net"
 	"net/http"
 	"net/url"
 	"path"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	charm "github.com/charmbracelet/charm/proto"
-	"github.com/cring-dev/cring/internal/fsname"
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/token"
 )
 
 // Cluster is the Charm HTTP API of a cluster (the proxy) or of one node.
 type Cluster struct {
-	base   *url.URL
-	issuer string
-	signer *token.Signer
-	hc     *http.Client
-
-	mu     sync.Mutex
-	tokens map[string]signed
-}
-
-type signed struct {
-	jwt     string
-	expires time.Time
+	base *url.URL
+	api  *charmapi.Client
 }
 
 // tokenTTL is how long a token restore signs lives; it is renewed well
@@ -53,20 +38,18 @@ const tokenTTL = 15 * time.Minute
 // for issuer (the public URL the nodes were given) with signer. tlsConf, when
 // not nil, is the TLS client config for an https baseURL (a private CA).
 func NewCluster(baseURL, issuer string, signer *token.Signer, tlsConf *tls.Config) (*Cluster, error) {
-	u, err := url.Parse(baseURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("cluster url %q: want http(s)://host:port", baseURL)
+	u, err := charmapi.ParseBase(baseURL)
+	if err != nil {
+		return nil, fmt.Errorf("cluster url %w", err)
 	}
 	if issuer == "" {
 		return nil, errors.New("no token issuer: give --public-url")
 	}
-	return &Cluster{
-		base:   u,
-		issuer: issuer,
-		signer: signer,
-		hc:     &http.Client{Transport: transport(tlsConf)},
-		tokens: map[string]signed{},
-	}, nil
+	return &Cluster{base: u, api: &charmapi.Client{
+		HTTP:    &http.Client{Transport: transport(tlsConf)},
+		Tokens:  charmapi.NewTokens(signer, func() string { return issuer }, tokenTTL, tokenTTL/3),
+		MaxJSON: 256 << 20, // a whole cluster's merged listing
+	}}, nil
 }
 
 // transport bounds connecting and waiting for headers; bodies take as long
@@ -118,79 +101,8 @@ func DiscoverIssuer(ctx context.Context, baseURL string, tlsConf *tls.Config) (s
 	return "", fmt.Errorf("discover issuer from %s: no issuer or jwks_uri in the answer", u)
 }
 
-func (c *Cluster) token(charmID string) (string, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t, ok := c.tokens[charmID]; ok && time.Until(t.expires) > tokenTTL/3 {
-		return t.jwt, nil
-	}
-	jwt, err := c.signer.Sign(charmID, c.issuer, tokenTTL)
-	if err != nil {
-		return "", fmt.Errorf("sign token for %s: %w", charmID, err)
-	}
-	c.tokens[charmID] = signed{jwt, time.Now().Add(tokenTTL)}
-	return jwt, nil
-}
-
-// fsURL is /v1/fs/<p> on the cluster; p is used as it is (opaque,
-// encrypted names), only escaped where a URL needs it.
-func (c *Cluster) fsURL(p string, q url.Values) string {
-	u := *c.base
-	u.Path = strings.TrimRight(u.Path, "/") + "/v1/fs/" + p
-	u.RawPath = ""
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 // HTTPError is a non-2xx answer from the cluster.
-type HTTPError struct {
-	Status  int
-	Message string
-}
-
-func (e *HTTPError) Error() string {
-	if e.Message != "" {
-		return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
-	}
-	return fmt.Sprintf("%d %s", e.Status, http.StatusText(e.Status))
-}
-
-// Temporary: worth retrying (the cluster is busy or partly down), as
-// opposed to a refusal like 401 or 404 "missing user".
-func (e *HTTPError) Temporary() bool {
-	return e.Status >= 500 || e.Status == http.StatusTooManyRequests
-}
-
-func httpError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-	var m struct {
-		Message string `json:"message"`
-	}
-	msg := strings.TrimSpace(string(b))
-	if json.Unmarshal(b, &m) == nil && m.Message != "" {
-		msg = m.Message
-	}
-	return &HTTPError{Status: resp.StatusCode, Message: msg}
-}
-
-func (c *Cluster) do(ctx context.Context, charmID, method, u string, body io.Reader, size int64, header http.Header) (*http.Response, error) {
-	jwt, err := c.token(charmID)
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.ContentLength = size
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Authorization", "Bearer "+jwt)
-	return c.hc.Do(req)
-}
+type HTTPError = charmapi.StatusError
 
 // File is a file in a user's tree on the cluster.
 type File struct {
@@ -208,25 +120,20 @@ func (c *Cluster) Walk(ctx context.Context, charmID string) ([]File, error) {
 	for len(dirs) > 0 {
 		dir := dirs[0]
 		dirs = dirs[1:]
-		info, err := c.list(ctx, charmID, dir)
-		if err != nil {
-			var he *HTTPError
-			if errors.As(err, &he) && he.Status == http.StatusNotFound {
-				continue // no such directory (a user with no files yet)
-			}
-			return nil, fmt.Errorf("list %s/%s: %w", charmID, dir, err)
-		}
-		if info == nil {
-			// A file where we expected a directory: the root is a file
-			// only if someone stored one at "", which Charm refuses.
+		// Names no path addresses are left out: not files a client can
+		// have backed up.
+		info, _, err := c.api.List(ctx, c.base, charmID, dir)
+		if errors.Is(err, charmapi.ErrNotFound) {
+			// No such directory (a user with no files yet), or a file
+			// where we expected a directory: the root is a file only if
+			// someone stored one at "", which Charm refuses.
 			continue
 		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s/%s: %w", charmID, dir, err)
+		}
 		for _, f := range info.Files {
-			name, ok := fsname.FromListing(f.Name) // listed escaped
-			if !ok {
-				continue // no path names it: not a file a client can have backed up
-			}
-			p := path.Join(dir, name)
+			p := path.Join(dir, f.Name)
 			if f.IsDir {
 				dirs = append(dirs, p)
 				continue
@@ -237,39 +144,11 @@ func (c *Cluster) Walk(ctx context.Context, charmID string) ([]File, error) {
 	return out, nil
 }
 
-// list GETs a directory; nil info means the path is a file.
-func (c *Cluster) list(ctx context.Context, charmID, dir string) (*charm.FileInfo, error) {
-	resp, err := c.do(ctx, charmID, http.MethodGet, c.fsURL(dir, nil), nil, 0, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, httpError(resp)
-	}
-	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		return nil, nil
-	}
-	var info charm.FileInfo
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&info); err != nil {
-		return nil, fmt.Errorf("decode listing: %w", err)
-	}
-	return &info, nil
-}
-
 // Open streams a user's file from the cluster. The caller closes it.
 func (c *Cluster) Open(ctx context.Context, charmID, p string) (io.ReadCloser, error) {
-	resp, err := c.do(ctx, charmID, http.MethodGet, c.fsURL(p, nil), nil, 0, nil)
+	resp, err := c.api.Open(ctx, c.base, charmID, p)
 	if err != nil {
 		return nil, fmt.Errorf("get %s/%s: %w", charmID, p, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, fmt.Errorf("get %s/%s: %w", charmID, p, httpError(resp))
-	}
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		resp.Body.Close()
-		return nil, fmt.Errorf("get %s/%s: is a directory", charmID, p)
 	}
 	return resp.Body, nil
 }
@@ -278,27 +157,8 @@ func (c *Cluster) Open(ctx context.Context, charmID, p string) (io.ReadCloser, e
 // charm's fs client does (multipart field "data", ?mode=), streamed with a
 // known Content-Length.
 func (c *Cluster) Put(ctx context.Context, charmID, p string, r io.Reader, size int64, mode fs.FileMode) error {
-	var head bytes.Buffer
-	mw := multipart.NewWriter(&head)
-	if _, err := mw.CreateFormFile("data", path.Base(p)); err != nil {
-		return err
-	}
-	headLen := head.Len()
-	if err := mw.Close(); err != nil {
-		return err
-	}
-	all := head.Bytes()
-	body := io.MultiReader(bytes.NewReader(all[:headLen]), io.LimitReader(r, size), bytes.NewReader(all[headLen:]))
-	q := url.Values{"mode": {strconv.FormatUint(uint64(mode), 10)}}
-	resp, err := c.do(ctx, charmID, http.MethodPost, c.fsURL(p, q), body, int64(len(all))+size,
-		http.Header{"Content-Type": {mw.FormDataContentType()}})
-	if err != nil {
+	if err := c.api.Put(ctx, c.base, charmID, p, mode, r, size, nil); err != nil {
 		return fmt.Errorf("post %s/%s: %w", charmID, p, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("post %s/%s: %w", charmID, p, httpError(resp))
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	return nil
 }

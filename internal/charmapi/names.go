@@ -1,15 +1,14 @@
-// Package fsname converts between the names charm's file API lists and the
-// paths cring places and addresses.
-//
-// A Charm server keeps a file under its request path as sent, escaped: a
-// POST of /v1/fs/sp%20ace is stored, and listed, as "sp%20ace". The proxy
-// places keys by the unescaped path ("sp ace"), and a URL built from a path
-// escapes it on the way out. A listed name used as a path unchanged is
-// therefore escaped twice ("sp%2520ace"): a different file, placed under a
-// different key. Names read from a listing go through FromListing first.
-package fsname
+package charmapi
 
 import "net/url"
+
+// Names and paths: a Charm server keeps a file under its request path as
+// sent, escaped: a POST of /v1/fs/sp%20ace is stored, and listed, as
+// "sp%20ace". The proxy places keys by the unescaped path ("sp ace"), and a
+// URL built from a path escapes it on the way out. A listed name used as a
+// path unchanged is therefore escaped twice ("sp%2520ace"): a different
+// file, placed under a different key. Names read from a listing go through
+// FromListing first (List and DecodeListing do).
 
 // FromListing returns the path a listed name stands for: the path whose
 // request the node stored under that name. It is false for a name no

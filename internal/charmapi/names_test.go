@@ -1,4 +1,4 @@
-package fsname
+package charmapi
 
 import "testing"
 
