@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/charmbracelet/lipgloss"
 
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/devcluster"
 )
 
@@ -125,7 +127,11 @@ func (e *env) listMemory(ctx context.Context) (*Memory, error) {
 
 // getCount GETs a path and counts the answer's bytes without keeping them.
 func (e *env) getCount(ctx context.Context, base, p string) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/fs/"+p, nil)
+	u, err := fsURL(base, p, nil)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -176,15 +182,20 @@ func (e *env) uploadMemory(ctx context.Context) (*Memory, error) {
 			c.Close()
 		}
 	}()
-	const head = "--b\r\nContent-Disposition: form-data; name=\"data\"; filename=\"f\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+	// The form's head only: the file never ends, the upload stays in flight.
+	form, err := charmapi.NewFormBoundary("f", "b")
+	if err != nil {
+		return m, err
+	}
 	for k := range slowUploads {
 		c, err := net.Dial("tcp", strings.TrimPrefix(px.url, "http://"))
 		if err != nil {
 			return m, err
 		}
 		conns = append(conns, c)
-		fmt.Fprintf(c, "POST /v1/fs/bench/upload-memory/f%d?mode=420 HTTP/1.1\r\nHost: cring\r\nAuthorization: %s\r\n"+
-			"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: %d\r\n\r\n%s", k, e.auth, 1<<30, head)
+		target := charmapi.FSURL(&url.URL{}, fmt.Sprintf("bench/upload-memory/f%d", k), url.Values{"mode": {"420"}})
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: cring\r\nAuthorization: %s\r\n"+
+			"Content-Type: %s\r\nContent-Length: %d\r\n\r\n%s", target.RequestURI(), e.auth, form.ContentType(), 1<<30, form.Head())
 		if _, err := c.Write(make([]byte, 256<<10)); err != nil {
 			return m, err
 		}

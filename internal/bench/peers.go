@@ -251,7 +251,11 @@ func (e *env) startPeer(ctx context.Context, mode, addr, name string, args []str
 func (e *env) answers(ctx context.Context, base string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/fs/bench", nil)
+	u, err := fsURL(base, "bench", nil)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}

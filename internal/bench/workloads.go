@@ -512,7 +512,11 @@ func (e *env) bigUpload(ctx context.Context) (*BigUpload, error) {
 
 // remove DELETEs base's /v1/fs/<path>.
 func (e *env) remove(ctx context.Context, base, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, base+"/v1/fs/"+path, nil)
+	u, err := fsURL(base, path, nil)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
 	if err != nil {
 		return err
 	}

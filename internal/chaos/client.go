@@ -8,14 +8,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"mime/multipart"
 	"net/http"
+	"net/url"
 	"path"
 	"sync"
 	"syscall"
 	"time"
 
-	charm "github.com/charmbracelet/charm/proto"
+	"github.com/cring-dev/cring/internal/charmapi"
 )
 
 // keySpace is the files the clients work on: dir<k>/sub/f<j>, so that a
@@ -65,24 +65,17 @@ func (a *api) close() { a.client.CloseIdleConnections() }
 func (a *api) do(ctx context.Context, method, base, p string, body []byte) (int, http.Header, []byte, error) {
 	var rd io.Reader
 	ctype := ""
-	u := base + "/v1/fs/" + p
-	if method == http.MethodPost {
-		var buf bytes.Buffer
-		mw := multipart.NewWriter(&buf)
-		part, err := mw.CreateFormFile("data", path.Base(p))
-		if err != nil {
-			return 0, nil, nil, err
-		}
-		if _, err := part.Write(body); err != nil {
-			return 0, nil, nil, err
-		}
-		if err := mw.Close(); err != nil {
-			return 0, nil, nil, err
-		}
-		rd, ctype = &buf, mw.FormDataContentType()
-		u += "?mode=420"
+	bu, err := charmapi.ParseBase(base)
+	if err != nil {
+		return 0, nil, nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	var q url.Values
+	if method == http.MethodPost {
+		form := charmapi.NewForm(path.Base(p))
+		rd, ctype = bytes.NewReader(form.Bytes(body)), form.ContentType()
+		q = url.Values{"mode": {"420"}}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, charmapi.FSURL(bu, p, q).String(), rd)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -102,12 +95,13 @@ func (a *api) do(ctx context.Context, method, base, p string, body []byte) (int,
 	return resp.StatusCode, resp.Header, b, nil
 }
 
-// listing decodes a directory answer into its entries' names (directories
-// end in "/").
+// listing decodes a directory answer into its entries' names, as paths
+// (directories end in "/"). A name no path addresses is kept as listed:
+// no client wrote it, and the checker is to see it.
 func listing(b []byte) ([]string, error) {
-	var fi charm.FileInfo
-	if err := json.Unmarshal(b, &fi); err != nil {
-		return nil, fmt.Errorf("decode listing: %w", err)
+	fi, unnamed, err := charmapi.DecodeListing(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
 	}
 	var names []string
 	for _, f := range fi.Files {
@@ -117,7 +111,7 @@ func listing(b []byte) ([]string, error) {
 			names = append(names, f.Name)
 		}
 	}
-	return names, nil
+	return append(names, unnamed...), nil
 }
 
 // workload is the clients: a dispatcher that draws ops from the seeded
