@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -45,7 +46,7 @@ func (p *Proxy) tombstoneTimes(ctx context.Context, r *http.Request, user string
 		return out, len(p.m.Nodes)
 	}
 	req := r.Clone(ctx)
-	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir}
+	req.URL = &url.URL{Path: charmapi.FSPath(tombstone.Dir)}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	read, none := 0, true
@@ -154,7 +155,7 @@ func (c *tombCache) stamp(ctx context.Context, p *Proxy, r *http.Request, user, 
 		return s, true
 	}
 	req := r.Clone(ctx)
-	req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Dir + "/" + name}
+	req.URL = &url.URL{Path: charmapi.FSPath(tombstone.Dir + "/" + name)}
 	o := p.send(ctx, tc.node, req, http.MethodGet, nil)
 	if !o.ok() {
 		return stamp.Stamp{}, false
@@ -228,7 +229,7 @@ func (p *Proxy) deletedSince(r *http.Request, ref fileRef, copyHeader http.Heade
 	var newest stamp.Stamp
 	for _, c := range cover {
 		req := r.Clone(ctx)
-		req.URL = &url.URL{Path: "/v1/fs/" + tombstone.Path(c)}
+		req.URL = &url.URL{Path: charmapi.FSPath(tombstone.Path(c))}
 		for k, o := range p.sendAll(ctx, nodes, req, http.MethodGet, nil) {
 			switch {
 			case o.status == http.StatusNotFound:

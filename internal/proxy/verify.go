@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -14,8 +13,7 @@ import (
 	"sync"
 	"time"
 
-	charm "github.com/charmbracelet/charm/proto"
-
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/stall"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -141,13 +139,13 @@ func (p *Proxy) recorded(r *http.Request, ref fileRef, size int64, sum string) b
 func (p *Proxy) refreshRecords(ctx context.Context, r *http.Request, ref fileRef) {
 	dir := tombstone.VersionDir(ref.path)
 	req := r.Clone(ctx)
-	req.URL = &url.URL{Path: "/v1/fs/" + dir}
+	req.URL = &url.URL{Path: charmapi.FSPath(dir)}
 	for _, o := range p.sendAll(ctx, p.healthyNodes(), req, http.MethodGet, nil) {
 		if !o.ok() || !isJSON(o.header) {
 			continue
 		}
-		var d charm.FileInfo
-		if json.Unmarshal(o.body, &d) != nil {
+		d, _, err := charmapi.DecodeListing(bytes.NewReader(o.body)) // records are named by stamps
+		if err != nil {
 			continue
 		}
 		for _, f := range d.Files {
@@ -155,7 +153,7 @@ func (p *Proxy) refreshRecords(ctx context.Context, r *http.Request, ref fileRef
 				continue // an intent has no checksum to verify against
 			}
 			rq := r.Clone(ctx)
-			rq.URL = &url.URL{Path: "/v1/fs/" + dir + "/" + f.Name}
+			rq.URL = &url.URL{Path: charmapi.FSPath(dir + "/" + f.Name)}
 			b := p.send(ctx, o.node, rq, http.MethodGet, nil)
 			if !b.ok() {
 				continue

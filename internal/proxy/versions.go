@@ -1,17 +1,16 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strconv"
 
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -81,7 +80,7 @@ func (p *Proxy) writeOwn(r *http.Request, method string, ref fileRef, data []byt
 func ownRequest(r *http.Request, method string, ref fileRef, data []byte, st stamp.Stamp) (*http.Request, []byte) {
 	req := r.Clone(r.Context())
 	req.Method = method
-	req.URL = &url.URL{Path: "/v1/fs/" + ref.path}
+	req.URL = &url.URL{Path: charmapi.FSPath(ref.path)}
 	req.Header.Del("Content-Length")
 	req.Header.Del("Content-Type")
 	req.Header.Set(stamp.Header, st.String())
@@ -89,15 +88,12 @@ func ownRequest(r *http.Request, method string, ref fileRef, data []byte, st sta
 	if method != http.MethodPost {
 		return req, nil
 	}
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	part, _ := mw.CreateFormFile("data", "tombstone")
-	_, _ = part.Write(data)
-	_ = mw.Close()
+	form := charmapi.NewForm("tombstone")
+	body := form.Bytes(data)
 	req.URL.RawQuery = "mode=" + strconv.Itoa(tombstone.Mode)
-	req.ContentLength = int64(buf.Len())
-	req.Header.Set("Content-Type", mw.FormDataContentType())
-	return req, buf.Bytes()
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Type", form.ContentType())
+	return req, body
 }
 
 // nodeMessage is the message of a node's JSON error answer, or its status.
