@@ -29,17 +29,19 @@ import (
 )
 
 type devFlags struct {
-	nodes       int
-	dir         string
-	portsFrom   int
-	replicas    int
-	writeQuorum int
-	debug       bool
-	logFormat   string
+	nodes     int
+	dir       string
+	portsFrom int
+	settings  *config.Flags // the proxy's N, W and logs, resolved as serve's are
 }
 
 func newDevCmd() *cobra.Command {
-	var f devFlags
+	cmd, _ := newDev()
+	return cmd
+}
+
+func newDev() (*cobra.Command, *devFlags) {
+	f := &devFlags{}
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local cluster: real Charm servers behind the proxy, in one process",
@@ -53,19 +55,19 @@ failover; with --ports-from, add --admin 127.0.0.1:<ports-from+3>.`,
 			if _, err := applyEnv(cmd.Flags()); err != nil {
 				return usageError{err}
 			}
-			return runDev(cmd, f)
+			return runDev(cmd, *f)
 		},
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.nodes, "nodes", 3, "number of Charm nodes")
 	fl.StringVar(&f.dir, "dir", defaultDevDir(), "where the cluster keeps its key, accounts and files")
 	fl.IntVar(&f.portsFrom, "ports-from", 35353, "first port: SSH on it, HTTP on +1, admin on +3 (Charm's own layout)")
-	fl.IntVar(&f.replicas, "replicas", config.DefaultReplicas, "copies of every file (N)")
-	fl.IntVar(&f.writeQuorum, "write-quorum", config.DefaultWriteQuorum, "replicas that must store a write (W)")
-	fl.BoolVar(&f.debug, "debug", false, "debug logs, including every request the nodes serve")
-	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	f.settings = config.Bind(fl, "replicas", "write-quorum", "debug", "log-format")
+	fl.Lookup("replicas").Usage = "copies of every file (N)"
+	fl.Lookup("write-quorum").Usage = "replicas that must store a write (W; default 2, or N when N < 2)"
+	fl.Lookup("debug").Usage = "debug logs, including every request the nodes serve"
 	cmd.AddCommand(newDevNodeCmd())
-	return cmd
+	return cmd, f
 }
 
 // defaultDevDir is under the user's data dir (XDG on Linux).
@@ -89,48 +91,31 @@ func runDev(cmd *cobra.Command, f devFlags) error {
 	if f.portsFrom < 1 || f.portsFrom > 65535-3 {
 		return usageError{fmt.Errorf("--ports-from must be between 1 and 65532, got %d", f.portsFrom)}
 	}
-	if f.logFormat != "text" && f.logFormat != "json" {
-		return usageError{fmt.Errorf("--log-format must be text or json, got %q", f.logFormat)}
+	set, err := f.settings.Resolve(os.LookupEnv)
+	if err != nil {
+		return usageError{err}
 	}
-	if !f.debug {
+	if set.LogFormat != "text" && set.LogFormat != "json" {
+		return usageError{fmt.Errorf("--log-format must be text or json, got %q", set.LogFormat)}
+	}
+	if !set.Debug {
 		// The embedded Charm servers log every request through the standard
 		// and charmbracelet loggers; only --debug wants that.
 		stdlog.SetOutput(io.Discard)
 		charmlog.SetOutput(io.Discard)
 	}
-	log := newLogger(f.logFormat, f.debug)
+	log := newLogger(set.LogFormat, set.Debug)
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	sshAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom))
-	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom+1))
-	adminAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.portsFrom+3))
-	publicURL := "http://" + httpAddr
-
-	dc, err := devcluster.New(f.dir, devcluster.Options{Nodes: f.nodes, PublicURL: publicURL, SharedAccounts: true})
+	sshAddr, httpAddr, adminAddr := devAddresses(f.portsFrom)
+	dc, err := devcluster.New(f.dir, devcluster.Options{Nodes: f.nodes, PublicURL: "http://" + httpAddr, SharedAccounts: true})
 	if err != nil {
 		return err
 	}
 	defer dc.Close()
-	cfg := &config.Config{
-		Replicas:        f.replicas,
-		WriteQuorum:     f.writeQuorum,
-		PublicURL:       publicURL,
-		Address:         httpAddr,
-		SSHProxyAddress: sshAddr,
-		AdminAddress:    adminAddr,
-		HealthInterval:  time.Second,
-		Accounts:        config.AccountsShared,
-		Debug:           f.debug,
-		ServerKey:       dc.KeyPath,
-		DataDir:         filepath.Join(f.dir, "proxy"),
-		ScanInterval:    10 * time.Minute,
-		Backup:          config.Backup{URL: "file://" + absPath(filepath.Join(f.dir, "backup"))},
-	}
-	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
-	}
-	if err := cfg.Normalize(); err != nil {
+	cfg, err := devConfig(set, f, dc)
+	if err != nil {
 		return usageError{err}
 	}
 	srv, err := serve.New(cfg, log)
@@ -150,6 +135,42 @@ func runDev(cmd *cobra.Command, f devFlags) error {
 	err = srv.Serve(ctx)
 	log.Info("stopping nodes")
 	return errors.Join(err, dc.Close())
+}
+
+// devAddresses are the proxy's SSH, HTTP and admin addresses: Charm's own
+// layout from portsFrom.
+func devAddresses(portsFrom int) (sshAddr, httpAddr, adminAddr string) {
+	at := func(off int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(portsFrom+off)) }
+	return at(0), at(1), at(3)
+}
+
+// devConfig is the proxy's configuration in front of dc: the settings dev
+// takes from set (N, W, logs), the rest fixed for a local cluster.
+func devConfig(set *config.Config, f devFlags, dc *devcluster.Cluster) (*config.Config, error) {
+	sshAddr, httpAddr, adminAddr := devAddresses(f.portsFrom)
+	cfg := &config.Config{
+		Replicas:        set.Replicas,
+		WriteQuorum:     set.WriteQuorum,
+		PublicURL:       "http://" + httpAddr,
+		Address:         httpAddr,
+		SSHProxyAddress: sshAddr,
+		AdminAddress:    adminAddr,
+		HealthInterval:  time.Second,
+		Accounts:        config.AccountsShared,
+		Debug:           set.Debug,
+		LogFormat:       set.LogFormat,
+		ServerKey:       dc.KeyPath,
+		DataDir:         filepath.Join(f.dir, "proxy"),
+		ScanInterval:    10 * time.Minute,
+		Backup:          config.Backup{URL: "file://" + absPath(filepath.Join(f.dir, "backup"))},
+	}
+	for _, n := range dc.Nodes {
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+	}
+	if err := cfg.Normalize(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // devControl adds the admin routes that stop and start embedded nodes.

@@ -30,20 +30,20 @@ import (
 )
 
 func newRepairCmd() *cobra.Command {
-	var (
-		hosts       []string
-		configPath  string
-		replicas    int
-		quorum      int
-		publicURL   string
-		serverKey   string
-		dataDir     string
-		users       []string
-		dry, deep   bool
-		jsonOut     bool
-		nodeTimeout time.Duration
-		nodeCA      string
-	)
+	cmd, _ := newRepair()
+	return cmd
+}
+
+// repairFlags is what cring repair is told.
+type repairFlags struct {
+	settings  *config.Flags // the proxy's: nodes, N, W, key, issuer, data dir
+	users     []string
+	dry, deep bool
+	jsonOut   bool
+}
+
+func newRepair() (*cobra.Command, *repairFlags) {
+	f := &repairFlags{}
 	cmd := &cobra.Command{
 		Use:   "repair",
 		Short: "Scan the cluster once, report and fix every key not on exactly its N replicas",
@@ -56,57 +56,20 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 			if _, err := applyEnv(cmd.Flags()); err != nil {
 				return usageError{err}
 			}
-			cfg := &config.Config{}
-			if configPath != "" {
-				c, err := config.Load(configPath)
-				if err != nil {
-					return usageError{err}
-				}
-				cfg = c
-			}
-			for _, h := range hosts {
-				n, err := config.NodeFromHost(h, config.DefaultSSHBackendPort)
-				if err != nil {
-					return usageError{err}
-				}
-				cfg.Nodes = append(cfg.Nodes, n)
-			}
-			if cmd.Flags().Changed("replicas") || cfg.Replicas == 0 {
-				cfg.Replicas = replicas
-			}
-			if cmd.Flags().Changed("write-quorum") || cfg.WriteQuorum == 0 {
-				cfg.WriteQuorum = quorum
-			}
-			if publicURL != "" {
-				cfg.PublicURL = publicURL
-			}
-			if serverKey != "" {
-				cfg.ServerKey = serverKey
-			}
-			if nodeCA != "" {
-				cfg.NodeCA = nodeCA
-			}
-			if cfg.ServerKey == "" {
-				return usageError{errors.New("--server-key is required: repairs act for users with tokens signed by the nodes' shared key")}
-			}
-			if cfg.PublicURL == "" {
-				return usageError{errors.New("--public-url is required: the issuer the nodes accept")}
-			}
-			if dataDir == "" {
-				dataDir = cfg.DataDir // the proxy's, from --config: its known users
-			}
+			// The healer keeps its state in a data dir; the proxy's is not
+			// this process's to write.
 			tmp, err := os.MkdirTemp("", "cring-repair")
 			if err != nil {
 				return err
 			}
 			defer os.RemoveAll(tmp)
-			cfg.DataDir = tmp
-			cfg.NodeTimeout = nodeTimeout
-			if err := cfg.Normalize(); err != nil {
+			cfg, proxyDir, err := f.config(os.LookupEnv, tmp)
+			if err != nil {
 				return usageError{err}
 			}
-			if len(users) == 0 && dataDir != "" {
-				users, err = heal.ReadUsers(filepath.Join(dataDir, "heal"))
+			users := f.users
+			if len(users) == 0 && proxyDir != "" {
+				users, err = heal.ReadUsers(filepath.Join(proxyDir, "heal"))
 				if err != nil {
 					return err
 				}
@@ -116,24 +79,54 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runRepair(ctx, cmd.OutOrStdout(), cfg, users, heal.ScanOptions{DryRun: dry, Deep: deep}, jsonOut)
+			return runRepair(ctx, cmd.OutOrStdout(), cfg, users, heal.ScanOptions{DryRun: f.dry, Deep: f.deep}, f.jsonOut)
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringArrayVar(&hosts, "host", nil, "Charm node HTTP URL (repeat for every node)")
-	fl.StringVar(&configPath, "config", "", "cring.yaml (the proxy's)")
-	fl.IntVar(&replicas, "replicas", config.DefaultReplicas, "copies of every file (N)")
-	fl.IntVar(&quorum, "write-quorum", config.DefaultWriteQuorum, "write quorum (W)")
-	fl.StringVar(&publicURL, "public-url", "", "the issuer the nodes accept (their CHARM_SERVER_PUBLIC_URL)")
-	fl.StringVar(&serverKey, "server-key", "", "the nodes' shared charm_server_ed25519")
-	fl.StringVar(&dataDir, "data-dir", "", "a proxy's data dir, to scan the users it has seen")
-	fl.StringArrayVar(&users, "user", nil, "charm ID to scan (repeatable)")
-	fl.BoolVar(&dry, "dry-run", false, "report only, change nothing")
-	fl.BoolVar(&deep, "deep", false, "read and hash every copy (finds silent corruption)")
-	fl.BoolVar(&jsonOut, "json", false, "JSON report")
-	fl.DurationVar(&nodeTimeout, "node-timeout", config.DefaultNodeTimeout, "how long a node may stall")
-	fl.StringVar(&nodeCA, "node-ca", "", "PEM CA certificate(s) trusted for https node URLs, besides the system's roots (as serve --node-ca)")
-	return cmd
+	f.settings = config.Bind(fl, "host", "config", "replicas", "write-quorum", "public-url", "server-key", "data-dir", "node-timeout", "node-ca")
+	// What these settings are to a repair, where it differs from serve.
+	for name, usage := range map[string]string{
+		"config":       "cring.yaml (the proxy's)",
+		"replicas":     "copies of every file (N)",
+		"write-quorum": "write quorum (W; default 2, or N when N < 2)",
+		"public-url":   "the issuer the nodes accept (their CHARM_SERVER_PUBLIC_URL)",
+		"server-key":   "the nodes' shared charm_server_ed25519",
+		"data-dir":     "a proxy's data dir, to scan the users it has seen",
+		"node-timeout": "how long a node may stall",
+		"node-ca":      "PEM CA certificate(s) trusted for https node URLs, besides the system's roots (as serve --node-ca)",
+	} {
+		fl.Lookup(name).Usage = usage
+	}
+	fl.StringArrayVar(&f.users, "user", nil, "charm ID to scan (repeatable)")
+	fl.BoolVar(&f.dry, "dry-run", false, "report only, change nothing")
+	fl.BoolVar(&f.deep, "deep", false, "read and hash every copy (finds silent corruption)")
+	fl.BoolVar(&f.jsonOut, "json", false, "JSON report")
+	return cmd, f
+}
+
+// config is the proxy's configuration, resolved as cring serve resolves it
+// and checked for a repair, with stateDir as its data dir; proxyDir is the
+// proxy's (--data-dir, CRING_DATA_DIR or the file's data-dir), which holds
+// the users it has seen.
+func (f *repairFlags) config(getenv func(string) (string, bool), stateDir string) (cfg *config.Config, proxyDir string, err error) {
+	cfg, err = f.settings.Resolve(getenv)
+	if err != nil {
+		return nil, "", err
+	}
+	if cfg.ServerKey == "" {
+		return nil, "", errors.New("--server-key is required: repairs act for users with tokens signed by the nodes' shared key")
+	}
+	if cfg.PublicURL == "" {
+		return nil, "", errors.New("--public-url is required: the issuer the nodes accept")
+	}
+	proxyDir, cfg.DataDir = cfg.DataDir, stateDir
+	// A repair listens on nothing: the proxy's admin address, which may
+	// want a token this command is not given, is not its concern.
+	cfg.AdminAddress, cfg.AdminToken = "", ""
+	if err := cfg.Normalize(); err != nil {
+		return nil, "", err
+	}
+	return cfg, proxyDir, nil
 }
 
 func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []string, o heal.ScanOptions, jsonOut bool) error {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/cring-dev/cring/internal/config"
 )
 
 // usageError is bad input from the operator: one line on stderr, exit 2.
@@ -38,53 +40,9 @@ func main() {
 	}
 }
 
-// envName is a flag's CRING_* environment variable.
-func envName(flag string) string {
-	return "CRING_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
 // applyEnv sets every flag not given on the command line from its CRING_*
-// variable, and reports which flags were set either way. List flags take
-// comma-separated values.
+// variable (config.ApplyEnv), and reports which flags were set either way.
+// Flags bound to config settings are left to config.Flags.Resolve.
 func applyEnv(fs *pflag.FlagSet) (map[string]bool, error) {
-	set := map[string]bool{}
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil {
-			return
-		}
-		if f.Changed {
-			set[f.Name] = true
-			return
-		}
-		v, ok := os.LookupEnv(envName(f.Name))
-		if !ok || v == "" {
-			return
-		}
-		vals := []string{v}
-		if f.Value.Type() == "stringArray" {
-			vals = strings.Split(v, ",")
-			for k := range vals {
-				vals[k] = strings.TrimSpace(vals[k])
-			}
-		}
-		// Replace, not append: this runs again on every config reload, and
-		// a list set twice would name every node twice.
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			if serr := sv.Replace(vals); serr != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
-				return
-			}
-			set[f.Name] = true
-			return
-		}
-		for _, x := range vals {
-			if serr := f.Value.Set(strings.TrimSpace(x)); serr != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
-				return
-			}
-		}
-		set[f.Name] = true
-	})
-	return set, err
+	return config.ApplyEnv(fs, os.LookupEnv)
 }

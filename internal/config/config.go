@@ -66,74 +66,87 @@ type Node = cluster.Node
 
 // Backup is the optional backup target (validated here, used by the backup package).
 type Backup struct {
-	URL       string `yaml:"url"`
-	Bucket    string `yaml:"bucket"`
-	Zone      string `yaml:"zone"`
-	Mode      string `yaml:"mode"` // async (default): durable local queue; sync: acked once stored
-	PathStyle bool   `yaml:"path-style"`
+	URL       string `yaml:"url" env:"CRING_BACKUP_URL" flag:"backup-url" help:"backup target: S3 endpoint URL or file:///dir"`
+	Bucket    string `yaml:"bucket" env:"CRING_BACKUP_BUCKET" flag:"backup-bucket" help:"S3 backup bucket"`
+	Zone      string `yaml:"zone" env:"CRING_BACKUP_ZONE" flag:"backup-zone" help:"S3 backup region"`
+	Mode      string `yaml:"mode" env:"CRING_BACKUP_MODE" flag:"backup-mode" help:"async: writes are acked once queued durably under --data-dir; sync: once the backup stored them"` // async (default): durable local queue; sync: acked once stored
+	PathStyle bool   `yaml:"path-style" env:"CRING_BACKUP_PATH_STYLE" flag:"backup-path-style" help:"path-style S3 bucket lookup (automatic for IPs and localhost)"`
 }
 
-// Config is the proxy's whole configuration.
+// Config is the proxy's whole configuration. Each setting has one name in
+// three places: its cring.yaml key (yaml), its CRING_* variable (env) and
+// its flag (flag, with help); Resolve merges them (settings.go). Flag
+// options after the name: min1 refuses values below 1, size reads a byte
+// size such as 32MiB, zero-off makes 0 mean off (stored as -1).
 type Config struct {
+	// File is the cring.yaml the rest was read from (--config).
+	File string `yaml:"-" env:"CRING_CONFIG" flag:"config" help:"cring.yaml with per-node settings (name, url, ssh, health, zone)"`
+	// Hosts are nodes given by URL alone (--host); Resolve appends them
+	// to Nodes.
+	Hosts           []string      `yaml:"hosts" env:"CRING_HOST" flag:"host" help:"Charm node HTTP URL (repeat for every node)"`
 	Nodes           []Node        `yaml:"nodes"`
-	Replicas        int           `yaml:"replicas"`
-	WriteQuorum     int           `yaml:"write-quorum"`
-	PublicURL       string        `yaml:"public-url"`
-	Address         string        `yaml:"address"`
-	SSHProxyAddress string        `yaml:"ssh-proxy-address"`
-	SSHBackendPort  int           `yaml:"ssh-backend-port"`
-	AdminAddress    string        `yaml:"admin-address"`
-	AdminToken      string        `yaml:"admin-token"` // required when AdminAddress is not loopback
-	HealthInterval  time.Duration `yaml:"health-interval"`
-	NodeTimeout     time.Duration `yaml:"node-timeout"`
-	SSHMaxConns     int           `yaml:"ssh-max-conns"`
-	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout"`
+	Replicas        int           `yaml:"replicas" env:"CRING_REPLICAS" flag:"replicas,min1" help:"copies of every file (N), clamped to the node count"`
+	WriteQuorum     int           `yaml:"write-quorum" env:"CRING_WRITE_QUORUM" flag:"write-quorum,min1" help:"replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)"` // 0: the default
+	PublicURL       string        `yaml:"public-url" env:"CRING_PUBLIC_URL" flag:"public-url" help:"the URL clients use, which the nodes sign tokens for (default: what the nodes announce)"`
+	Address         string        `yaml:"address" env:"CRING_ADDRESS" flag:"address" help:"HTTP listen address"`
+	SSHProxyAddress string        `yaml:"ssh-proxy-address" env:"CRING_SSH_PROXY_ADDRESS" flag:"ssh-proxy-address" help:"SSH listen address"`
+	SSHBackendPort  int           `yaml:"ssh-backend-port" env:"CRING_SSH_BACKEND_PORT" flag:"ssh-backend-port" help:"nodes' SSH port (a --host node's SSH address is its host name plus this port)"`
+	AdminAddress    string        `yaml:"admin-address" env:"CRING_ADMIN_ADDRESS" flag:"admin-address" help:"health, status, metrics and profiles listen address (/healthz, /readyz, /status, /metrics); not loopback only with --admin-token"`
+	AdminToken      string        `yaml:"admin-token" env:"CRING_ADMIN_TOKEN" flag:"admin-token" help:"bearer token the admin address requires (all but /healthz, /readyz and an aggregate /status); required when it is not loopback; better in CRING_ADMIN_TOKEN or the config file than on a command line"` // required when AdminAddress is not loopback
+	HealthInterval  time.Duration `yaml:"health-interval" env:"CRING_HEALTH_INTERVAL" flag:"health-interval" help:"how often every node is probed"`
+	NodeTimeout     time.Duration `yaml:"node-timeout" env:"CRING_NODE_TIMEOUT" flag:"node-timeout" help:"how long a node may take to answer or stall mid-body before it loses the request"`
+	SSHMaxConns     int           `yaml:"ssh-max-conns" env:"CRING_SSH_MAX_CONNS" flag:"ssh-max-conns" help:"SSH connections in total; more are closed at once"`
+	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout" env:"CRING_SSH_IDLE_TIMEOUT" flag:"ssh-idle-timeout" help:"an SSH connection with no byte either way for this long is closed"`
 	// SSHMaxConnsPerAddress bounds the SSH connections from one source
 	// address; a client that has not finished its SSH key exchange within
 	// SSHHandshakeTimeout is closed.
-	SSHMaxConnsPerAddress int           `yaml:"ssh-max-conns-per-address"`
-	SSHHandshakeTimeout   time.Duration `yaml:"ssh-handshake-timeout"`
+	SSHMaxConnsPerAddress int           `yaml:"ssh-max-conns-per-address" env:"CRING_SSH_MAX_CONNS_PER_ADDRESS" flag:"ssh-max-conns-per-address" help:"SSH connections from one source address (an IPv6 /64 is one); more are closed at once"`
+	SSHHandshakeTimeout   time.Duration `yaml:"ssh-handshake-timeout" env:"CRING_SSH_HANDSHAKE_TIMEOUT" flag:"ssh-handshake-timeout" help:"an SSH client that has not finished its key exchange this long after connecting is closed"`
 	// Accounts says where nodes keep accounts: "per-node" (stock nodes, each
 	// its own sqlite) or "shared" (one store every node uses).
-	Accounts string `yaml:"accounts"`
+	Accounts string `yaml:"accounts" env:"CRING_ACCOUNTS" flag:"accounts" help:"where nodes keep accounts: per-node (stock charm serve) or shared (cring node on one database)"`
 	Backup   Backup `yaml:"backup"`
 	// ServerKey is the charm_server_ed25519 every node shares: with it the
 	// proxy repairs replicas for users (healing is on when it is set).
-	ServerKey      string        `yaml:"server-key"`
-	DataDir        string        `yaml:"data-dir"` // durable hints, users, queues
-	ScanInterval   time.Duration `yaml:"scan-interval"`
-	RepairRate     float64       `yaml:"repair-rate"` // repairs per second
-	RepairByteRate int64         `yaml:"repair-byte-rate"`
-	TombstoneGrace time.Duration `yaml:"tombstone-grace"`
-	ScrubInterval  time.Duration `yaml:"scrub-interval"` // 0 in the file: default; negative: no scrub
-	ScrubRate      int64         `yaml:"scrub-rate"`     // bytes per second per node
+	ServerKey      string        `yaml:"server-key" env:"CRING_SERVER_KEY" flag:"server-key" help:"the nodes' shared charm_server_ed25519: turns on self-healing (repairs act for users with tokens it signs)"`
+	DataDir        string        `yaml:"data-dir" env:"CRING_DATA_DIR" flag:"data-dir" help:"where durable state lives: hints, known users, backup queue (default under the user's data dir)"` // durable hints, users, queues
+	ScanInterval   time.Duration `yaml:"scan-interval" env:"CRING_SCAN_INTERVAL" flag:"scan-interval" help:"time between background anti-entropy scans"`
+	RepairRate     float64       `yaml:"repair-rate" env:"CRING_REPAIR_RATE" flag:"repair-rate" help:"repairs per second the healer may do"` // repairs per second
+	RepairByteRate int64         `yaml:"repair-byte-rate" env:"CRING_REPAIR_BYTE_RATE" flag:"repair-byte-rate,size" help:"bytes per second the healer's repairs may copy, all nodes together"`
+	TombstoneGrace time.Duration `yaml:"tombstone-grace" env:"CRING_TOMBSTONE_GRACE" flag:"tombstone-grace" help:"how long deletes are remembered; a node away longer may bring deleted files back"`
+	// ScrubInterval 0 in the file is the default (as for every setting);
+	// 0 from a flag or variable, or negative anywhere, is no scrub.
+	ScrubInterval time.Duration `yaml:"scrub-interval" env:"CRING_SCRUB_INTERVAL" flag:"scrub-interval,zero-off" help:"time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub"`
+	ScrubRate     int64         `yaml:"scrub-rate" env:"CRING_SCRUB_RATE" flag:"scrub-rate,size" help:"bytes per second the scrub may read from each node"` // bytes per second per node
 	// BodyIdleTimeout bounds how long a client's request or response body
 	// may make no progress before the request is abandoned.
-	BodyIdleTimeout time.Duration `yaml:"body-idle-timeout"`
+	BodyIdleTimeout time.Duration `yaml:"body-idle-timeout" env:"CRING_BODY_IDLE_TIMEOUT" flag:"body-idle-timeout" help:"how long a client may send no byte of its request body (408) or read none of its answer before the request is abandoned"`
 	// MaxRequestsPerClient bounds the requests one client (charm ID, or
 	// source address on unauthenticated routes) has in flight (429 past
 	// it); MaxRequests bounds them in total (503 past it).
-	MaxRequestsPerClient int `yaml:"max-requests-per-client"`
-	MaxRequests          int `yaml:"max-requests"`
+	MaxRequestsPerClient int `yaml:"max-requests-per-client" env:"CRING_MAX_REQUESTS_PER_CLIENT" flag:"max-requests-per-client" help:"requests one client (charm ID; source address on unauthenticated routes) may have in flight; more get 429"`
+	MaxRequests          int `yaml:"max-requests" env:"CRING_MAX_REQUESTS" flag:"max-requests" help:"requests in flight in total; more get 503"`
 	// MaxConnsPerAddress bounds the HTTP connections from one source
 	// address (an IPv6 /64 is one); MaxConns bounds them in total.
-	MaxConnsPerAddress int `yaml:"max-conns-per-address"`
-	MaxConns           int `yaml:"max-conns"`
+	MaxConnsPerAddress int `yaml:"max-conns-per-address" env:"CRING_MAX_CONNS_PER_ADDRESS" flag:"max-conns-per-address" help:"HTTP connections from one source address (an IPv6 /64 is one); more are refused (429); raise it behind a reverse proxy"`
+	MaxConns           int `yaml:"max-conns" env:"CRING_MAX_CONNS" flag:"max-conns" help:"HTTP connections in total; more are refused (503)"`
 
 	// PostQuorumTimeout bounds the replicas still writing after a write was
 	// answered at quorum.
-	PostQuorumTimeout time.Duration `yaml:"post-quorum-timeout"`
-	Debug             bool          `yaml:"debug"`
+	PostQuorumTimeout time.Duration `yaml:"post-quorum-timeout" env:"CRING_POST_QUORUM_TIMEOUT" flag:"post-quorum-timeout" help:"after a write is answered at quorum, how long the last replicas may take before they are cancelled and hinted"`
+	Debug             bool          `yaml:"debug" env:"CRING_DEBUG" flag:"debug" help:"debug logging"`
+	// LogFormat is text or json (log/slog's handlers).
+	LogFormat string `yaml:"log-format" env:"CRING_LOG_FORMAT" flag:"log-format" help:"log format: text or json"`
 	// Pprof serves /debug/pprof/ on the admin address.
-	Pprof bool `yaml:"pprof"`
+	Pprof bool `yaml:"pprof" env:"CRING_PPROF" flag:"pprof" help:"serve Go profiles on the admin address (/debug/pprof/)"`
 	// TLSCert and TLSKey (PEM files) make the HTTP address serve HTTPS; the
 	// public URL should then be https://.
-	TLSCert string `yaml:"tls-cert"`
-	TLSKey  string `yaml:"tls-key"`
+	TLSCert string `yaml:"tls-cert" env:"CRING_TLS_CERT" flag:"tls-cert" help:"PEM certificate (chain) to serve HTTPS on --address; re-read when it changes"`
+	TLSKey  string `yaml:"tls-key" env:"CRING_TLS_KEY" flag:"tls-key" help:"PEM private key of --tls-cert"`
 	// NodeCA is a PEM file of CA certificates trusted, besides the
 	// system's roots, for https node URLs (nodes serving TLS with
 	// certificates from a private CA).
-	NodeCA string `yaml:"node-ca"`
+	NodeCA string `yaml:"node-ca" env:"CRING_NODE_CA" flag:"node-ca" help:"PEM CA certificate(s) trusted, besides the system's roots, for https node URLs (nodes serving TLS with a private CA's certificates)"`
 }
 
 // MinAdminToken is the shortest admin token accepted.
@@ -156,20 +169,29 @@ func LoopbackAddress(addr string) bool {
 
 // Load reads a cring.yaml. Unknown keys are an error so typos don't pass silently.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
 	var c Config
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		// yaml lists problems on several lines; the operator gets one.
-		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
-		return nil, fmt.Errorf("parse config %s: %s", path, msg)
+	if err := decodeFile(path, &c); err != nil {
+		return nil, err
 	}
 	return &c, nil
+}
+
+// decodeFile reads a cring.yaml onto c: keys it names replace c's values,
+// the others keep theirs.
+func decodeFile(path string, c *Config) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		// yaml lists problems on several lines; the operator gets one.
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+		return fmt.Errorf("parse config %s: %s", path, msg)
+	}
+	return nil
 }
 
 // NodeFromHost turns a prototype-style --host URL into a node: its name is the
@@ -363,6 +385,13 @@ func (c *Config) Normalize() error {
 	}
 	if c.ServerKey != "" && c.DataDir == "" {
 		return errors.New("healing needs --data-dir for its durable hints (with --server-key)")
+	}
+	switch c.LogFormat {
+	case "":
+		c.LogFormat = "text"
+	case "text", "json":
+	default:
+		return fmt.Errorf("log-format must be text or json, got %q", c.LogFormat)
 	}
 	switch c.Accounts {
 	case "":
