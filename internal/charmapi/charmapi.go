@@ -28,12 +28,9 @@ func ParseBase(s string) (*url.URL, error) {
 	return u, nil
 }
 
-// FSRoute is the prefix of Charm's file API.
-const FSRoute = "/v1/fs/"
-
-// FSPath is the route of path p in the file API, unescaped, as a
+// FSPath is the route of path p in Charm's file API, unescaped, as a
 // url.URL's Path holds it: /v1/fs/<p>.
-func FSPath(p string) string { return FSRoute + strings.TrimPrefix(p, "/") }
+func FSPath(p string) string { return "/v1/fs/" + strings.TrimPrefix(p, "/") }
 
 // URL is route (unescaped) under base, the HTTP base URL of a node or
 // proxy, with query q (nil: none). The path is escaped where a URL needs it
