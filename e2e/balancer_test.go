@@ -403,14 +403,14 @@ defaults
 
 frontend charm_http
 	bind {{.HTTP}}
-	stick-table type ip size 100k expire 10m store conn_cur
+	stick-table type ipv6 size 100k expire 10m store conn_cur
 	tcp-request connection track-sc0 src
 	tcp-request connection reject if { sc0_conn_cur gt 256 }
 	default_backend cring_http
 
 frontend charm_ssh
 	bind {{.SSH}}
-	stick-table type ip size 100k expire 10m store conn_cur
+	stick-table type ipv6 size 100k expire 10m store conn_cur
 	tcp-request connection track-sc0 src
 	tcp-request connection reject if { sc0_conn_cur gt 64 }
 	default_backend cring_ssh
