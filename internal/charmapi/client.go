@@ -121,10 +121,10 @@ func (c *Client) Open(ctx context.Context, base *url.URL, user, p string) (*http
 // node that holds a newer version answers ErrNewer.
 func (c *Client) Put(ctx context.Context, base *url.URL, user, p string, mode fs.FileMode, r io.Reader, size int64, hdr http.Header) error {
 	form := NewForm(path.Base(p))
-	body := form.Body(r)
 	if size >= 0 {
-		body = form.Body(io.LimitReader(r, size))
+		r = io.LimitReader(r, size)
 	}
+	body := form.Body(r)
 	q := url.Values{"mode": {strconv.FormatUint(uint64(mode), 10)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, FSURL(base, p, q).String(), body)
 	if err != nil {
