@@ -535,3 +535,91 @@ func TestCopyRacingNewerWriteStops(t *testing.T) {
 		t.Fatalf("read %q after the repair, want v2", got)
 	}
 }
+
+// TestOlderWriteNeverLandsOverNewer: two proxies accept writes of one key
+// in turn, A (older stamp) then B. A's data is still to be sent when B is
+// stored and acknowledged: a stock node would let A's data replace B's on
+// every node it reached, and B, acknowledged, would be lost (a stock chaos
+// run, docs/chaos.md). A must find B's version record first and not store.
+func TestOlderWriteNeverLandsOverNewer(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		armed   bool
+		older   string // A's stamp, the first version recorded once armed
+		seen    = make(chan struct{})
+		saw     = sync.OnceFunc(func() { close(seen) })
+		held    = make(chan struct{})
+		release = sync.OnceFunc(func() { close(held) })
+	)
+	observe := func(_ int, r *http.Request) {
+		if r.Method != http.MethodPost || !strings.Contains(r.URL.Path, "/"+tombstone.Versions+"/") {
+			return
+		}
+		mu.Lock()
+		name := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+		if armed && older == "" {
+			older = name
+		}
+		mine := armed && name == older
+		mu.Unlock()
+		if mine { // A's record: held until B is stored
+			saw()
+			<-held
+		}
+	}
+	o := clusterOpts{nodes: 3, replicas: 3, quorum: 2, observe: observe}
+	tc := startCluster(t, o)
+	t.Cleanup(release)
+	p2 := tc.startProxy(o, 3, "")
+	u := tc.newUser(t)
+	jwt := u.jwt(t)
+	post := func(addr, data string) (int, string) {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		part, _ := mw.CreateFormFile("data", "k")
+		_, _ = part.Write([]byte(data))
+		_ = mw.Close()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/fs/k?mode=420", &body)
+		req.Header.Set("Authorization", "Bearer "+jwt)
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	mu.Lock()
+	armed = true
+	mu.Unlock()
+	type answer struct {
+		status int
+		body   string
+	}
+	a := make(chan answer, 1)
+	go func() { s, b := post(tc.httpAddr, "A, accepted first"); a <- answer{s, b} }()
+	<-seen
+	if s, b := post(p2.httpAddr, "B, accepted second"); s != http.StatusOK {
+		t.Fatalf("B: %d %s", s, b)
+	}
+	release()
+	if got := <-a; got.status == http.StatusOK {
+		t.Errorf("A, older than the stored B, was acknowledged: its data may have replaced B's")
+	} else {
+		t.Logf("A: %d %s", got.status, got.body)
+	}
+	for _, addr := range []string{tc.httpAddr, p2.httpAddr} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/fs/k", nil)
+		req.Header.Set("Authorization", "Bearer "+jwt)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != "B, accepted second" {
+			t.Errorf("read through %s: %d %q, want B's acknowledged write", addr, resp.StatusCode, b)
+		}
+	}
+}

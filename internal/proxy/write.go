@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 
+	"github.com/cring-dev/cring/internal/charmapi"
 	"github.com/cring-dev/cring/internal/stamp"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -36,6 +38,14 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 	defer up.stop()
 	recorded, intent, ok := p.recordFirst(w, r, ref, st, up)
 	if !ok {
+		return
+	}
+	if (recorded || intent) && p.newerRecorded(r, ref, st) {
+		if intent {
+			p.dropIntent(r, ref, st)
+		}
+		p.discardSpool(up.tee)
+		writeError(w, http.StatusConflict, "a newer version of this file was written meanwhile; this one was not stored")
 		return
 	}
 	rep := p.replicate(r.Context(), r, ref, pref, targets, up.small, up.streamed)
@@ -148,6 +158,37 @@ func (p *Proxy) recordFirst(w http.ResponseWriter, r *http.Request, ref fileRef,
 		return false, false, false
 	}
 	return recorded, intent, true
+}
+
+// newerRecorded reports whether a version of ref newer than st is recorded
+// (or its intent) on the nodes, right before this write's data is sent. A
+// stock node can't refuse an older write: data that lands after a newer
+// version's, from a write another proxy accepted later, replaces it on every
+// node it reaches, and the newer write, acknowledged, is lost (docs/chaos.md).
+// A newer write's record is on W nodes before its data is sent, so reading
+// every healthy node's records here leaves only this data's own flight for
+// a newer write to record and store itself in. Nodes that don't answer are
+// taken to hold nothing newer: the check never fails a write by itself.
+func (p *Proxy) newerRecorded(r *http.Request, ref fileRef, st stamp.Stamp) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), p.stall)
+	defer cancel()
+	req := r.Clone(ctx)
+	req.URL = &url.URL{Path: charmapi.FSPath(tombstone.VersionDir(ref.path))}
+	for _, o := range p.sendAll(ctx, p.healthyNodes(), req, http.MethodGet, nil) {
+		if !o.ok() || !isJSON(o.header) {
+			continue
+		}
+		d, _, err := charmapi.DecodeListing(bytes.NewReader(o.body))
+		if err != nil {
+			continue
+		}
+		for _, f := range d.Files {
+			if s, _, err := tombstone.RecordName(f.Name); err == nil && s.After(st) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // answerWrite answers a write whose body reached the nodes: at W, after
