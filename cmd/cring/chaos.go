@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -33,6 +34,7 @@ type chaosFlags struct {
 	scan      time.Duration
 	faults    string
 	hangAfter time.Duration
+	hosts     bool
 }
 
 // errChaosFailed: a run found something; the report is already printed.
@@ -53,7 +55,12 @@ and listed through both proxies and checked against the history: lost writes,
 resurrected deletes, bytes nobody wrote, keys not on exactly N replicas, crashes
 and hangs. Prints one summary line per seed and the details of every failure;
 exits 1 when anything was found. Every flag can also be set with CRING_<FLAG>.
-See docs/chaos.md.`,
+
+With --hosts (root, ip and iptables) every node, proxy and the clients run on a
+test host of their own (a network namespace on a private bridge): network faults
+are firewall rules between hosts, and two more faults cut one proxy from one or
+two nodes (partition-proxy) and slow one proxy's link to one node (link-latency)
+while the other proxy still reaches them. See docs/chaos.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := applyEnv(cmd.Flags())
@@ -83,7 +90,8 @@ See docs/chaos.md.`,
 	fl.DurationVar(&f.converge, "converge-timeout", 60*time.Second, "how long the healed cluster may take to put every key on exactly N replicas")
 	fl.DurationVar(&f.settle, "settle", 0, "how long the converged cluster must then stay unchanged before the final reads (default: --scan-interval + 2s)")
 	fl.DurationVar(&f.scan, "scan-interval", 10*time.Second, "the proxies' --scan-interval")
-	fl.StringVar(&f.faults, "faults", "all", "comma-separated fault kinds to draw from: kill-node,stop-node,kill-proxy,latency,blackhole,reset")
+	fl.StringVar(&f.faults, "faults", "all", "comma-separated fault kinds to draw from: kill-node,stop-node,kill-proxy,latency,blackhole,reset, and with --hosts partition-proxy,link-latency")
+	fl.BoolVar(&f.hosts, "hosts", false, "every node, proxy and the clients on a test host of their own (network namespaces; needs root, ip and iptables): adds the partition-proxy and link-latency faults")
 	fl.DurationVar(&f.hangAfter, "hang-after", 30*time.Second, "a client operation that takes this long is a hang")
 	return cmd
 }
@@ -107,6 +115,11 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 	case f.runs > 1 && f.dir != "":
 		return chaos.Options{}, errors.New("--dir takes one run; with --runs each run gets its own temporary directory")
 	}
+	for _, k := range kinds {
+		if !f.hosts && !slices.Contains(chaos.FaultKinds, k) {
+			return chaos.Options{}, fmt.Errorf("--faults: %s needs --hosts", k)
+		}
+	}
 	if !set["seed"] {
 		f.seed = uint64(time.Now().UnixNano() % 1_000_000)
 	}
@@ -114,6 +127,7 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 		Seed: f.seed, Duration: f.duration, Nodes: f.nodes, Kind: chaos.Kind(f.kind),
 		CharmBin: f.charmBin, CringBin: f.cringBin, Dir: f.dir, Keep: f.keep,
 		Rate: f.rate, ConvergeTimeout: f.converge, Settle: f.settle, ScanInterval: f.scan, Faults: kinds, HangAfter: f.hangAfter,
+		Hosts: f.hosts,
 	}
 	if o.CringBin == "" {
 		if o.CringBin, err = os.Executable(); err != nil {
@@ -142,7 +156,11 @@ func runChaos(ctx context.Context, w io.Writer, o chaos.Options, runs int) error
 		ro.Logf = func(format string, args ...any) {
 			fmt.Fprintln(w, dim.Render(fmt.Sprintf("%6.1fs ", time.Since(start).Seconds())+fmt.Sprintf(format, args...)))
 		}
-		fmt.Fprintln(w, title.Render(fmt.Sprintf("💍 cring chaos: seed %d, %d %s nodes, 2 proxies, faults for %s", ro.Seed, ro.Nodes, ro.Kind, ro.Duration)))
+		where := ""
+		if ro.Hosts {
+			where = ", each on a host of its own"
+		}
+		fmt.Fprintln(w, title.Render(fmt.Sprintf("💍 cring chaos: seed %d, %d %s nodes, 2 proxies%s, faults for %s", ro.Seed, ro.Nodes, ro.Kind, where, ro.Duration)))
 		rep, err := chaos.Run(ctx, ro)
 		if err != nil {
 			return err

@@ -64,7 +64,17 @@ type Options struct {
 	// every proxy's healer has scanned the converged cluster once).
 	Settle    time.Duration
 	HangAfter time.Duration // a client op this long is a hang (30s)
-	Faults    []FaultKind   // kinds to draw from (all)
+	Faults    []FaultKind   // kinds to draw from (all: FaultKinds, or HostFaultKinds with Hosts)
+
+	// Hosts puts every node, every proxy and the clients on a test host
+	// of its own (internal/netns: network namespaces on one bridge; needs
+	// root): network faults are firewall rules between hosts instead of
+	// fronts, and the link faults of one proxy (partition-proxy,
+	// link-latency) become possible.
+	Hosts bool
+	// Schedule, when set, is the fault plan instead of one drawn from the
+	// seed (scripted runs; the seed still draws the clients' operations).
+	Schedule []Fault
 
 	// Logf receives progress lines; nil is quiet.
 	Logf func(format string, args ...any)
@@ -126,7 +136,28 @@ func (o Options) validate() error {
 	case o.Rate <= 0 || o.Workers < 1:
 		return errors.New("rate and workers must be positive")
 	}
+	for _, k := range o.Faults {
+		if hostOnly(k) && !o.Hosts {
+			return fmt.Errorf("fault %s needs test hosts (--hosts)", k)
+		}
+	}
+	if o.Schedule != nil {
+		return checkSchedule(o.Schedule, o.Duration, o.Nodes, o.Proxies, o.Hosts)
+	}
 	return nil
+}
+
+// plan is the run's fault plan: the fixed schedule, or the one the seed
+// draws from the kinds the run can inject.
+func (o Options) plan() []Fault {
+	if o.Schedule != nil {
+		return o.Schedule
+	}
+	kinds := o.Faults
+	if len(kinds) == 0 && o.Hosts {
+		kinds = HostFaultKinds
+	}
+	return Plan(o.Seed, o.Duration, o.Nodes, o.Proxies, o.maxImpaired(), kinds)
 }
 
 // maxImpaired is how many nodes may be impaired at once: two, and never
@@ -138,8 +169,14 @@ type Report struct {
 	Seed     uint64        `json:"seed"`
 	Nodes    int           `json:"nodes"`
 	Kind     Kind          `json:"kind"`
+	Hosts    bool          `json:"hosts,omitempty"` // every process on a test host of its own
 	Duration time.Duration `json:"duration"`
 	Plan     []Fault       `json:"plan"`
+	// Views is which nodes each proxy's health checks saw down during the
+	// fault period; Disagreed, the nodes one proxy saw down while another
+	// saw them up at the same moment (information, as stale reads).
+	Views     []ProxyView `json:"views"`
+	Disagreed []string    `json:"disagreed"`
 
 	Ops, Acked, Failed, Unknown int
 	Skipped                     int // client ticks dropped with every worker busy
@@ -168,7 +205,11 @@ func (r *Report) Pass() bool { return len(r.Findings) == 0 && r.Converged }
 // Summary is the one-line result.
 func (r *Report) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "chaos seed=%d nodes=%d kind=%s ops=%d acked=%d", r.Seed, r.Nodes, r.Kind, r.Ops, r.Acked)
+	fmt.Fprintf(&b, "chaos seed=%d nodes=%d kind=%s", r.Seed, r.Nodes, r.Kind)
+	if r.Hosts {
+		b.WriteString(" hosts")
+	}
+	fmt.Fprintf(&b, " ops=%d acked=%d", r.Ops, r.Acked)
 	for _, c := range Classes {
 		fmt.Fprintf(&b, " %s=%d", summaryLabel[c], r.Count(c))
 	}
@@ -194,6 +235,12 @@ func (r *Report) WriteDetails(w io.Writer) {
 	fmt.Fprintf(w, "fault plan (seed %d, %s):\n", r.Seed, r.Duration)
 	for _, f := range r.Plan {
 		fmt.Fprintf(w, "  %s\n", f)
+	}
+	for _, v := range r.Views {
+		fmt.Fprintf(w, "during the faults %s\n", v)
+	}
+	if len(r.Disagreed) > 0 {
+		fmt.Fprintf(w, "the proxies disagreed at one moment on: %s\n", strings.Join(r.Disagreed, ","))
 	}
 	fmt.Fprintf(w, "ops: %d total, %d acknowledged, %d failed, %d unknown; %d ticks skipped (workers busy); %d stale reads during faults (information)\n",
 		r.Ops, r.Acked, r.Failed, r.Unknown, r.Skipped, r.StaleReads)
@@ -227,7 +274,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		cleanup()
 	}()
 	rep = Report{Seed: o.Seed, Nodes: o.Nodes, Kind: o.Kind, Duration: o.Duration,
-		Plan: Plan(o.Seed, o.Duration, o.Nodes, o.Proxies, o.maxImpaired(), o.Faults)}
+		Plan: o.plan(), Hosts: o.Hosts}
 
 	c, err := startCluster(ctx, o, dir)
 	if err != nil {
@@ -235,6 +282,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	defer c.close()
 	a := newAPI(c.jwt)
+	if c.hosts != nil {
+		// Every request from the clients' host: the servers are
+		// reachable from nowhere else.
+		a.client.Transport.(*http.Transport).DialContext = c.hosts.dial
+	}
 	defer a.close()
 	if err := c.waitReady(ctx, a); err != nil {
 		return rep, fmt.Errorf("chaos: %w", err)
@@ -284,9 +336,10 @@ func (c *cluster) faultPeriod(ctx context.Context, o Options, a *api, ks keySpac
 	}
 	wl := &workload{o: o, ks: ks, api: a, proxies: urls, hist: hist}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); wl.run(fctx) }()
 	go func() { defer wg.Done(); c.progress(fctx, o, hist, t0) }()
+	go func() { defer wg.Done(); rep.Views, rep.Disagreed = c.watchHealth(fctx, a) }()
 	// The plan ends within the period; its last steps (restarts) run to
 	// completion even when they end it.
 	ex := &executor{c: c, o: o, start: t0}

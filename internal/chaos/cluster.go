@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/netns"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -29,9 +31,11 @@ type cluster struct {
 	keyPath   string
 	nodes     []*node
 	proxies   []*proxyProc
-	fronts    *fronts
-	user      string // the charm ID every client acts as
+	fronts    *fronts  // nil with test hosts
+	hosts     *hostNet // nil without
+	user      string   // the charm ID every client acts as
 	jwt       string
+	admin     string // the proxies' admin token with test hosts
 
 	mu      sync.Mutex
 	crashes []Finding
@@ -42,9 +46,12 @@ type node struct {
 	name    string
 	dev     *devcluster.Node // ports and data dir
 	meta    int              // cring node's metadata port (0: stock)
-	front   *front
+	front   nodeFront
 	proc    *proc
 	httpURL string // direct, not through the front
+	// What the proxies' cring.yaml says: the front's listeners, or with
+	// test hosts the node's own address.
+	proxyURL, proxyMeta string
 }
 
 // proxyProc is one `cring serve` process.
@@ -52,6 +59,7 @@ type proxyProc struct {
 	name  string
 	url   string // http://host:port
 	admin string
+	ssh   string // host:port
 	proc  *proc
 }
 
@@ -73,7 +81,19 @@ const portsPerNode = 5
 // startCluster lays out the work dir, seeds one user on every node, and
 // starts the nodes, their fronts and the proxies.
 func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) {
-	c := &cluster{o: o, dir: dir, fronts: newFronts()}
+	c := &cluster{o: o, dir: dir}
+	if o.Hosts {
+		var err error
+		if c.hosts, err = newHostNet(o.Nodes, o.Proxies); err != nil {
+			return nil, err
+		}
+		if c.admin, err = adminToken(); err != nil {
+			c.close()
+			return nil, err
+		}
+	} else {
+		c.fronts = newFronts()
+	}
 	if err := c.start(ctx); err != nil {
 		c.close()
 		return nil, err
@@ -88,13 +108,11 @@ func (c *cluster) start(ctx context.Context) error {
 			return fmt.Errorf("work dir: %w", err)
 		}
 	}
-	// Every port at once, so no two of them collide.
-	ports, err := devcluster.FreePorts("127.0.0.1", portsPerNode*o.Nodes+3*o.Proxies)
+	ports, proxyPorts, err := c.layout()
 	if err != nil {
 		return err
 	}
-	proxyPorts := ports[portsPerNode*o.Nodes:]
-	c.publicURL = fmt.Sprintf("http://127.0.0.1:%d", proxyPorts[0])
+	c.publicURL = "http://" + proxyPorts[0][0]
 	c.keyPath = filepath.Join(dir, "key", "charm_server_ed25519")
 	kp, err := keygen.New(c.keyPath, keygen.WithKeyType(keygen.Ed25519), keygen.WithWrite())
 	if err != nil {
@@ -102,34 +120,29 @@ func (c *cluster) start(ctx context.Context) error {
 	}
 	dc := &devcluster.Cluster{} // only to seed accounts into the nodes' sqlite
 	for i := range o.Nodes {
-		np := ports[portsPerNode*i:]
-		dn := &devcluster.Node{Name: fmt.Sprintf("node%d", i+1), Host: "127.0.0.1",
-			HTTPPort: np[0], SSHPort: np[1], HealthPort: np[2], StatsPort: np[3],
+		np := ports[i]
+		dn := &devcluster.Node{Name: fmt.Sprintf("node%d", i+1), Host: np.host,
+			HTTPPort: np.ports[0], SSHPort: np.ports[1], HealthPort: np.ports[2], StatsPort: np.ports[3],
 			DataDir: filepath.Join(dir, "nodes", fmt.Sprintf("node%d", i+1))}
 		n := &node{name: dn.Name, dev: dn, httpURL: dn.HTTPURL()}
 		if o.Kind == KindCringNode {
-			n.meta = np[4]
+			n.meta = np.ports[4]
 		}
 		if err := writeKey(dn.DataDir, kp.RawPrivateKey(), kp.RawAuthorizedKey()); err != nil {
 			return err
 		}
 		n.proc = &proc{name: dn.Name, logPath: filepath.Join(dir, "logs", dn.Name+".log"),
-			command: c.nodeCommand(n), ready: dn.HealthURL(), crashed: c.crashed}
+			command: c.nodeCommand(i, n), ready: dn.HealthURL(), crashed: c.crashed, client: c.readyClient()}
 		c.nodes = append(c.nodes, n)
 		dc.Nodes = append(dc.Nodes, dn)
 	}
 	if err := c.seedUser(dc, dir); err != nil {
 		return err
 	}
-	for _, n := range c.nodes {
-		upstreams := []string{net.JoinHostPort(n.dev.Host, strconv.Itoa(n.dev.HTTPPort))}
-		if n.meta != 0 {
-			upstreams = append(upstreams, net.JoinHostPort(n.dev.Host, strconv.Itoa(n.meta)))
-		}
-		if n.front, err = c.fronts.open(n.name, upstreams...); err != nil {
+	for i, n := range c.nodes {
+		if err := c.openFront(i, n); err != nil {
 			return err
 		}
-		o.logf("starting %s (%s) on %s, front %s", n.name, o.Kind, n.httpURL, n.front.addr(0))
 		if err := n.proc.start(ctx); err != nil {
 			return err
 		}
@@ -139,14 +152,15 @@ func (c *cluster) start(ctx context.Context) error {
 		return err
 	}
 	for i := range o.Proxies {
-		pp := proxyPorts[3*i:]
+		pp := proxyPorts[i]
 		p := &proxyProc{
 			name:  fmt.Sprintf("proxy%d", i+1),
-			url:   fmt.Sprintf("http://127.0.0.1:%d", pp[0]),
-			admin: fmt.Sprintf("http://127.0.0.1:%d", pp[2]),
+			url:   "http://" + pp[0],
+			ssh:   pp[1],
+			admin: "http://" + pp[2],
 		}
 		p.proc = &proc{name: p.name, logPath: filepath.Join(dir, "logs", p.name+".log"),
-			command: c.proxyCommand(p, cfgPath, pp[1]), ready: p.admin + "/healthz", crashed: c.crashed}
+			command: c.proxyCommand(i, p, cfgPath), ready: p.admin + "/healthz", crashed: c.crashed, client: c.readyClient()}
 		c.proxies = append(c.proxies, p)
 		o.logf("starting %s on %s", p.name, p.url)
 		if err := p.proc.start(ctx); err != nil {
@@ -154,6 +168,96 @@ func (c *cluster) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// nodePorts is one node's address and its HTTP, SSH, health, stats and
+// metadata ports.
+type nodePorts struct {
+	host  string
+	ports [portsPerNode]int
+}
+
+// layout gives every node its address and ports, and every proxy its
+// HTTP, SSH and admin addresses (host:port): free loopback ports, all
+// drawn at once so no two collide, or with test hosts each host's address
+// and the usual ports.
+func (c *cluster) layout() ([]nodePorts, [][3]string, error) {
+	o := c.o
+	nodes := make([]nodePorts, o.Nodes)
+	proxies := make([][3]string, o.Proxies)
+	if c.hosts != nil {
+		for i, h := range c.hosts.nodes {
+			nodes[i] = nodePorts{h.Addr.String(), [portsPerNode]int{hostHTTPPort, hostSSHPort, hostHealthPort, hostStatsPort, hostMetaPort}}
+		}
+		for i, h := range c.hosts.proxies {
+			a := h.Addr.String()
+			proxies[i] = [3]string{net.JoinHostPort(a, strconv.Itoa(hostHTTPPort)), net.JoinHostPort(a, strconv.Itoa(hostSSHPort)),
+				net.JoinHostPort(a, strconv.Itoa(hostAdminPort))}
+		}
+		return nodes, proxies, nil
+	}
+	ports, err := devcluster.FreePorts("127.0.0.1", portsPerNode*o.Nodes+3*o.Proxies)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range nodes {
+		nodes[i].host = "127.0.0.1"
+		copy(nodes[i].ports[:], ports[portsPerNode*i:])
+	}
+	pp := ports[portsPerNode*o.Nodes:]
+	for i := range proxies {
+		for j := range 3 {
+			proxies[i][j] = net.JoinHostPort("127.0.0.1", strconv.Itoa(pp[3*i+j]))
+		}
+	}
+	return nodes, proxies, nil
+}
+
+// openFront puts node i behind what its network faults act on, and says
+// where the proxies reach it.
+func (c *cluster) openFront(i int, n *node) error {
+	metaURL := func(host string, port int) string { return "http://" + net.JoinHostPort(host, strconv.Itoa(port)) }
+	if c.hosts != nil {
+		n.front = &hostFront{node: c.hosts.nodes[i], proxies: c.hosts.proxies}
+		n.proxyURL = n.httpURL
+		if n.meta != 0 {
+			n.proxyMeta = metaURL(n.dev.Host, n.meta)
+		}
+		c.o.logf("starting %s (%s) on host %s, %s", n.name, c.o.Kind, c.hosts.nodes[i], n.httpURL)
+		return nil
+	}
+	upstreams := []string{net.JoinHostPort(n.dev.Host, strconv.Itoa(n.dev.HTTPPort))}
+	if n.meta != 0 {
+		upstreams = append(upstreams, net.JoinHostPort(n.dev.Host, strconv.Itoa(n.meta)))
+	}
+	f, err := c.fronts.open(n.name, upstreams...)
+	if err != nil {
+		return err
+	}
+	n.front = f
+	n.proxyURL = "http://" + f.addr(0)
+	if n.meta != 0 {
+		n.proxyMeta = "http://" + f.addr(1)
+	}
+	c.o.logf("starting %s (%s) on %s, front %s", n.name, c.o.Kind, n.httpURL, f.addr(0))
+	return nil
+}
+
+// readyClient checks that a process serves: from the clients' host with
+// test hosts, else nil (proc's own).
+func (c *cluster) readyClient() *http.Client {
+	if c.hosts == nil {
+		return nil
+	}
+	return c.hosts.httpClient()
+}
+
+// command runs bin for node or proxy i: on its own host with test hosts.
+func (c *cluster) command(hosts func(*hostNet) []*netns.Host, i int, bin string, args ...string) *exec.Cmd {
+	if c.hosts == nil {
+		return exec.Command(bin, args...)
+	}
+	return hosts(c.hosts)[i].Command(bin, args...)
 }
 
 // seedUser gives every node the same account (as `cring accounts sync`
@@ -192,14 +296,15 @@ func writeKey(dataDir string, priv, pub []byte) error {
 
 // nodeCommand is how node n runs: stock `charm serve` or `cring node`,
 // configured like a real deployment through CHARM_SERVER_*.
-func (c *cluster) nodeCommand(n *node) func() *exec.Cmd {
+func (c *cluster) nodeCommand(i int, n *node) func() *exec.Cmd {
+	nodes := func(hn *hostNet) []*netns.Host { return hn.nodes }
 	return func() *exec.Cmd {
 		dn := n.dev
 		var cmd *exec.Cmd
 		if c.o.Kind == KindCringNode {
-			cmd = exec.Command(c.o.CringBin, "node", "--shutdown-timeout", "1s", "--meta-port", strconv.Itoa(n.meta))
+			cmd = c.command(nodes, i, c.o.CringBin, "node", "--shutdown-timeout", "1s", "--meta-port", strconv.Itoa(n.meta))
 		} else {
-			cmd = exec.Command(c.o.CharmBin, "serve")
+			cmd = c.command(nodes, i, c.o.CharmBin, "serve")
 		}
 		cmd.Env = append(childEnv(),
 			"CHARM_SERVER_BIND_ADDRESS="+dn.Host,
@@ -217,12 +322,13 @@ func (c *cluster) nodeCommand(n *node) func() *exec.Cmd {
 
 // proxyCommand is how proxy p runs: `cring serve` on the shared
 // cring.yaml, with its own data dir and short timers.
-func (c *cluster) proxyCommand(p *proxyProc, cfgPath string, sshPort int) func() *exec.Cmd {
+func (c *cluster) proxyCommand(i int, p *proxyProc, cfgPath string) func() *exec.Cmd {
+	proxies := func(hn *hostNet) []*netns.Host { return hn.proxies }
 	return func() *exec.Cmd {
-		cmd := exec.Command(c.o.CringBin, "serve",
+		cmd := c.command(proxies, i, c.o.CringBin, "serve",
 			"--config", cfgPath,
 			"--address", strings.TrimPrefix(p.url, "http://"),
-			"--ssh-proxy-address", fmt.Sprintf("127.0.0.1:%d", sshPort),
+			"--ssh-proxy-address", p.ssh,
 			"--admin-address", strings.TrimPrefix(p.admin, "http://"),
 			"--data-dir", filepath.Join(c.dir, "proxies", p.name),
 			"--server-key", c.keyPath,
@@ -232,6 +338,10 @@ func (c *cluster) proxyCommand(p *proxyProc, cfgPath string, sshPort int) func()
 			"--health-interval", "500ms",
 		)
 		cmd.Env = childEnv()
+		if c.admin != "" {
+			// Not on the command line: the admin address is not loopback.
+			cmd.Env = append(cmd.Env, "CRING_ADMIN_TOKEN="+c.admin)
+		}
 		return cmd
 	}
 }
@@ -268,10 +378,7 @@ type yamlConfig struct {
 func (c *cluster) writeConfig() (string, error) {
 	y := yamlConfig{Replicas: c.o.Replicas, WriteQuorum: c.o.WriteQuorum, PublicURL: c.publicURL}
 	for _, n := range c.nodes {
-		yn := yamlNode{Name: n.name, URL: "http://" + n.front.addr(0), SSH: n.dev.SSHAddr()}
-		if n.meta != 0 {
-			yn.Meta = "http://" + n.front.addr(1)
-		}
+		yn := yamlNode{Name: n.name, URL: n.proxyURL, SSH: n.dev.SSHAddr(), Meta: n.proxyMeta}
 		y.Nodes = append(y.Nodes, yn)
 	}
 	b, err := yaml.Marshal(y)
@@ -285,13 +392,18 @@ func (c *cluster) writeConfig() (string, error) {
 	return path, nil
 }
 
-// heal ends every fault: fronts clean, every process running and not
-// stopped.
+// heal ends every fault: fronts clean, every link between hosts whole,
+// every process running and not stopped.
 func (c *cluster) heal(ctx context.Context) error {
 	var errs []error
 	for _, n := range c.nodes {
-		n.front.clear()
+		errs = append(errs, n.front.clear())
 		errs = append(errs, n.proc.heal(ctx))
+	}
+	if c.hosts != nil {
+		for _, h := range c.hosts.proxies {
+			errs = append(errs, h.Heal())
+		}
 	}
 	for _, p := range c.proxies {
 		errs = append(errs, p.proc.heal(ctx))
@@ -299,7 +411,8 @@ func (c *cluster) heal(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// close kills every process and closes the fronts.
+// close kills every process and closes the fronts, and removes the test
+// hosts.
 func (c *cluster) close() {
 	for _, p := range c.proxies {
 		p.proc.kill()
@@ -308,6 +421,11 @@ func (c *cluster) close() {
 		n.proc.kill()
 		if n.front != nil {
 			n.front.close()
+		}
+	}
+	if c.hosts != nil {
+		if err := c.hosts.close(); err != nil {
+			c.o.logf("removing the test hosts: %v", err)
 		}
 	}
 }

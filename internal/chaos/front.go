@@ -106,10 +106,11 @@ func (f *front) set(desc string, ts ...toxic) error {
 }
 
 // clear removes every toxic: the node is reachable as it is again.
-func (f *front) clear() {
+func (f *front) clear() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.clearLocked()
+	return nil
 }
 
 func (f *front) clearLocked() {

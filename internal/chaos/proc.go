@@ -22,6 +22,7 @@ type proc struct {
 	command func() *exec.Cmd // a fresh command line for every start
 	ready   string           // URL that answers (any status) once it serves
 	crashed func(Finding)
+	client  *http.Client // asks ready (nil: one of its own, from this namespace)
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -77,7 +78,10 @@ func (p *proc) wait(cmd *exec.Cmd, done chan struct{}, log *os.File) {
 
 // waitReady polls the ready URL until it answers or the process exits.
 func (p *proc) waitReady(ctx context.Context, done chan struct{}) error {
-	c := &http.Client{Timeout: time.Second}
+	c := p.client
+	if c == nil {
+		c = &http.Client{Timeout: time.Second}
+	}
 	err := poll(ctx, 30*time.Second, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		select {
 		case <-done:

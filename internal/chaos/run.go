@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cring-dev/cring/internal/netns"
 )
 
 // executor carries out a fault plan in real time against the cluster.
@@ -72,6 +74,9 @@ func (e *executor) run(ctx context.Context, plan []Fault) error {
 
 func (e *executor) apply(ctx context.Context, s step) error {
 	f := s.fault
+	if hostOnly(f.Kind) {
+		return e.applyLink(s)
+	}
 	for _, t := range f.Targets {
 		if f.Kind == KillProxy {
 			p := e.c.proxies[t].proc
@@ -94,7 +99,7 @@ func (e *executor) apply(ctx context.Context, s step) error {
 		case f.Kind == StopNode:
 			err = n.proc.signal(syscall.SIGCONT)
 		case !s.begin:
-			n.front.clear()
+			err = n.front.clear()
 		case f.Kind == Latency:
 			err = n.front.latency(f.Delay)
 		case f.Kind == Blackhole:
@@ -107,6 +112,29 @@ func (e *executor) apply(ctx context.Context, s step) error {
 		}
 	}
 	return nil
+}
+
+// applyLink begins or ends a fault on one proxy's links to its target
+// nodes: the rules are in the proxy's host, so the other proxies still
+// reach those nodes.
+func (e *executor) applyLink(s step) error {
+	f := s.fault
+	if e.c.hosts == nil {
+		return fmt.Errorf("%s needs test hosts", f.Kind)
+	}
+	p := e.c.hosts.proxies[f.Proxy]
+	var nodes []*netns.Host
+	for _, t := range f.Targets {
+		nodes = append(nodes, e.c.hosts.nodes[t])
+	}
+	switch {
+	case !s.begin:
+		return p.Heal(nodes...)
+	case f.Kind == PartitionProxy:
+		return p.Cut(nodes...)
+	default: // LinkLatency: the nodes' answers reach the proxy late
+		return p.Delay(f.Delay, nodes...)
+	}
 }
 
 // impaired describes what is wrong right now, for progress lines.
@@ -126,6 +154,9 @@ func (c *cluster) impaired() string {
 		if !p.proc.running() {
 			s = append(s, p.name+" down")
 		}
+	}
+	if c.hosts != nil {
+		s = append(s, c.hosts.links()...)
 	}
 	if len(s) == 0 {
 		return "no faults"

@@ -19,21 +19,38 @@ const (
 	Latency   FaultKind = "latency"    // answers late (200 ms – 2 s) through the node's front
 	Blackhole FaultKind = "blackhole"  // the front drops every byte, connections stay open
 	Reset     FaultKind = "reset"      // the front resets every connection that sends
+
+	// Only with Options.Hosts (every process on a test host of its own):
+	// faults of one proxy's links, which the other proxies don't share.
+	PartitionProxy FaultKind = "partition-proxy" // one proxy cut from one or two nodes, both ways
+	LinkLatency    FaultKind = "link-latency"    // one proxy's link to one node slowed (200 ms – 2 s per round trip)
 )
 
-// FaultKinds lists every kind, in the order the schedule draws weights.
+// FaultKinds lists every kind a run on one host draws from, in the order
+// the schedule draws weights.
 var FaultKinds = []FaultKind{KillNode, StopNode, KillProxy, Latency, Blackhole, Reset}
 
+// HostFaultKinds lists every kind a run with Options.Hosts draws from:
+// FaultKinds and the link faults of one proxy.
+var HostFaultKinds = append(slices.Clone(FaultKinds), PartitionProxy, LinkLatency)
+
 // weights are the relative odds of each kind.
-var weights = map[FaultKind]int{KillNode: 3, StopNode: 2, KillProxy: 2, Latency: 3, Blackhole: 2, Reset: 2}
+var weights = map[FaultKind]int{KillNode: 3, StopNode: 2, KillProxy: 2, Latency: 3, Blackhole: 2, Reset: 2,
+	PartitionProxy: 3, LinkLatency: 2}
+
+// hostOnly reports whether kind needs test hosts (Options.Hosts).
+func hostOnly(kind FaultKind) bool { return kind == PartitionProxy || kind == LinkLatency }
 
 // Fault is one scheduled fault: at At after the fault period starts, for
-// For, on Targets (node indexes, or the proxy index for kill-proxy).
+// For, on Targets (node indexes, or the proxy index for kill-proxy). A
+// partition-proxy or link-latency fault is on the links between proxy
+// Proxy and its target nodes.
 type Fault struct {
 	At      time.Duration `json:"at"`
 	For     time.Duration `json:"for"`
 	Kind    FaultKind     `json:"kind"`
 	Targets []int         `json:"targets"`
+	Proxy   int           `json:"proxy,omitempty"` // partition-proxy, link-latency
 	Delay   time.Duration `json:"delay,omitempty"` // latency faults
 }
 
@@ -48,7 +65,11 @@ func (f Fault) String() string {
 			names = append(names, fmt.Sprintf("node%d", t+1))
 		}
 	}
-	s := fmt.Sprintf("%6.1fs +%4.1fs %-10s %s", f.At.Seconds(), f.For.Seconds(), f.Kind, strings.Join(names, ","))
+	target := strings.Join(names, ",")
+	if hostOnly(f.Kind) {
+		target = fmt.Sprintf("proxy%d-%s", f.Proxy+1, target)
+	}
+	s := fmt.Sprintf("%6.1fs +%4.1fs %-10s %s", f.At.Seconds(), f.For.Seconds(), f.Kind, target)
 	if f.Delay > 0 {
 		s += " " + f.Delay.String()
 	}
@@ -60,9 +81,10 @@ func (f Fault) impairsNode() bool { return f.Kind != KillProxy }
 
 // Plan is the seeded fault schedule for a fault period over nodes nodes
 // and proxies proxies: the same seed always gives the same plan. At most
-// maxImpaired nodes are impaired at once, a node has one fault at a time,
-// at most one proxy is down at a time (never all of them), and every fault
-// ends within the period.
+// maxImpaired nodes are impaired at once (a node cut from or slowed for
+// one proxy counts), a node has one fault at a time, at most one proxy is
+// down at a time (never all of them), and every fault ends within the
+// period. No kinds means FaultKinds.
 func Plan(seed uint64, period time.Duration, nodes, proxies, maxImpaired int, kinds []FaultKind) []Fault {
 	rng := rand.New(rand.NewPCG(seed, 0x6368616f73)) // "chaos"
 	if len(kinds) == 0 {
@@ -93,10 +115,17 @@ func Plan(seed uint64, period time.Duration, nodes, proxies, maxImpaired int, ki
 			f.For = between(rng, 2*time.Second, 10*time.Second)
 		case Reset:
 			f.For = between(rng, 2*time.Second, 8*time.Second)
+		case PartitionProxy:
+			f.For = between(rng, 2*time.Second, 15*time.Second)
+			f.Proxy = rng.IntN(proxies)
+		case LinkLatency:
+			f.For = between(rng, 3*time.Second, 15*time.Second)
+			f.Delay = between(rng, 200*time.Millisecond, 2*time.Second).Round(10 * time.Millisecond)
+			f.Proxy = rng.IntN(proxies)
 		}
 		f.For = min(f.For, period-f.At)
 		want := 1
-		if (f.Kind == Latency || f.Kind == Blackhole || f.Kind == Reset) && rng.IntN(3) == 0 {
+		if (f.Kind == Latency || f.Kind == Blackhole || f.Kind == Reset || f.Kind == PartitionProxy) && rng.IntN(3) == 0 {
 			want = 2
 		}
 		if f.Targets = freeTargets(rng, plan, f, nodes, proxies, maxImpaired, want); f.Targets != nil {
@@ -153,7 +182,7 @@ func pick(rng *rand.Rand, kinds []FaultKind, total int) FaultKind {
 }
 
 // ParseFaultKinds reads a comma-separated list of fault kinds ("" or
-// "all": every kind).
+// "all": every kind the run can inject).
 func ParseFaultKinds(s string) ([]FaultKind, error) {
 	if s == "" || s == "all" {
 		return nil, nil
@@ -161,8 +190,8 @@ func ParseFaultKinds(s string) ([]FaultKind, error) {
 	var out []FaultKind
 	for _, f := range strings.Split(s, ",") {
 		k := FaultKind(strings.TrimSpace(f))
-		if !slices.Contains(FaultKinds, k) {
-			return nil, fmt.Errorf("unknown fault %q (want some of %s)", k, joinKinds(FaultKinds))
+		if !slices.Contains(HostFaultKinds, k) {
+			return nil, fmt.Errorf("unknown fault %q (want some of %s)", k, joinKinds(HostFaultKinds))
 		}
 		out = append(out, k)
 	}
@@ -175,4 +204,37 @@ func joinKinds(ks []FaultKind) string {
 		s[i] = string(k)
 	}
 	return strings.Join(s, ",")
+}
+
+// checkSchedule reports what is wrong with a fixed schedule (Options.Schedule)
+// for nodes nodes and proxies proxies: a fault outside the period, a
+// target that doesn't exist, a link fault without test hosts. Unlike a
+// drawn plan it may impair any number of nodes at once.
+func checkSchedule(plan []Fault, period time.Duration, nodes, proxies int, hosts bool) error {
+	for _, f := range plan {
+		pool := nodes
+		if f.Kind == KillProxy {
+			pool = proxies
+		}
+		switch {
+		case !slices.Contains(HostFaultKinds, f.Kind):
+			return fmt.Errorf("schedule: unknown fault %q", f.Kind)
+		case hostOnly(f.Kind) && !hosts:
+			return fmt.Errorf("schedule: %s needs test hosts (--hosts)", f.Kind)
+		case f.At < 0 || f.For <= 0 || f.end() > period:
+			return fmt.Errorf("schedule: %s: not within the %s fault period", f, period)
+		case len(f.Targets) == 0:
+			return fmt.Errorf("schedule: %s: no target", f)
+		case hostOnly(f.Kind) && (f.Proxy < 0 || f.Proxy >= proxies):
+			return fmt.Errorf("schedule: %s: no proxy%d", f, f.Proxy+1)
+		case (f.Kind == Latency || f.Kind == LinkLatency) && f.Delay <= 0:
+			return fmt.Errorf("schedule: %s: no delay", f)
+		}
+		for _, t := range f.Targets {
+			if t < 0 || t >= pool {
+				return fmt.Errorf("schedule: %s: target %d out of range", f, t)
+			}
+		}
+	}
+	return nil
 }
