@@ -243,21 +243,28 @@ func (h *Host) set(f LinkFault, d time.Duration, peers []*Host) error {
 	if h.fd < 0 {
 		return fmt.Errorf("netns: host %s is closed", h.Name)
 	}
-	var stale []*delayQueue // closed once the rules no longer send to them
 	for _, p := range peers {
 		if p == h || p.net != h.net {
 			return fmt.Errorf("netns: %s cannot have a link fault with %s", h.Name, p.Name)
 		}
+	}
+	var (
+		stale   []*delayQueue // closed once the rules no longer send to them
+		changed bool
+		err     error
+	)
+	for _, p := range peers {
 		old := h.links[p]
-		if old != nil && old.fault == f && old.delay == d {
+		if (old == nil && f == LinkClear) || (old != nil && old.fault == f && old.delay == d) {
 			continue
 		}
 		nl := &link{fault: f, delay: d}
 		if f == LinkDelay {
 			h.queues++
-			q, err := openDelayQueue(h.fd, h.queues, d)
-			if err != nil {
-				return fmt.Errorf("netns: %s: delay from %s: %w", h.Name, p.Name, err)
+			q, qerr := openDelayQueue(h.fd, h.queues, d)
+			if qerr != nil {
+				err = fmt.Errorf("netns: %s: delay from %s: %w", h.Name, p.Name, qerr)
+				break // the peers done so far still get their rules
 			}
 			nl.queue = q
 		}
@@ -269,8 +276,11 @@ func (h *Host) set(f LinkFault, d time.Duration, peers []*Host) error {
 		} else {
 			h.links[p] = nl
 		}
+		changed = true
 	}
-	err := h.applyLocked()
+	if changed {
+		err = errors.Join(err, h.applyLocked())
+	}
 	for _, q := range stale {
 		q.close()
 	}
