@@ -39,7 +39,8 @@ process) and the proxy (this binary's "serve", as its own process), then measure
 each workload side by side: one node direct, the client itself sending every
 write to all N replicas (the limit of N-way replication on this machine), and
 through the proxy. read-slow and upload-slow compare the proxy with one node
-answering late against the same proxy with every node healthy.
+answering late against the same proxy with every node healthy; upload-degraded
+with one node down (every write hinted).
 
 Workloads: ` + strings.Join(bench.Workloads(), ", ") + ` (all but the peers by
 default). "peers" runs peers-read and peers-upload: 4 KiB reads and uploads

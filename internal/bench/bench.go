@@ -27,17 +27,18 @@ import (
 
 // Workload names, in the order they run.
 const (
-	WorkloadRSS         = "rss"          // one big upload: proxy peak RSS growth
-	WorkloadUploadSmall = "upload-small" // 4 KiB uploads, 8 concurrent
-	WorkloadUploadLarge = "upload-large" // 64 MiB uploads, 2 concurrent
-	WorkloadUploadSlow  = "upload-slow"  // 4 KiB uploads, one replica answering 200 ms late
-	WorkloadReadSmall   = "read-small"   // 4 KiB reads, 8 concurrent
-	WorkloadReadSlow    = "read-slow"    // the same, one replica answering 200 ms late
-	WorkloadList        = "list"         // directory listings
-	WorkloadMixed       = "mixed"        // 70% reads / 30% writes of 4 KiB
-	WorkloadHash        = "hash"         // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
-	WorkloadScrub       = "scrub"        // 4 KiB reads while the scrub hashes every copy at its default rate
-	WorkloadReplay      = "replay"       // a node stopped, 10,000 writes, started: time until it caught up
+	WorkloadRSS         = "rss"             // one big upload: proxy peak RSS growth
+	WorkloadUploadSmall = "upload-small"    // 4 KiB uploads, 8 concurrent
+	WorkloadUploadLarge = "upload-large"    // 64 MiB uploads, 2 concurrent
+	WorkloadUploadSlow  = "upload-slow"     // 4 KiB uploads, one replica answering 200 ms late
+	WorkloadDegraded    = "upload-degraded" // 4 KiB uploads, one node down (every write hinted)
+	WorkloadReadSmall   = "read-small"      // 4 KiB reads, 8 concurrent
+	WorkloadReadSlow    = "read-slow"       // the same, one replica answering 200 ms late
+	WorkloadList        = "list"            // directory listings
+	WorkloadMixed       = "mixed"           // 70% reads / 30% writes of 4 KiB
+	WorkloadHash        = "hash"            // checksum speeds: SHA-256 (recorded) against BLAKE3 and xxh3
+	WorkloadScrub       = "scrub"           // 4 KiB reads while the scrub hashes every copy at its default rate
+	WorkloadReplay      = "replay"          // a node stopped, 10,000 writes, started: time until it caught up
 	// CPU per request of cring against other reverse proxies in front of
 	// one node (nginx, HAProxy, a bare httputil.ReverseProxy): 4 KiB reads
 	// and uploads, 8 concurrent. Not run by default (nginx and HAProxy come
@@ -50,7 +51,7 @@ const (
 
 // Workloads lists every workload name, in run order.
 func Workloads() []string {
-	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadReplay, WorkloadHash, WorkloadListMemory, WorkloadUploadMemory, WorkloadPeersRead, WorkloadPeersUpload}
+	return []string{WorkloadRSS, WorkloadUploadSmall, WorkloadUploadLarge, WorkloadUploadSlow, WorkloadDegraded, WorkloadReadSmall, WorkloadReadSlow, WorkloadList, WorkloadMixed, WorkloadScrub, WorkloadReplay, WorkloadHash, WorkloadListMemory, WorkloadUploadMemory, WorkloadPeersRead, WorkloadPeersUpload}
 }
 
 // DefaultWorkloads are the workloads a run without a list runs: all but the
@@ -404,6 +405,12 @@ func judge(w *Workload) {
 		half := w.SlowDelayMs / 2
 		w.Target = fmt.Sprintf("p99 < %s", msec(half))
 		check(runs[ModeProxy].P99Ms < half, "p99 %s ≥ %s", msec(runs[ModeProxy].P99Ms), msec(half))
+	case WorkloadDegraded:
+		// A node down costs its share of the work and a hint per write,
+		// not the write path's speed: the hint store is off the request
+		// path's lock (group commit).
+		w.Target = "throughput ≥ 0.8x"
+		check(w.Ratio.Throughput >= 0.8, "throughput %.2fx < 0.8x", w.Ratio.Throughput)
 	case WorkloadScrub:
 		// A background scrub at its default rate costs clients < 10%.
 		w.Target = "throughput ≥ 0.9x"

@@ -56,6 +56,7 @@ func TestRunSmoke(t *testing.T) {
 		WorkloadReadSmall:   {ModeDirect, ModeProxy},
 		WorkloadReadSlow:    {ModeHealthy, ModeProxy},
 		WorkloadUploadSlow:  {ModeHealthy, ModeProxy},
+		WorkloadDegraded:    {ModeHealthy, ModeProxy},
 		WorkloadList:        {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadMixed:       {ModeDirect, ModeLimit, ModeProxy},
 		WorkloadScrub:       {ModeHealthy, ModeProxy},

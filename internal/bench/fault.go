@@ -12,11 +12,13 @@ import (
 
 // slowFront is a fault-injecting node: a TCP forwarder in front of a real
 // Charm node that, while slowed, holds everything sent to the node (each
-// request) for a delay before passing it on. Answers pass untouched.
+// request) for a delay before passing it on, and while down closes every
+// connection at once. Answers pass untouched.
 type slowFront struct {
 	ln     net.Listener
 	target string
 	delay  atomic.Int64 // time.Duration
+	down   atomic.Bool
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -38,6 +40,19 @@ func newSlowFront(target string) (*slowFront, error) {
 func (f *slowFront) url() string { return "http://" + f.ln.Addr().String() }
 
 func (f *slowFront) setDelay(d time.Duration) { f.delay.Store(int64(d)) }
+
+// setDown takes the node down (its connections closed, new ones refused)
+// or brings it back.
+func (f *slowFront) setDown(down bool) {
+	if f.down.Swap(down) == down || !down {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
+}
 
 func (f *slowFront) serve() {
 	defer f.wg.Done()
@@ -73,6 +88,9 @@ func (f *slowFront) untrack(c, up net.Conn) {
 func (f *slowFront) forward(c net.Conn) {
 	defer f.wg.Done()
 	defer c.Close()
+	if f.down.Load() {
+		return
+	}
 	up, err := net.DialTimeout("tcp", f.target, 5*time.Second)
 	if err != nil {
 		return

@@ -114,6 +114,36 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		}
 		modes = []mode{{ModeHealthy, withDelay(0)}, {ModeProxy, withDelay(o.SlowDelay)}}
 
+	case WorkloadDegraded:
+		// Its own proxy, healing on (so every write misses the down node
+		// and is hinted), in front of a node that goes down in proxy mode.
+		// Replay is held back so it doesn't weigh on the healthy turns.
+		front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
+		if err != nil {
+			return nil, err
+		}
+		defer front.close()
+		ports, err := devcluster.FreePorts("127.0.0.1", 1)
+		if err != nil {
+			return nil, err
+		}
+		nodes := append([]string{front.url()}, e.nodes[1:]...)
+		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-"+name+".log",
+			"--server-key", e.dc.KeyPath, "--health-interval", "200ms", "--repair-rate", "1", "--scan-interval", "24h"); err != nil {
+			return nil, err
+		}
+		defer e.stopProxy(px)
+		w.Title = fmt.Sprintf("upload %s ×%d, 1 node down", FormatSize(o.SmallSize), o.SmallConc)
+		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
+		paths := newPaths("bench/"+name, 0)
+		withDown := func(down bool) op {
+			return func(ctx context.Context, wk *worker) (int64, error) {
+				front.setDown(down) // modes take turns: each sets its own
+				return o.SmallSize, e.upload(ctx, px.url, paths.next(wk), o.SmallSize)
+			}
+		}
+		modes = []mode{{ModeHealthy, withDown(false)}, {ModeProxy, withDown(true)}}
+
 	case WorkloadScrub:
 		// Its own proxy with healing on and a scrub pass starting every
 		// second at the default rate, against the main proxy (no scrub).
