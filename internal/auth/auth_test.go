@@ -130,6 +130,10 @@ func TestKeyCache(t *testing.T) {
 	src := &source{}
 	src.keys.Store(&[]jose.JSONWebKey{k1.jwk})
 	v := auth.NewVerifier(src.fetch, issuer)
+	// The verifier's clock stands still unless the test moves it: the
+	// refetch interval (a second) is then exact, whatever the machine's load.
+	now := time.Now()
+	auth.SetNow(v, func() time.Time { return now })
 	ctx := context.Background()
 	tok1, _ := k1.signer.Sign("user-1", issuer, time.Hour)
 	for range 100 {
@@ -140,29 +144,40 @@ func TestKeyCache(t *testing.T) {
 	if n := src.fetches.Load(); n != 1 {
 		t.Fatalf("100 verifications fetched the key set %d times, want 1", n)
 	}
-	// Rotation: the nodes now publish k2 too (past the refetch interval).
+	// Rotation: the nodes now publish k2 too. Within the interval of the
+	// last fetch, its token is refused without a fetch; past it, accepted.
 	src.keys.Store(&[]jose.JSONWebKey{k1.jwk, k2.jwk})
-	time.Sleep(1100 * time.Millisecond)
 	tok2, _ := k2.signer.Sign("user-1", issuer, time.Hour)
+	var ae *auth.Error
+	if _, err := v.Verify(ctx, "bearer "+tok2); !errors.As(err, &ae) || src.fetches.Load() != 1 {
+		t.Fatalf("rotated-in key within the refetch interval: %v after %d fetches, want a refusal and no fetch", err, src.fetches.Load())
+	}
+	now = now.Add(time.Second)
 	if _, err := v.Verify(ctx, "bearer "+tok2); err != nil {
 		t.Fatalf("token from a rotated-in key: %v", err)
 	}
-	// A flood of tokens from unknown keys can't make the proxy hammer nodes.
-	before := src.fetches.Load()
+	// A flood of tokens from unknown keys can't make the proxy hammer
+	// nodes: none within the interval, one per interval after.
 	tokS, _ := stranger.signer.Sign("user-1", issuer, time.Hour)
-	for range 50 {
-		if _, err := v.Verify(ctx, "bearer "+tokS); err == nil {
-			t.Fatal("stranger's token accepted")
+	for _, step := range []struct {
+		after time.Duration
+		want  int64
+	}{{0, 0}, {time.Second, 1}, {time.Second / 2, 0}} {
+		now = now.Add(step.after)
+		before := src.fetches.Load()
+		for range 50 {
+			if _, err := v.Verify(ctx, "bearer "+tokS); err == nil {
+				t.Fatal("stranger's token accepted")
+			}
 		}
-	}
-	if n := src.fetches.Load() - before; n > 1 {
-		t.Fatalf("50 unknown-key tokens caused %d fetches, want at most 1", n)
+		if n := src.fetches.Load() - before; n != step.want {
+			t.Fatalf("50 unknown-key tokens %s after a fetch caused %d fetches, want %d", step.after, n, step.want)
+		}
 	}
 	// Nodes unreachable and nothing cached: an internal error, not a 401.
 	src.fail.Store(true)
 	v2 := auth.NewVerifier(src.fetch, issuer)
 	_, err := v2.Verify(ctx, "bearer "+tok1)
-	var ae *auth.Error
 	if err == nil || errors.As(err, &ae) {
 		t.Fatalf("Verify with no key source = %v, want a non-auth error", err)
 	}
