@@ -14,7 +14,14 @@ import (
 type Reader struct {
 	r io.Reader
 	d time.Duration
-	t *time.Timer
+	t timer
+}
+
+// timer is what a Reader needs of a *time.Timer: tests drive a fake one,
+// since silence is decided by time.
+type timer interface {
+	Reset(time.Duration) bool
+	Stop() bool
 }
 
 // NewReader starts the clock.
