@@ -118,6 +118,10 @@ type Config struct {
 	// 0 from a flag or variable, or negative anywhere, is no scrub.
 	ScrubInterval time.Duration `yaml:"scrub-interval" env:"CRING_SCRUB_INTERVAL" flag:"scrub-interval,zero-off" help:"time from one scrub pass's start to the next (every copy hashed, rotten ones repaired); 0: no scrub"`
 	ScrubRate     int64         `yaml:"scrub-rate" env:"CRING_SCRUB_RATE" flag:"scrub-rate,size" help:"bytes per second the scrub may read from each node"` // bytes per second per node
+	// State is the PostgreSQL URL of the cluster's shared state: hints,
+	// known users and heartbeats every proxy sees (empty: each proxy keeps
+	// its own hints and users under DataDir).
+	State string `yaml:"state" env:"CRING_STATE" flag:"state" help:"PostgreSQL URL (postgres://…) where every proxy shares hints, known users and heartbeats, so another finishes what a lost proxy owed; empty: each proxy keeps its own under --data-dir"`
 	// BodyIdleTimeout bounds how long a client's request or response body
 	// may make no progress before the request is abandoned.
 	BodyIdleTimeout time.Duration `yaml:"body-idle-timeout" env:"CRING_BODY_IDLE_TIMEOUT" flag:"body-idle-timeout" help:"how long a client may send no byte of its request body (408) or read none of its answer before the request is abandoned"`
@@ -399,6 +403,13 @@ func (c *Config) Normalize() error {
 	case AccountsPerNode, AccountsShared:
 	default:
 		return fmt.Errorf("accounts must be %q or %q, got %q", AccountsPerNode, AccountsShared, c.Accounts)
+	}
+	if c.State != "" {
+		// Never echo the URL: it may hold a password.
+		u, err := url.Parse(c.State)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+			return errors.New("state: want a postgres:// URL like postgres://cring:secret@db.example.com:5432/charm (percent-encode special characters in the password)")
+		}
 	}
 	if c.Backup.URL != "" {
 		if _, err := url.Parse(c.Backup.URL); err != nil {

@@ -67,6 +67,9 @@ func TestNormalize(t *testing.T) {
 		{name: "admin on localhost", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "localhost:35356"}},
 		{name: "admin on ::1", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "[::1]:35356"}},
 		{name: "admin on 127.0.0.2", cfg: Config{Nodes: nodes("http://a:1"), AdminAddress: "127.0.0.2:35356"}},
+		{name: "state", cfg: Config{Nodes: nodes("http://a:1"), State: "postgres://cring:s3cret@db:5432/charm?sslmode=require"}},
+		{name: "state not postgres", cfg: Config{Nodes: nodes("http://a:1"), State: "mysql://cring:s3cret@db/charm"}, wantErr: "state: want a postgres:// URL"},
+		{name: "state without host", cfg: Config{Nodes: nodes("http://a:1"), State: "postgres:///charm"}, wantErr: "state: want a postgres:// URL"},
 		{name: "bad backup mode", cfg: Config{Nodes: nodes("http://a:1"), DataDir: "/d", Backup: Backup{URL: "file:///b", Mode: "eventually"}}, wantErr: "backup-mode must be sync or async"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +81,9 @@ func TestNormalize(t *testing.T) {
 				}
 				if strings.Contains(err.Error(), "\n") {
 					t.Fatalf("error spans lines: %q", err)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Fatalf("error shows a password: %q", err)
 				}
 				return
 			}
