@@ -125,7 +125,8 @@ func TestQueueSurvivesOutageAndRestart(t *testing.T) {
 		t.Fatalf("recovered %d ops, want 8", d)
 	}
 	runQueue(t, q2)
-	time.Sleep(100 * time.Millisecond)
+	// The recovered queue works its ops (and fails) before MinIO is back.
+	testwait.For(t, 10*time.Second, "the recovered queue's first failed attempt", func() bool { return q2.Stats().Failures >= 1 })
 	m.Start()
 	testwait.For(t, 30*time.Second, "queue drained", func() bool { return q2.Stats().Depth == 0 })
 
@@ -161,6 +162,7 @@ type recorder struct {
 	log []string
 }
 
+// jitter is the fault, not a wait: random delays reorder concurrent calls.
 func (r *recorder) jitter() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
 
 func (r *recorder) Put(ctx context.Context, key string, body io.Reader, size int64, meta backup.Meta) error {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/miniotest"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 var bucketSeq atomic.Int64
@@ -303,11 +304,15 @@ func TestVersionsAsOf(t *testing.T) {
 	if err := tg.EnableVersioning(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// S3 times have millisecond precision: leave gaps around each mark.
+	// S3 times have millisecond precision: a mark is taken in a
+	// millisecond no version was written in, before or after it.
+	nextMilli := func(after time.Time) {
+		testwait.For(t, time.Second, "the next millisecond", func() bool { return time.Now().Truncate(time.Millisecond).After(after) })
+	}
 	mark := func() time.Time {
-		time.Sleep(30 * time.Millisecond)
+		nextMilli(time.Now())
 		at := time.Now()
-		time.Sleep(30 * time.Millisecond)
+		nextMilli(at)
 		return at
 	}
 	t0 := mark()
