@@ -20,6 +20,7 @@ import (
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/accounts"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/testwait"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -194,19 +195,15 @@ func TestClosedNodeStoreDown(t *testing.T) {
 	}
 }
 
-// waitPort polls until something accepts connections on the loopback port.
+// waitPort waits until something accepts connections on the loopback port.
 func waitPort(t *testing.T, port int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	testwait.For(t, 30*time.Second, addr+" accepting connections", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("port %d not listening after 30s: %v", port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
 }
