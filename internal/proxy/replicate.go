@@ -221,6 +221,15 @@ func (rep *replication) clientError() (outcome, bool) {
 	return sameClientError(failed)
 }
 
+// errReadOnly: no node is reachable and a backup serves reads.
+var errReadOnly = errors.New("the cluster is read-only: no node is reachable (reads are served from the backup)")
+
+// readOnly reports whether no node stored the write because none is
+// reachable, with a backup serving reads meanwhile.
+func (rep *replication) readOnly() bool {
+	return rep.n == 0 && rep.p.backup != nil && len(rep.p.healthyNodes()) == 0
+}
+
 // shortfall says how far below W the write stayed.
 func (rep *replication) shortfall() string {
 	verb := "stored"

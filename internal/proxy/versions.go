@@ -68,6 +68,9 @@ func (p *Proxy) writeOwn(r *http.Request, method string, ref fileRef, data []byt
 	if rep.n >= p.m.W {
 		return nil
 	}
+	if rep.readOnly() {
+		return errReadOnly
+	}
 	if o, same := rep.clientError(); same {
 		return errors.New(nodeMessage(o))
 	}

@@ -232,9 +232,9 @@ func (p *Proxy) answerWrite(w http.ResponseWriter, r *http.Request, ref fileRef,
 	} else {
 		p.discardSpool(tee)
 	}
-	if rep.n == 0 && p.backup != nil && len(p.healthyNodes()) == 0 {
+	if rep.readOnly() {
 		p.obs.QuorumFailure(r.Method)
-		writeError(w, http.StatusServiceUnavailable, "the cluster is read-only: no node is reachable (reads are served from the backup)")
+		writeError(w, http.StatusServiceUnavailable, errReadOnly.Error())
 		return
 	}
 	if o, same := rep.clientError(); same {
