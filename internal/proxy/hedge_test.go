@@ -163,13 +163,18 @@ func TestReadSkipsReplicaStillWriting(t *testing.T) {
 	const p = "slow/w"
 	c := newCluster(t, 2, nil, nil, nil)
 	slow := c.fakes[c.pref(p)[0]] // the replica a read asks first
+	read := make(chan struct{})   // closed once the read below is answered
 	slow.setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodPost || r.URL.Path != "/v1/fs/"+p { // not the version record
 			return false
 		}
 		b, _ := io.ReadAll(r.Body)
 		f.put(p, entry{data: nil, mode: "420", modtime: time.Now()}) // created, not yet written
-		time.Sleep(400 * time.Millisecond)
+		// Still writing for as long as the read takes, however slow the machine.
+		select {
+		case <-read:
+		case <-f.quit:
+		}
 		f.put(p, entry{data: b, mode: "420", modtime: time.Now()})
 		return true
 	})
@@ -178,6 +183,7 @@ func TestReadSkipsReplicaStillWriting(t *testing.T) {
 		t.Fatalf("upload: %d %s", r.status, r.body)
 	}
 	r := c.call(http.MethodGet, "/v1/fs/"+p, nil, "")
+	close(read)
 	if r.status != 200 || !bytes.Equal(r.body, body) {
 		t.Fatalf("read right after the ack: %d, %d bytes, want the %d written", r.status, len(r.body), len(body))
 	}

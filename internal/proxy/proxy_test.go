@@ -324,6 +324,19 @@ type fakeCluster struct {
 	p      *Proxy
 	url    string
 	client *http.Client
+	trips  atomic.Int64 // node requests the proxy started, counted before they are sent
+}
+
+// countedTrips counts every request before passing it on: a request
+// the proxy starts counts even if it never reaches a node's handler.
+type countedTrips struct {
+	next http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (c countedTrips) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.RoundTrip(r)
 }
 
 // testMembers is a membership of nodes node1.. at urls, N=3 and W=w.
@@ -356,7 +369,7 @@ func newCluster(t *testing.T, w int, shapes ...shape) *fakeCluster {
 	tr := &http.Transport{ResponseHeaderTimeout: headerTimeout, DisableCompression: true}
 	p, err := New(Options{
 		Members: testMembers(t, urls, w, c.health), Verifier: stubVerifier{},
-		Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StallTimeout: stallTimeout,
+		Transport: countedTrips{tr, &c.trips}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), StallTimeout: stallTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -496,14 +509,16 @@ func TestWriteQuorum(t *testing.T) {
 				}
 			}
 			// The answer comes at quorum; the last replica may still be
-			// finishing in the background.
-			deadline := time.Now().Add(2 * time.Second)
+			// finishing in the background. A node with a failure shape
+			// never stores, so there is nothing to wait for there.
 			for i, f := range c.fakes {
-				data, ok := f.file("notes/a")
-				for want := tt.shapes[i] == nil; want && !ok && time.Now().Before(deadline); {
-					time.Sleep(5 * time.Millisecond)
-					data, ok = f.file("notes/a")
+				if tt.shapes[i] == nil {
+					testwait.For(t, 5*time.Second, fmt.Sprintf("node%d stores the file", i+1), func() bool {
+						_, ok := f.file("notes/a")
+						return ok
+					})
 				}
+				data, ok := f.file("notes/a")
 				if want := tt.shapes[i] == nil; ok != want {
 					t.Errorf("node%d stored=%v, want %v", i+1, ok, want)
 				} else if ok && !bytes.Equal(data, body) {
@@ -572,21 +587,21 @@ func TestWriteFailureShapes(t *testing.T) {
 	checkGoroutines(t, base)
 }
 
-// checkGoroutines waits up to 2 s for the goroutine count to settle back near base.
+// checkGoroutines waits for the goroutine count to settle back near base.
 func checkGoroutines(t *testing.T, base int) {
 	t.Helper()
 	const slack = 3
-	deadline := time.Now().Add(2 * time.Second)
-	n := runtime.NumGoroutine()
-	for n > base+slack && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		n = runtime.NumGoroutine()
-	}
-	if n > base+slack {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		t.Errorf("goroutines: %d at start, %d after the servers closed\n%s", base, n, buf)
-	}
+	settled := false
+	defer func() {
+		if !settled { // testwait failed the test: show who is left
+			buf := make([]byte, 1<<20)
+			t.Logf("goroutines:\n%s", buf[:runtime.Stack(buf, true)])
+		}
+	}()
+	testwait.For(t, 5*time.Second, fmt.Sprintf("goroutines back to at most %d (%d at start, +%d)", base+slack, base, slack), func() bool {
+		return runtime.NumGoroutine() <= base+slack
+	})
+	settled = true
 }
 
 // --- 3. client disconnect mid-upload ---
@@ -654,30 +669,61 @@ func TestClientDisconnectMidUpload(t *testing.T) {
 	}
 }
 
+// cutObserver sees a client's body arrive and the request end.
+type cutObserver struct {
+	nopObserver
+	in   atomic.Int64
+	done chan struct{} // closed when the first request is answered
+	once sync.Once
+}
+
+func (o *cutObserver) Streamed(in, _ int64) { o.in.Add(in) }
+func (o *cutObserver) Request(string, string, int, time.Duration, int64, int64) {
+	o.once.Do(func() { close(o.done) })
+}
+
 // TestSmallUploadCut: a small upload (sent to the nodes from one buffer) is
 // read whole before any node is asked, so a client that leaves midway costs
 // the nodes nothing.
 func TestSmallUploadCut(t *testing.T) {
 	body, ctype := multipartBody(t, 4<<10, 5)
 	c := newCluster(t, 2, nil, nil, nil)
+	obs := &cutObserver{done: make(chan struct{})}
+	c.p.obs = obs
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()
-	go func() {
-		_, _ = pw.Write(body[:len(body)/2])
-		time.Sleep(100 * time.Millisecond) // the proxy is waiting for the rest
-		cancel()
-		_ = pw.CloseWithError(errors.New("client gone"))
-	}()
+	go func() { _, _ = pw.Write(body[:len(body)/2]) }()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url+"/v1/fs/small/cut?mode=420", pr)
 	req.ContentLength = int64(len(body))
 	req.Header.Set("Authorization", goodToken)
 	req.Header.Set("Content-Type", ctype)
-	if resp, err := c.client.Do(req); err == nil {
-		resp.Body.Close()
-		t.Fatalf("a cut upload was answered %s", resp.Status)
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := c.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("a cut upload was answered %s", resp.Status)
+		}
+		answered <- err
+	}()
+	// The proxy has the first half and waits for the rest: the client leaves.
+	testwait.For(t, 5*time.Second, "the proxy reading the first half of the body", func() bool { return obs.in.Load() >= int64(len(body)/2) })
+	cancel()
+	_ = pw.CloseWithError(errors.New("client gone"))
+	if err := <-answered; err == nil || strings.Contains(err.Error(), "answered") {
+		t.Fatalf("cut upload: %v, want the client's own error", err)
 	}
-	time.Sleep(100 * time.Millisecond) // anything the proxy would still send
+	// Only once the proxy has finished with the request does "no node
+	// was asked" mean something.
+	select {
+	case <-obs.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy still handles the cut upload 5s after the client left")
+	}
+	if n := c.trips.Load(); n != 0 {
+		t.Errorf("the proxy sent %d node requests for a cut upload", n)
+	}
 	for i, f := range c.fakes {
 		if n := f.reqs.Load(); n != 0 {
 			t.Errorf("node%d got %d requests for a cut upload", i+1, n)
