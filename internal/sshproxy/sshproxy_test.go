@@ -337,6 +337,13 @@ func TestMaxConns(t *testing.T) {
 
 func TestIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
+	// The surviving connections send every 50 ms against a second's
+	// timeout: only a stall of 950 ms on a loaded machine could close them.
+	// (The idle timeout is a real timer on real sockets; no clock to fake.)
+	const (
+		longIdle = time.Second
+		gap      = 50 * time.Millisecond
+	)
 
 	t.Run("idle closed", func(t *testing.T) {
 		b := startBackend(t, echo)
@@ -351,11 +358,11 @@ func TestIdleTimeout(t *testing.T) {
 
 	t.Run("echo traffic survives", func(t *testing.T) {
 		b := startBackend(t, echo)
-		addr, _ := startProxy(t, &Proxy{Backends: static(b.addr), IdleTimeout: idle})
+		addr, _ := startProxy(t, &Proxy{Backends: static(b.addr), IdleTimeout: longIdle})
 		c := dial(t, addr)
-		for end := time.Now().Add(4 * idle); time.Now().Before(end); {
+		for end := time.Now().Add(3 * longIdle); time.Now().Before(end); {
 			roundTrip(t, c, "tick")
-			time.Sleep(idle / 6)
+			time.Sleep(gap) // the traffic's pace, below the timeout: not a wait
 		}
 	})
 
@@ -374,13 +381,13 @@ func TestIdleTimeout(t *testing.T) {
 				}
 			}
 		})
-		addr, _ := startProxy(t, &Proxy{Backends: static(b.addr), IdleTimeout: idle})
+		addr, _ := startProxy(t, &Proxy{Backends: static(b.addr), IdleTimeout: longIdle})
 		c := dial(t, addr)
-		for end := time.Now().Add(4 * idle); time.Now().Before(end); {
+		for end := time.Now().Add(3 * longIdle); time.Now().Before(end); {
 			if _, err := io.WriteString(c, "a"); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(idle / 6)
+			time.Sleep(gap) // the traffic's pace, below the timeout: not a wait
 		}
 		roundTripReply(t, c, "q", "ok")
 	})
@@ -484,19 +491,19 @@ func TestCancelClosesConnections(t *testing.T) {
 		c.Close()
 	}
 
-	// Proxy goroutines are gone once Serve returns; give the backend's
-	// per-connection goroutines a moment to notice the closes.
-	var after int
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		if after = runtime.NumGoroutine(); after <= before || time.Now().After(deadline) {
-			break
+	// Proxy goroutines are gone once Serve returns; the backend's
+	// per-connection goroutines notice the closes soon after.
+	settled := false
+	defer func() {
+		if !settled { // testwait failed the test: show who is left
+			buf := make([]byte, 1<<20)
+			t.Logf("goroutines:\n%s", buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if after > before {
-		buf := make([]byte, 1<<20)
-		t.Errorf("goroutine leak: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
-	}
+	}()
+	testwait.For(t, 5*time.Second, fmt.Sprintf("goroutines back to the %d before the proxy started", before), func() bool {
+		return runtime.NumGoroutine() <= before
+	})
+	settled = true
 }
 
 func TestCancelDuringDial(t *testing.T) {
@@ -507,16 +514,41 @@ func TestCancelDuringDial(t *testing.T) {
 	p := &Proxy{
 		Backends:    func() []string { <-release; return []string{b.addr} },
 		OnDialError: func(a string, err error) { t.Errorf("OnDialError(%s, %v) during shutdown", a, err) },
+		Logger:      testLogger(t),
 	}
-	addr, stop := startProxy(t, p)
-	c := dial(t, addr)
+	// Serve closes its listener when cancelled: only then may the dial go
+	// on, so it always meets a cancelled context.
+	ln := &closeSignal{Listener: listen(t), closed: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- p.Serve(ctx, ln) }()
+	c := dial(t, ln.Addr().String())
 	testwait.For(t, ioTimeout, "Active()==1", func() bool { return p.Active() == 1 })
-	go func() { time.Sleep(100 * time.Millisecond); close(release) }()
-	if err := stop(); err != nil {
-		t.Fatal(err)
+	go func() { <-ln.closed; close(release) }()
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatal("Serve did not return after cancel")
 	}
 	if got := p.Active(); got != 0 {
 		t.Errorf("Active() = %d, want 0", got)
 	}
 	expectClosed(t, c, 2*time.Second)
+}
+
+// closeSignal is a listener that says when it is closed.
+type closeSignal struct {
+	net.Listener
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *closeSignal) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
