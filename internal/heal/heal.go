@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/cluster"
+	"github.com/cring-dev/cring/internal/clusterstate"
 	"github.com/cring-dev/cring/internal/token"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
@@ -49,6 +50,10 @@ type Options struct {
 	// ScrubRate bounds the bytes per second the scrub reads from each
 	// node (0: unbounded).
 	ScrubRate float64
+	// Shared is the cluster's shared state (nil: hints and known users
+	// are this proxy's alone); ProxyID names this proxy's claims in it.
+	Shared  *clusterstate.Store
+	ProxyID string
 }
 
 // Healer repairs the cluster.
@@ -68,6 +73,7 @@ type Healer struct {
 	counts   counters
 	facts    facts
 	scrub    *scrubber // nil: no scrub
+	shared   *shared   // nil: no shared state
 
 	mu       sync.Mutex
 	lastScan *Report
@@ -120,6 +126,13 @@ func New(o Options) (*Healer, error) {
 	}
 	if o.Members != nil {
 		h.Reconfigure(o.Members)
+	}
+	if o.Shared != nil {
+		h.shared = newShared(o.Shared, o.ProxyID, h.log)
+		st.share()
+		// Users seen before the store was configured, or whose publish
+		// a stop cut short: recorded again (a no-op for known ones).
+		h.shared.users = st.userList()
 	}
 	if o.ScrubInterval > 0 {
 		h.scrub = newScrubber(h, o.DataDir, o.ScrubInterval, o.ScrubRate)
@@ -176,8 +189,12 @@ func (h *Healer) Close() { h.state.close() }
 
 // RecordUser remembers a user whose files the scan must walk.
 func (h *Healer) RecordUser(user string) {
-	if _, err := h.state.addUser(user); err != nil {
+	added, err := h.state.addUser(user)
+	if err != nil {
 		h.log.Error("cannot record user", "err", err)
+	}
+	if added && h.shared != nil {
+		h.shared.addUser(user)
 	}
 }
 
@@ -187,17 +204,25 @@ func (h *Healer) RecordUser(user string) {
 func (h *Healer) Missed(user, path, node string) {
 	if err := h.state.addHint(hint{User: user, Path: path, Node: node}); err != nil {
 		h.log.Error("cannot record hint: the scan will find it", "err", err)
+		return
+	}
+	if h.shared != nil {
+		h.shared.wake()
 	}
 }
 
 // Owed reports whether node still has a hint for path, or is marked for a
 // full scan: its copy may be stale until then.
+// With a shared store, a node the store says is owed any hint of user's
+// counts as owed every key of user's (the view is kept by user, not key).
 func (h *Healer) Owed(user, path, node string) bool {
-	return h.state.owed(hint{User: user, Path: path, Node: node})
+	return h.state.owed(hint{User: user, Path: path, Node: node}) || h.shared != nil && h.shared.owes(user, node)
 }
 
 // Complete reports whether node is owed none of user's writes or deletes.
-func (h *Healer) Complete(user, node string) bool { return !h.state.owesUser(user, node) }
+func (h *Healer) Complete(user, node string) bool {
+	return !h.state.owesUser(user, node) && (h.shared == nil || !h.shared.owes(user, node))
+}
 
 // Suspect queues a key for a prompt check (read repair). A full queue drops
 // it: the next scan finds whatever is wrong.
@@ -213,6 +238,10 @@ func (h *Healer) Suspect(user, path string) {
 func (h *Healer) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(3)
+	if h.shared != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.publishLoop(ctx) }()
+	}
 	if h.scrub != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); h.scrub.run(ctx) }()
@@ -225,7 +254,9 @@ func (h *Healer) Run(ctx context.Context) {
 
 // replayHints repairs the keys owed to nodes that are up again: every
 // 500 ms it takes the due batches of the nodes that are up (a heap per
-// node, not a walk of every hint) and replays them (replay.go).
+// node, not a walk of every hint) and replays them (replay.go). With a
+// shared store it claims them there instead (shared.go), and replays its
+// own log only while the store fails.
 func (h *Healer) replayHints(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -238,23 +269,37 @@ func (h *Healer) replayHints(ctx context.Context) {
 		case <-t.C:
 		}
 		m := h.mem.Load()
-		cameUp := false
+		var cameUp []string
 		for i, n := range m.Nodes {
 			up := m.Health.Healthy(i)
-			cameUp = cameUp || up && !wasUp[n.Name]
+			if up && !wasUp[n.Name] {
+				cameUp = append(cameUp, n.Name)
+			}
 			wasUp[n.Name] = up
 		}
-		if cameUp {
+		if len(cameUp) > 0 {
 			// A node came back: hints that waited for it (a repair can't
 			// settle while W nodes are unasked) are due now, not after
 			// their backoff, or reads keep skipping the nodes they owe.
 			h.state.retryAllNow()
+			if h.shared != nil {
+				h.sharedCameUp(ctx, cameUp)
+			}
 		}
-		if (cameUp || time.Since(lastFull) > time.Minute) && h.fullScanDue(m) {
+		if h.shared != nil && !h.shared.paused() {
+			h.shared.refresh(ctx)
+		}
+		if (len(cameUp) > 0 || time.Since(lastFull) > time.Minute) && h.fullScanDue(m) {
 			lastFull = time.Now()
 			select {
 			case h.fullScan <- struct{}{}:
 			default:
+			}
+		}
+		if h.shared != nil {
+			h.replayShared(ctx, m)
+			if !h.shared.unpublished.Load() {
+				continue // the log holds nothing the store won't have in moments
 			}
 		}
 		due := h.state.takeDue(func(node string) bool {
@@ -267,7 +312,7 @@ func (h *Healer) replayHints(ctx context.Context) {
 
 // fullScanDue reports whether a node marked for a full scan is up.
 func (h *Healer) fullScanDue(m *cluster.Membership) bool {
-	for node := range h.state.fullScanOwed() {
+	for node := range h.fullScanOwed() {
 		if i := m.Index(node); i >= 0 && m.Health.Healthy(i) {
 			return true
 		}
@@ -327,11 +372,18 @@ func (h *Healer) scanLoop(ctx context.Context) {
 // started after the mark read for every user.
 func (h *Healer) fullScanned(rep *Report, started time.Time) {
 	m := h.mem.Load()
-	for node, since := range h.state.fullScanOwed() {
+	for node, since := range h.fullScanOwed() {
 		if m.Index(node) < 0 || slices.Contains(rep.Unreachable, node) || !started.After(since) {
 			continue
 		}
 		h.state.scanned(node, started)
+		if h.shared != nil {
+			if err := h.shared.store.ClearFullScan(context.Background(), node, started); err != nil {
+				h.shared.failed("clearing a full-scan mark", err)
+				continue
+			}
+			h.shared.clearFull(node, started)
+		}
 		h.log.Info("full scan done: the node's hints are replayed one by one again", "node", node)
 	}
 }
@@ -351,6 +403,15 @@ func (c *counters) add(k string) {
 	c.mu.Unlock()
 }
 
+func (c *counters) addN(k string, n uint64) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]uint64{}
+	}
+	c.m[k] += n
+	c.mu.Unlock()
+}
+
 func (c *counters) snapshot() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -366,12 +427,24 @@ type Status struct {
 	HintsPending map[string]int `json:"hints_pending"` // by node
 	// FullScanOwed: nodes that were owed more than the hint limit, owed
 	// everything (reads skip them) until a full scan has read them.
-	FullScanOwed []string          `json:"full_scan_owed,omitempty"`
-	Users        int               `json:"users"`
-	Totals       map[string]uint64 `json:"totals"`
-	LastScan     *Report           `json:"last_scan,omitempty"`
-	Scanning     *Progress         `json:"scanning,omitempty"`
-	Scrub        *ScrubStatus      `json:"scrub,omitempty"`
+	FullScanOwed []string `json:"full_scan_owed,omitempty"`
+	// Users the scans walk: with a shared store, every proxy's (its count,
+	// at most 30 s old), HintsPending then being this proxy's hints not
+	// yet published.
+	Users    int               `json:"users"`
+	Totals   map[string]uint64 `json:"totals"`
+	LastScan *Report           `json:"last_scan,omitempty"`
+	Scanning *Progress         `json:"scanning,omitempty"`
+	Scrub    *ScrubStatus      `json:"scrub,omitempty"`
+}
+
+// SharedHintsPending is what the shared store says each node is owed (at
+// most a second old); nil without a shared store.
+func (h *Healer) SharedHintsPending() map[string]int64 {
+	if h.shared == nil {
+		return nil
+	}
+	return h.shared.pendingNodes()
 }
 
 // Status reports hints, totals and scans.
@@ -391,7 +464,10 @@ func (h *Healer) Status() Status {
 		LastScan:     last,
 		Scanning:     curCopy,
 	}
-	for node := range h.state.fullScanOwed() {
+	if h.shared != nil {
+		st.Users = max(st.Users, int(h.shared.users64()))
+	}
+	for node := range h.fullScanOwed() {
 		st.FullScanOwed = append(st.FullScanOwed, node)
 	}
 	slices.Sort(st.FullScanOwed)

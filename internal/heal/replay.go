@@ -42,7 +42,8 @@ const (
 type replayGroup struct {
 	batchKey
 	batches []*dueBatch
-	owed    map[string][]string // name → nodes whose due batch holds it
+	owed    map[string][]string    // name → nodes whose due batch holds it
+	claims  map[string][]*dueBatch // name → the claims (shared store) holding it
 	oldest  time.Time
 }
 
@@ -54,16 +55,21 @@ func (h *Healer) replay(ctx context.Context, m *cluster.Membership, due []*dueBa
 	groups := map[batchKey]*replayGroup{}
 	var order []*replayGroup
 	for _, d := range due {
-		g := groups[d.b.batchKey]
+		g := groups[d.key()]
 		if g == nil {
-			g = &replayGroup{batchKey: d.b.batchKey, owed: map[string][]string{}, oldest: d.b.oldest}
-			groups[d.b.batchKey] = g
+			g = &replayGroup{batchKey: d.key(), owed: map[string][]string{}, claims: map[string][]*dueBatch{}, oldest: d.oldest()}
+			groups[d.key()] = g
 			order = append(order, g)
 		}
 		g.batches = append(g.batches, d)
-		g.oldest = minTime(g.oldest, d.b.oldest)
+		g.oldest = minTime(g.oldest, d.oldest())
 		for _, n := range d.names {
-			g.owed[n] = append(g.owed[n], d.b.node)
+			if !slices.Contains(g.owed[n], d.node()) {
+				g.owed[n] = append(g.owed[n], d.node())
+			}
+			if d.claim != nil {
+				g.claims[n] = append(g.claims[n], d)
+			}
 		}
 	}
 	// Clients' keys first (reads skip a node while it is owed one), then
@@ -111,7 +117,11 @@ func (h *Healer) replayDir(ctx context.Context, m *cluster.Membership, g *replay
 		}
 	}
 	for _, d := range g.batches {
-		h.state.release(d, failed[d.b.node] || ctx.Err() != nil)
+		if d.claim != nil {
+			h.releaseClaim(ctx, d, failed[d.node()] || ctx.Err() != nil)
+			continue
+		}
+		h.state.release(d, failed[d.node()] || ctx.Err() != nil)
 	}
 }
 
@@ -139,6 +149,14 @@ func (h *Healer) replayChunk(ctx context.Context, m *cluster.Membership, g *repl
 				// batch or not (each key once, however many nodes owe it).
 				for _, node := range h.state.hintedNodes(g.user, p) {
 					if !slices.Contains(res.Pending, node) && h.state.settle(node, g.user, p, seq) {
+						h.counts.add("hints_replayed")
+					}
+				}
+				// Claimed from the shared store: deleted there when the
+				// claim is released (unless published again meanwhile).
+				for _, d := range g.claims[name] {
+					if !slices.Contains(res.Pending, d.node()) {
+						d.settle(name)
 						h.counts.add("hints_replayed")
 					}
 				}

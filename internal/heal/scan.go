@@ -129,7 +129,7 @@ type nodeFile struct {
 func (h *Healer) Scan(ctx context.Context, o ScanOptions) (*Report, error) {
 	users := o.Users
 	if len(users) == 0 {
-		users = h.state.userList()
+		users = h.users(ctx)
 	}
 	rep := &Report{Started: time.Now(), DryRun: o.DryRun, Deep: o.Deep, Users: len(users), Nodes: map[string]*NodeUsage{}}
 	prog := &Progress{Started: rep.Started, UsersTotal: len(users)}

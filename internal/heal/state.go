@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cring-dev/cring/internal/clusterstate"
 	"github.com/cring-dev/cring/internal/tombstone"
 )
 
@@ -68,6 +69,11 @@ type state struct {
 
 	vmu      sync.Mutex
 	verified map[string]uint64 // key → fingerprint of replicas last confirmed identical
+
+	// With a shared store (share): the batches holding a hint not yet
+	// published to it (mu guards it). A published hint leaves the log.
+	sharing bool
+	unpub   map[*batch]bool
 }
 
 // DefaultHintLimit is the hints a node may be owed before it is marked for a
@@ -388,6 +394,9 @@ func (s *state) insert(h hint, at time.Time) bool {
 		nh.batches[k] = b
 		heap.Push(&nh.due, b)
 	}
+	if s.sharing {
+		s.unpub[b] = true
+	}
 	s.seq++
 	_, had := b.names[name]
 	b.names[name] = s.seq
@@ -433,6 +442,7 @@ func (s *state) uncount(nh *nodeHints, user, node string, n int) {
 }
 
 func (s *state) dropBatch(nh *nodeHints, b *batch) {
+	delete(s.unpub, b)
 	if nh.batches[b.batchKey] == b {
 		delete(nh.batches, b.batchKey)
 	}
@@ -447,6 +457,7 @@ func (s *state) dropNode(node string, at time.Time) {
 	nh := s.node(node)
 	for _, b := range nh.batches {
 		s.uncount(nh, b.user, node, len(b.names))
+		delete(s.unpub, b)
 	}
 	s.nodes[node] = &nodeHints{batches: map[batchKey]*batch{}, full: at}
 }
@@ -558,9 +569,42 @@ func (s *state) seqNow() uint64 {
 }
 
 // dueBatch is one batch taken for replay: the names it held when taken.
+// It is this proxy's (b) or claimed from the shared store (claim).
 type dueBatch struct {
 	b     *batch
 	names []string
+
+	claim   *clusterstate.Batch
+	mu      sync.Mutex
+	settled []string // the claim's names repaired on its node
+}
+
+func (d *dueBatch) key() batchKey {
+	if d.b != nil {
+		return d.b.batchKey
+	}
+	return batchKey{d.claim.User, d.claim.Dir}
+}
+
+func (d *dueBatch) node() string {
+	if d.b != nil {
+		return d.b.node
+	}
+	return d.claim.Node
+}
+
+func (d *dueBatch) oldest() time.Time {
+	if d.b != nil {
+		return d.b.oldest
+	}
+	return d.claim.Oldest
+}
+
+// settle notes that the claim's hint for name is repaired.
+func (d *dueBatch) settle(name string) {
+	d.mu.Lock()
+	d.settled = append(d.settled, name)
+	d.mu.Unlock()
 }
 
 // takeDue takes, for every node up(node) says is up, the batches whose
@@ -697,6 +741,93 @@ func (s *state) scanned(node string, started time.Time) {
 	}
 	nh.full = time.Time{}
 	_, _ = s.queue(hintRecord{hint: hint{Node: node}, Mark: markScanned, At: started})
+}
+
+// share makes the log the fast path in front of a shared store: every hint
+// it holds is to be published (called once, before the healer runs).
+func (s *state) share() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sharing = true
+	s.unpub = map[*batch]bool{}
+	for _, nh := range s.nodes {
+		for _, b := range nh.batches {
+			s.unpub[b] = true
+		}
+	}
+}
+
+// pubHint is a hint handed to the publisher, with the seq it had then.
+type pubHint struct {
+	hint
+	dir, name string
+	seq       uint64
+	at        time.Time
+}
+
+// takeUnpublished copies up to most hints not yet published (batches
+// replay holds are left for later), and the nodes' full-scan marks.
+func (s *state) takeUnpublished(most int) ([]pubHint, map[string]time.Time) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []pubHint
+	marks := map[string]time.Time{}
+	for node, nh := range s.nodes {
+		if !nh.full.IsZero() {
+			marks[node] = nh.full
+		}
+	}
+	for b := range s.unpub {
+		if b.inflight {
+			continue
+		}
+		for name, seq := range b.names {
+			if len(out) == most {
+				return out, marks
+			}
+			out = append(out, pubHint{hint: hint{User: b.user, Path: joinKey(b.dir, name), Node: b.node},
+				dir: b.dir, name: name, seq: seq, at: b.oldest})
+		}
+	}
+	return out, marks
+}
+
+// published drops from the log the hints (and full-scan marks) the shared
+// store now holds, unless recorded again since they were taken: those are
+// published again.
+func (s *state) published(hs []pubHint, marks map[string]time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for _, h := range hs {
+		nh := s.nodes[h.Node]
+		if nh == nil {
+			continue
+		}
+		b := nh.batches[batchKey{h.User, h.dir}]
+		if b == nil {
+			continue
+		}
+		if got, ok := b.names[h.name]; !ok || got != h.seq {
+			continue
+		}
+		delete(b.names, h.name)
+		s.uncount(nh, h.User, h.Node, 1)
+		// Not waited for: losing it only publishes the hint again.
+		_, _ = s.queue(hintRecord{hint: h.hint, Done: true, At: now})
+		if len(b.names) == 0 {
+			delete(s.unpub, b)
+			if !b.inflight {
+				s.dropBatch(nh, b)
+			}
+		}
+	}
+	for node, at := range marks {
+		if nh := s.nodes[node]; nh != nil && nh.full.Equal(at) {
+			nh.full = time.Time{}
+			_, _ = s.queue(hintRecord{hint: hint{Node: node}, Mark: markScanned, At: at})
+		}
+	}
 }
 
 // maxVerified bounds the memory of confirmed keys; past it the set starts
