@@ -542,10 +542,22 @@ func TestCopyRacingNewerWriteStops(t *testing.T) {
 // every node it reached, and B, acknowledged, would be lost (a stock chaos
 // run, docs/chaos.md). A must find B's version record first and not store.
 func TestOlderWriteNeverLandsOverNewer(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		older []byte
+	}{
+		{"small, its record first", []byte("A, accepted first")},
+		{"streamed, its intent first", bytes.Repeat([]byte("A, accepted first, streamed "), 5000)},
+	} {
+		t.Run(tt.name, func(t *testing.T) { olderWriteNeverLandsOverNewer(t, tt.older) })
+	}
+}
+
+func olderWriteNeverLandsOverNewer(t *testing.T, older []byte) {
 	var (
 		mu      sync.Mutex
 		armed   bool
-		older   string // A's stamp, the first version recorded once armed
+		first   string // A's stamp, the first version (or intent) recorded once armed
 		seen    = make(chan struct{})
 		saw     = sync.OnceFunc(func() { close(seen) })
 		held    = make(chan struct{})
@@ -557,10 +569,10 @@ func TestOlderWriteNeverLandsOverNewer(t *testing.T) {
 		}
 		mu.Lock()
 		name := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
-		if armed && older == "" {
-			older = name
+		if armed && first == "" {
+			first = name
 		}
-		mine := armed && name == older
+		mine := armed && name == first
 		mu.Unlock()
 		if mine { // A's record: held until B is stored
 			saw()
@@ -598,7 +610,7 @@ func TestOlderWriteNeverLandsOverNewer(t *testing.T) {
 		body   string
 	}
 	a := make(chan answer, 1)
-	go func() { s, b := post(tc.httpAddr, "A, accepted first"); a <- answer{s, b} }()
+	go func() { s, b := post(tc.httpAddr, string(older)); a <- answer{s, b} }()
 	<-seen
 	if s, b := post(p2.httpAddr, "B, accepted second"); s != http.StatusOK {
 		t.Fatalf("B: %d %s", s, b)

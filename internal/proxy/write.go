@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -44,8 +45,8 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		if intent {
 			p.dropIntent(r, ref, st)
 		}
-		p.discardSpool(up.tee)
-		writeError(w, http.StatusConflict, "a newer version of this file was written meanwhile; this one was not stored")
+		p.abandon(key, up, errSuperseded)
+		writeError(w, http.StatusConflict, errSuperseded.Error())
 		return
 	}
 	rep := p.replicate(r.Context(), r, ref, pref, targets, up.small, up.streamed)
@@ -131,6 +132,19 @@ func (p *Proxy) readUpload(w http.ResponseWriter, r *http.Request, ref fileRef, 
 	return up, true
 }
 
+// errSuperseded: an upload found a newer version of its file recorded
+// before sending its data.
+var errSuperseded = errors.New("a newer version of this file was written meanwhile; this one was not stored")
+
+// abandon drops an upload that will not be sent: a streamed body's backup
+// spool and checksum stop waiting for bytes that will never come.
+func (p *Proxy) abandon(key string, up *upload, err error) {
+	if up.streamed {
+		p.finishTee(key, up.tee, err)
+	}
+	p.discardSpool(up.tee)
+}
+
 // recordFirst writes what must precede an upload's data where a node may
 // not keep stamps. A small upload's version record goes before its data,
 // since its checksum is known already: a stock node's copy then never
@@ -153,7 +167,7 @@ func (p *Proxy) recordFirst(w http.ResponseWriter, r *http.Request, ref fileRef,
 	}
 	if err != nil {
 		p.obs.QuorumFailure(r.Method) // the upload's first step failed
-		p.discardSpool(up.tee)
+		p.abandon(ref.key(), up, err)
 		writeError(w, http.StatusServiceUnavailable, "could not record the upload's version: "+err.Error())
 		return false, false, false
 	}
