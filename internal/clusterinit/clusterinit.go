@@ -391,18 +391,18 @@ func Generate(ctx context.Context, o Options) (*Result, error) {
 	if p.adminToken, err = randomHex(24); err != nil {
 		return nil, fmt.Errorf("generate the compose admin token: %w", err)
 	}
-	// Env files and compose.yaml hold database passwords with cring nodes;
-	// compose.yaml always holds the admin token.
+	// Env files, cring.yaml (state:) and compose.yaml hold database
+	// passwords with cring nodes; compose.yaml always holds the admin token.
 	secretPerm := fs.FileMode(0o644)
 	if !p.stock {
 		secretPerm = 0o600
 	}
 	files := []file{
 		{rel: "README.txt", data: readme(p), perm: 0o644},
-		{rel: "cring.yaml", data: cringYAML(p, false), perm: 0o644},
-		{rel: "cring.service", data: cringUnit(), perm: 0o644},
+		{rel: "cring.yaml", data: cringYAML(p, false), perm: secretPerm},
+		{rel: "cring.service", data: cringUnit(p), perm: 0o644},
 		{rel: "compose.yaml", data: composeYAML(p), perm: 0o600},
-		{rel: filepath.Join("compose", "cring.yaml"), data: cringYAML(p, true), perm: 0o644},
+		{rel: filepath.Join("compose", "cring.yaml"), data: cringYAML(p, true), perm: secretPerm},
 	}
 	for _, n := range p.nodes {
 		files = append(files,

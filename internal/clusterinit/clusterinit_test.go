@@ -204,6 +204,19 @@ func TestGenerate(t *testing.T) {
 		if cc.Nodes[1].URL != "http://charm2:35354" || cc.Nodes[1].Name != "charm2" {
 			t.Fatalf("compose cring.yaml should reach nodes by service name: %+v", cc.Nodes[1])
 		}
+		// Hints, users and heartbeats shared in the accounts' database, so
+		// any proxy can be lost; the password makes the files private.
+		if c.State != "postgres://charm:pw@db.internal:5432/charm" {
+			t.Fatalf("state %q, want the accounts' URL", c.State)
+		}
+		if !strings.HasPrefix(cc.State, "postgres://charm:") || !strings.Contains(cc.State, "@postgres:5432/charm") {
+			t.Fatalf("compose state %q, want the compose file's database", cc.State)
+		}
+		for _, f := range []string{"cring.yaml", "compose/cring.yaml"} {
+			if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Mode().Perm() != 0o600 {
+				t.Fatalf("%s: %v %v, want mode 0600 (it holds the database password)", f, st.Mode(), err)
+			}
+		}
 	})
 
 	t.Run("env files", func(t *testing.T) {
@@ -313,7 +326,7 @@ func TestGenerateStock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Accounts != config.AccountsPerNode || c.ServerKey == "" || c.DataDir == "" || c.Nodes[0].Meta != "" || c.TLSCert != "" {
+	if c.Accounts != config.AccountsPerNode || c.ServerKey == "" || c.DataDir == "" || c.Nodes[0].Meta != "" || c.TLSCert != "" || c.State != "" {
 		t.Fatalf("stock cring.yaml: %+v", c)
 	}
 	env := parseEnv(t, read(t, dir, "nodes/charm1/charm.env"))
