@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -26,6 +28,7 @@ import (
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
 	"github.com/cring-dev/cring/internal/nodetls"
+	"github.com/cring-dev/cring/internal/serve"
 	"github.com/cring-dev/cring/internal/token"
 )
 
@@ -303,13 +306,14 @@ func newStatusCmd() *cobra.Command {
 }
 
 type statusDoc struct {
-	NodeErrors  map[string]uint64 `json:"node_errors"`
-	Nodes       []health.Status   `json:"nodes"`
-	Replicas    int               `json:"replicas"`
-	WriteQuorum int               `json:"write_quorum"`
-	SSHActive   int               `json:"ssh_active"`
-	Heal        *heal.Status      `json:"heal"`
-	UsersShown  bool              `json:"users_shown"` // the admin token was sent: user IDs are in
+	NodeErrors  map[string]uint64    `json:"node_errors"`
+	Nodes       []health.Status      `json:"nodes"`
+	Replicas    int                  `json:"replicas"`
+	WriteQuorum int                  `json:"write_quorum"`
+	SSHActive   int                  `json:"ssh_active"`
+	Heal        *heal.Status         `json:"heal"`
+	UsersShown  bool                 `json:"users_shown"` // the admin token was sent: user IDs are in
+	Cluster     *serve.ClusterStatus `json:"cluster"`
 }
 
 func printStatus(out io.Writer, st *statusDoc) {
@@ -334,6 +338,7 @@ func printStatus(out io.Writer, st *statusDoc) {
 		}
 		fmt.Fprintln(out, line)
 	}
+	printCluster(out, st.Cluster)
 	if st.Heal == nil {
 		fmt.Fprintln(out, dimStyle.Render("  healing off (serve with --server-key and --data-dir)"))
 		return
@@ -368,6 +373,59 @@ func printStatus(out io.Writer, st *statusDoc) {
 			last = "last full pass " + sc.LastFullPass.Local().Format(time.DateTime)
 		}
 		fmt.Fprintf(out, "  scrub: %s hashed, %d corrupt found, %d repaired; %s\n", humanBytes(int64(sc.Bytes)), sc.Corrupt, sc.Repaired, last)
+	}
+}
+
+// printCluster shows the shared state: what the nodes are owed there, and
+// every proxy by its heartbeat (one missing for 3 intervals is down).
+func printCluster(out io.Writer, c *serve.ClusterStatus) {
+	if c == nil {
+		return
+	}
+	if !c.Shared {
+		fmt.Fprintln(out, dimStyle.Render("  hints and known users: this proxy's alone (no shared state: serve with --state)"))
+		return
+	}
+	down := 0
+	for _, p := range c.Proxies {
+		if p.Down {
+			down++
+		}
+	}
+	line := fmt.Sprintf("  shared state: %d proxies", len(c.Proxies))
+	if down > 0 {
+		line += badStyle.Render(fmt.Sprintf(", %d down", down))
+	}
+	var owed []string
+	for _, n := range slices.Sorted(maps.Keys(c.HintsPending)) {
+		owed = append(owed, fmt.Sprintf("%s %d", n, c.HintsPending[n]))
+	}
+	if len(owed) > 0 {
+		line += " · hints owed: " + strings.Join(owed, ", ")
+	} else {
+		line += " · no hints owed"
+	}
+	line += fmt.Sprintf(" · %d users", c.Users)
+	fmt.Fprintln(out, line)
+	if len(c.FullScanOwed) > 0 {
+		fmt.Fprintln(out, badStyle.Render("  full scan owed: "+strings.Join(c.FullScanOwed, ", ")+" (reads skip them until a scan has read them)"))
+	}
+	if c.Error != "" {
+		fmt.Fprintln(out, badStyle.Render("  shared state: "+c.Error))
+	}
+	for _, p := range c.Proxies {
+		state := goodStyle.Render("● up  ")
+		if p.Down {
+			state = badStyle.Render("○ down")
+		}
+		line := fmt.Sprintf("    proxy %-12s %s  %s  seen %s ago  %s  %s", p.ID, state, p.Host, p.Age, strings.Join(p.Addresses, " "), p.Version)
+		if p.HintsPending > 0 {
+			line += fmt.Sprintf("  %d hints unpublished", p.HintsPending)
+		}
+		if p.Self {
+			line += dimStyle.Render("  (this proxy)")
+		}
+		fmt.Fprintln(out, line)
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/cring-dev/cring/internal/auth"
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/cluster"
+	"github.com/cring-dev/cring/internal/clusterstate"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
@@ -56,6 +57,12 @@ type Server struct {
 	sink      *backup.Sink
 	clock     *stamp.Clock  // one per process: stamps never go back across reloads
 	certs     *certReloader // nil: plain HTTP
+
+	// The shared state (nil: hints and known users are this proxy's).
+	state       *clusterstate.Store
+	proxyID     string
+	started     time.Time
+	proxiesDown atomic.Int64 // proxies the last heartbeat saw down
 
 	httpLn, sshLn, adminLn net.Listener
 	httpConns              *sshproxy.Slots // client HTTP connections (its bounds need a restart)
@@ -97,6 +104,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 	s.httpConns = &sshproxy.Slots{Max: cfg.MaxConns, PerAddr: cfg.MaxConnsPerAddress}
 	s.metrics.GaugeFunc("cring_http_connections", "Client HTTP connections open now.", func() float64 { return float64(s.httpConns.Used()) })
 	s.verifier = auth.NewVerifier(s.fetchKeys, cfg.PublicURL)
+	if cfg.State != "" {
+		if err := s.openState(cfg.DataDir, cfg.State); err != nil {
+			return nil, err
+		}
+		s.metrics.GaugeFunc("cring_proxies_down", "Proxies of the cluster whose heartbeat is missing (not seen for 3 intervals).", func() float64 { return float64(s.proxiesDown.Load()) })
+	}
 	if cfg.ServerKey != "" {
 		signer, err := token.LoadSigner(cfg.ServerKey)
 		if err != nil {
@@ -116,11 +129,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 			TombstoneGrace: cfg.TombstoneGrace,
 			ScrubInterval:  max(cfg.ScrubInterval, 0),
 			ScrubRate:      float64(cfg.ScrubRate),
+			Shared:         s.state,
+			ProxyID:        s.proxyID,
 		})
 		if err != nil {
 			return nil, err
 		}
 		s.registerHealMetrics()
+		if s.state == nil {
+			log.Info("hints and known users are this proxy's alone (no state: configured): a proxy lost for good leaves what it owed to a scan of the others; see docs/deploy.md")
+		}
 	} else {
 		log.Warn("healing is off: give --server-key (the nodes' shared charm_server_ed25519) and --data-dir to repair replicas")
 	}
@@ -280,6 +298,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		{"tls-cert", cur.TLSCert, cfg.TLSCert},
 		{"tls-key", cur.TLSKey, cfg.TLSKey},
 		{"node-ca", cur.NodeCA, cfg.NodeCA},
+		{"state", cur.State, cfg.State},
 		{"max-conns", strconv.Itoa(cur.MaxConns), strconv.Itoa(cfg.MaxConns)},
 		{"max-conns-per-address", strconv.Itoa(cur.MaxConnsPerAddress), strconv.Itoa(cfg.MaxConnsPerAddress)},
 	} {
@@ -290,7 +309,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	next := *cfg
 	next.Address, next.SSHProxyAddress, next.AdminAddress, next.AdminToken = cur.Address, cur.SSHProxyAddress, cur.AdminAddress, cur.AdminToken
 	next.PublicURL, next.ServerKey, next.DataDir = cur.PublicURL, cur.ServerKey, cur.DataDir
-	next.TLSCert, next.TLSKey, next.NodeCA = cur.TLSCert, cur.TLSKey, cur.NodeCA
+	next.TLSCert, next.TLSKey, next.NodeCA, next.State = cur.TLSCert, cur.TLSKey, cur.NodeCA, cur.State
 	next.MaxConns, next.MaxConnsPerAddress = cur.MaxConns, cur.MaxConnsPerAddress
 	g, err := s.newGeneration(&next)
 	if err != nil {
@@ -462,6 +481,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	if keyUnchecked {
 		go s.watchServerKey(ctx, errc)
 	}
+	if s.state != nil {
+		// Closed last: the healer publishes what is left as it stops.
+		defer s.state.Close()
+		wg.Add(1)
+		go func() { defer wg.Done(); s.heartbeat(ctx, clusterstate.DefaultHeartbeat) }()
+	}
 	if s.healer != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.healer.Run(ctx) }()
@@ -552,6 +577,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s.backupQ != nil {
 		st["backup"] = s.backupQ.Stats()
 	}
+	st["cluster"] = s.clusterStatus(r.Context())
 	writeJSON(w, http.StatusOK, st)
 }
 
@@ -616,6 +642,15 @@ func (s *Server) registerHealMetrics() {
 		return float64(n)
 	})
 	s.metrics.GaugeFunc("cring_heal_users", "Users whose files the scan walks.", func() float64 { return float64(h.Status().Users) })
+	if s.state != nil {
+		s.metrics.GaugeFunc("cring_state_hints_pending", "Missed writes and deletes owed to nodes in the shared state, every proxy's (at most a second old).", func() float64 {
+			var n int64
+			for _, c := range h.SharedHintsPending() {
+				n += c
+			}
+			return float64(n)
+		})
+	}
 	for _, k := range []string{"copied", "removed", "hints_replayed", "read_repairs"} {
 		s.metrics.CounterFunc("cring_heal_"+k+"_total", "Healer total: "+strings.ReplaceAll(k, "_", " ")+".", func() float64 {
 			return float64(h.Status().Totals[k])
