@@ -8,6 +8,9 @@
 // through both proxies and judged against the history of every
 // acknowledged operation: lost writes, resurrected deletes, bytes nobody
 // wrote, keys not on exactly N replicas, crashes and hangs are failures.
+// With Options.Hosts every process runs on a test host of its own
+// (internal/netns) and the network faults are firewall rules between
+// hosts, which can also cut or slow one proxy's links alone.
 // See docs/chaos.md.
 package chaos
 
