@@ -95,7 +95,7 @@ func TestClusterInit(t *testing.T) {
 		"--server-key", filepath.Join(out, "keys", "charm_server_ed25519"), "--data-dir", filepath.Join(base, "proxy"),
 		"--address", httpAddr, "--ssh-proxy-address", sshAddr, "--admin-address", admin, "--health-interval", "200ms")
 	ciRun(t, "cring", proxy, "http://"+admin+"/readyz")
-	testwait.For(t, 15*time.Second, "the condition", func() bool { return ciHealthy(admin) == len(hosts) })
+	testwait.For(t, 15*time.Second, "every node healthy in the proxy's view", func() bool { return ciHealthy(admin) == len(hosts) })
 
 	signer, err := token.LoadSigner(filepath.Join(out, "keys", "charm_server_ed25519"))
 	if err != nil {
@@ -131,7 +131,7 @@ func TestClusterInit(t *testing.T) {
 	for _, n := range dc.Nodes {
 		// Acked at quorum: the last replica may land a moment later.
 		var b []byte
-		testwait.For(t, 5*time.Second, "the condition", func() bool {
+		testwait.For(t, 5*time.Second, "hello.bin on "+n.Name, func() bool {
 			b, err = os.ReadFile(n.FilePath(id, "hello.bin"))
 			return err == nil && bytes.Equal(b, want)
 		})
@@ -325,25 +325,28 @@ func ciRunWith(t *testing.T, name string, cmd *exec.Cmd, healthURL string, clien
 	if client == nil {
 		client = &http.Client{Timeout: time.Second}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := client.Get(healthURL)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return stop
-			}
+	var lastErr error
+	answered := false
+	defer func() {
+		if !answered && lastErr != nil { // testwait failed the test: say why
+			t.Logf("%s: last error %v", healthURL, lastErr)
 		}
+	}()
+	testwait.For(t, 20*time.Second, name+" answering 200 at "+healthURL, func() bool {
 		select {
 		case <-done:
 			t.Fatalf("%s exited before %s answered", name, healthURL)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s did not answer 200 within 20s (last error %v)", name, healthURL, err)
+		resp, err := client.Get(healthURL)
+		if lastErr = err; err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	answered = true
+	return stop
 }
 
 // ciHealthy is how many nodes the proxy's /readyz reports healthy.

@@ -408,7 +408,7 @@ func (tc *testCluster) start(i int) {
 // waitHealthy waits until the proxy's view of node health matches want.
 func (tc *testCluster) waitReady(want int) {
 	tc.t.Helper()
-	testwait.For(tc.t, 10*time.Second, "the condition", func() bool {
+	testwait.For(tc.t, 10*time.Second, fmt.Sprintf("the proxy seeing %d nodes healthy", want), func() bool {
 		resp, err := http.Get("http://" + tc.admin + "/readyz")
 		if err != nil {
 			return false

@@ -20,13 +20,17 @@ func healOpts() clusterOpts { return clusterOpts{nodes: 3, replicas: 3, quorum: 
 // identicalOn waits until name is on exactly the given nodes, byte-identical.
 func identicalOn(t *testing.T, tc *testCluster, u *user, name string, want []string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		copies := tc.onDisk(t, u, name)
-		var got []string
+	var got []string
+	same, ok := true, false
+	defer func() {
+		if !ok { // testwait failed the test: say what was there
+			t.Logf("%s last seen on %v (identical: %v)", name, got, same)
+		}
+	}()
+	testwait.For(t, within, fmt.Sprintf("%s on exactly %v, byte-identical", name, want), func() bool {
+		got, same = nil, true
 		var first []byte
-		same := true
-		for n, b := range copies {
+		for n, b := range tc.onDisk(t, u, name) {
 			got = append(got, n)
 			if first == nil {
 				first = b
@@ -35,14 +39,9 @@ func identicalOn(t *testing.T, tc *testCluster, u *user, name string, want []str
 			}
 		}
 		sort.Strings(got)
-		if same && slices.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s on %v (identical: %v) after %s, want %v", name, got, same, within, want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return same && slices.Equal(got, want)
+	})
+	ok = true
 }
 
 // TestHintedHandoff: a write made while node3 was down reaches node3 within
@@ -80,22 +79,15 @@ func TestDeleteNotResurrected(t *testing.T) {
 	tc.start(2)
 	tc.waitReady(3)
 	// Right away (node3 still holds its stale copy) and until it is gone.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, 10*time.Second, "the deleted file gone from node3's disk", func() bool {
 		if got := u.ls(t, "d"); !slices.Equal(got, []string{"keep"}) {
 			t.Fatalf("listing after node3 returned = %v", got)
 		}
 		if _, err := u.fs.ReadFile("d/gone"); err == nil {
 			t.Fatal("deleted file readable again")
 		}
-		if len(tc.onDisk(t, u, "d/gone")) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("deleted file still on %v", tc.onDisk(t, u, "d/gone"))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(tc.onDisk(t, u, "d/gone")) == 0
+	})
 	// A full scan doesn't bring it back either.
 	rep, err := tc.srv.Healer().Scan(context.Background(), heal.ScanOptions{})
 	if err != nil {
@@ -243,7 +235,7 @@ func TestTwoProxiesDelete(t *testing.T) {
 	}
 	tc.start(2)
 	tc.waitReady(3)
-	testwait.For(t, 10*time.Second, "the condition", func() bool { return b.srv.Healer() != nil })
+	testwait.For(t, 10*time.Second, "proxy B's healer", func() bool { return b.srv.Healer() != nil })
 	// B never saw this user's requests: the operator's scan names the user.
 	for range 2 {
 		if _, err := b.srv.Healer().Scan(context.Background(), heal.ScanOptions{Users: []string{u.id}}); err != nil {

@@ -60,7 +60,7 @@ func TestReloadAddsNode(t *testing.T) {
 		}
 		return len(st.Nodes)
 	}
-	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 3 })
+	testwait.For(t, 10*time.Second, "3 nodes, all healthy", func() bool { return nodes() == 3 })
 
 	kp, _ := keygen.New(filepath.Join(t.TempDir(), "c"), keygen.WithKeyType(keygen.Ed25519))
 	id, err := dc.SeedUser(kp.RawAuthorizedKey())
@@ -70,18 +70,31 @@ func TestReloadAddsNode(t *testing.T) {
 	signer, _ := token.LoadSigner(dc.KeyPath)
 	jwt, _ := signer.Sign(id, publicURL, time.Hour)
 
-	// The file changes: the proxy reloads within a couple of seconds.
-	time.Sleep(1100 * time.Millisecond) // a distinct mtime
-	if err := os.WriteFile(cfgPath, yaml(4), 0o600); err != nil {
+	// The file changes: the proxy reloads within a couple of seconds. It
+	// watches the mtime, which a coarse filesystem clock may leave equal
+	// within a second: the new file gets one of its own, and replaces the
+	// old one whole, so the proxy never sees new bytes with the old mtime.
+	st, err := os.Stat(cfgPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 4 })
+	next := cfgPath + ".new"
+	if err := os.WriteFile(next, yaml(4), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(next, time.Time{}, st.ModTime().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, 10*time.Second, "4 nodes, all healthy, after the file changed", func() bool { return nodes() == 4 })
 	// New writes follow the 4-node ring: some land on node4.
 	landed := 0
 	for i := range 12 {
 		name := fmt.Sprintf("after-%d", i)
 		upload(t, httpAddr, jwt, name, 512)
-		testwait.For(t, 5*time.Second, "the condition", func() bool {
+		testwait.For(t, 5*time.Second, name+" on 3 nodes", func() bool {
 			n := 0
 			for _, nd := range dc.Nodes {
 				if _, err := os.Stat(nd.FilePath(id, name)); err == nil {
@@ -102,5 +115,5 @@ func TestReloadAddsNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	testwait.For(t, 10*time.Second, "the condition", func() bool { return nodes() == 3 })
+	testwait.For(t, 10*time.Second, "3 nodes, all healthy, after SIGHUP", func() bool { return nodes() == 3 })
 }

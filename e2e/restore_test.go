@@ -14,6 +14,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/backup"
 	"github.com/cring-dev/cring/internal/miniotest"
+	"github.com/cring-dev/cring/internal/testwait"
 )
 
 // rtResult is one run of the cring binary.
@@ -161,8 +162,14 @@ func TestRestoreWipedCluster(t *testing.T) {
 				t.Fatalf("verify after deleting a backup object: exit %d\n%s", r.code, r.out)
 			}
 			backupFromDisk(u1, "notes.txt")
+			// S3 keeps times to the millisecond: the as-of time is in a
+			// millisecond no backup version was written in, before or after.
+			nextMilli := func(after time.Time) {
+				testwait.For(t, time.Second, "the next millisecond", func() bool { return time.Now().Truncate(time.Millisecond).After(after) })
+			}
+			nextMilli(time.Now())
 			seeded := time.Now()
-			time.Sleep(50 * time.Millisecond)
+			nextMilli(seeded)
 
 			// Every node loses its files; accounts stay.
 			for i, nd := range tc.dc.Nodes {

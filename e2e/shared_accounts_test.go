@@ -79,7 +79,7 @@ func TestSharedAccountsNewUserFirstNodeDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	onNode1 := filepath.Join(pc.nodes[0].dataDir, "files", u.id, ep)
-	testwait.For(t, 10*time.Second, "the condition", func() bool {
+	testwait.For(t, 10*time.Second, "notes/first.txt on node1", func() bool {
 		b, err := os.ReadFile(onNode1)
 		return err == nil && len(b) > 0
 	})
@@ -264,6 +264,8 @@ func TestSharedAccountsSeqConcurrent(t *testing.T) {
 	go func() {
 		defer close(chaosDone)
 		for i := range pc.nodes {
+			// The sleeps are the fault's shape (down 300 ms, up 300 ms
+			// before the next node), not waits: clients run throughout.
 			pc.stop(i, syscall.SIGKILL)
 			time.Sleep(300 * time.Millisecond)
 			pc.start(i)
@@ -297,7 +299,7 @@ func TestSharedAccountsSeqConcurrent(t *testing.T) {
 				if err != nil {
 					failed++ // a node killed mid-request: allowed, a repeat is not
 					mu.Unlock()
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(20 * time.Millisecond) // a client's pause before retrying: not a wait
 					continue
 				}
 				ok++

@@ -83,17 +83,15 @@ func (tt *topTerm) screen() string {
 // waitScreen polls the pane until ok accepts it.
 func (tt *topTerm) waitScreen(d time.Duration, what string, ok func(string) bool) string {
 	tt.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		s := tt.screen()
-		if ok(s) {
-			return s
+	shown := false
+	defer func() {
+		if !shown { // testwait failed the test: show the screen
+			tt.t.Logf("last screen:\n%s", tt.last)
 		}
-		if time.Now().After(deadline) {
-			tt.t.Fatalf("screen did not show %s within %s:\n%s", what, d, s)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	}()
+	testwait.For(tt.t, d, "the screen to show "+what, func() bool { return ok(tt.screen()) })
+	shown = true
+	return tt.last
 }
 
 // quit presses q and waits for top to exit with status 0 and the session to end.
@@ -101,7 +99,7 @@ func (tt *topTerm) quit() {
 	tt.t.Helper()
 	tt.tmux("send-keys", "-t", "top", "q")
 	var status []byte
-	testwait.For(tt.t, 5*time.Second, "the condition", func() bool {
+	testwait.For(tt.t, 5*time.Second, "cring top's exit status", func() bool {
 		b, err := os.ReadFile(tt.exitFile)
 		status = b
 		return err == nil && len(b) > 0
@@ -109,9 +107,14 @@ func (tt *topTerm) quit() {
 	if got := strings.TrimSpace(string(status)); got != "0" {
 		tt.t.Fatalf("cring top exited with status %s after q; last screen:\n%s", got, tt.last)
 	}
-	testwait.For(tt.t, 5*time.Second, "the condition", func() bool {
+	testwait.For(tt.t, 5*time.Second, "the tmux session to end", func() bool {
 		return exec.Command("tmux", "-S", tt.sock, "has-session", "-t", "top").Run() != nil
 	})
+}
+
+// topClock is the time in top's title line ("15:04:05"), "" if none.
+func topClock(screen string) string {
+	return regexp.MustCompile(`\b\d\d:\d\d:\d\d\b`).FindString(screen)
 }
 
 // nodeState is the STATE word of node's row ("up", "down"), "" if none.
@@ -155,7 +158,7 @@ func TestTop(t *testing.T) {
 			name := fmt.Sprintf("top/f%d", i%20)
 			_ = u.fs.WriteFile(name, memFile(name, []byte(fmt.Sprintf("file %d", i))))
 			_, _ = u.fs.ReadFile("top/seed")
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the traffic's pace: not a wait
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -205,9 +208,15 @@ func TestTopUnreachable(t *testing.T) {
 		return strings.Contains(s, "admin API "+admin+" unreachable") && strings.Contains(s, "connection refused")
 	})
 	t.Logf("screen:\n%s", s)
-	time.Sleep(time.Second) // five retries later, still running and still saying so
-	if s := tt.screen(); !strings.Contains(s, "unreachable") || !strings.Contains(s, "retrying every 200ms") {
-		t.Fatalf("after retrying:\n%s", s)
+	// Top redraws its clock with each scrape's result: a later time on
+	// the screen is a retry that failed again, and top still running.
+	first := topClock(s)
+	if first == "" {
+		t.Fatalf("no clock on the screen:\n%s", s)
 	}
+	s = tt.waitScreen(10*time.Second, "a later retry still unreachable", func(s string) bool {
+		return topClock(s) != first && strings.Contains(s, "unreachable") && strings.Contains(s, "retrying every 200ms")
+	})
+	t.Logf("screen after retrying:\n%s", s)
 	tt.quit()
 }
