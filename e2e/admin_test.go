@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/heal"
@@ -37,7 +38,7 @@ func adminCluster(t *testing.T, adminHost, token string) (*testCluster, *user) {
 		ScanInterval: time.Hour, ScrubInterval: -1,
 	}
 	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	p := serveInProcess(t, cfg)
 	tc := &testCluster{t: t, dc: dc, cfg: cfg, srv: p.srv, httpAddr: p.httpAddr, sshAddr: p.sshAddr, admin: p.admin, srvStop: p.stop}

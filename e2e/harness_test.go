@@ -23,6 +23,7 @@ import (
 
 	"github.com/charmbracelet/charm/client"
 	charmfs "github.com/charmbracelet/charm/fs"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/serve"
@@ -154,7 +155,7 @@ func (tc *testCluster) startProxy(o clusterOpts, n int, httpAddr string) *proxyI
 				}
 			})
 		}
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: nd.Name, URL: u, SSH: nd.SSHAddr(), Health: nd.HealthURL()})
 	}
 	if o.tune != nil {
 		o.tune(cfg)

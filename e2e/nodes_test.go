@@ -16,6 +16,7 @@ import (
 	"github.com/charmbracelet/charm/client"
 	charmfs "github.com/charmbracelet/charm/fs"
 	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/pgtest"
@@ -152,7 +153,7 @@ func newPGCluster(t *testing.T, nodes int, nt *pgTLS, tune ...func(*config.Confi
 			}
 		}
 		pc.nodes = append(pc.nodes, n)
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL(), Meta: n.metaURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.name, URL: n.httpURL(), SSH: n.sshAddr(), Health: n.healthURL(), Meta: n.metaURL()})
 		pc.start(i)
 	}
 	t.Cleanup(func() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/serve"
@@ -36,7 +37,7 @@ func keyProxy(t *testing.T, dc *devcluster.Cluster, httpAddr, sshAddr, admin, se
 		HealthInterval: 100 * time.Millisecond, ServerKey: serverKey, DataDir: t.TempDir(), ScrubInterval: -1,
 	}
 	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	if err := cfg.Normalize(); err != nil {
 		t.Fatal(err)
@@ -119,10 +120,10 @@ func TestServerKeyChecked(t *testing.T) {
 		other, _, _, _ := localNodes(t, 1) // its own key
 		cfg := &config.Config{PublicURL: dc.PublicURL, HealthInterval: 100 * time.Millisecond, ServerKey: dc.KeyPath, DataDir: "unused", ScrubInterval: -1}
 		for _, n := range dc.Nodes {
-			cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+			cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 		}
 		n := other.Nodes[0]
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: "node3", URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: "node3", URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 		if err := cfg.Normalize(); err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -33,7 +34,7 @@ func TestSSHSlotsPerAddress(t *testing.T) {
 		SSHHandshakeTimeout:   2 * time.Second,
 	}
 	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	p := serveInProcess(t, cfg)
 

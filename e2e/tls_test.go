@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/devcluster"
 	"github.com/cring-dev/cring/internal/testwait"
@@ -66,7 +67,7 @@ func TestTLS(t *testing.T) {
 		TLSKey:          filepath.Join(dir, "key.pem"),
 	}
 	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	p := serveInProcess(t, cfg)
 	testwait.For(t, 10*time.Second, "the condition", func() bool { return ciHealthy(p.admin) == 3 })

@@ -165,7 +165,7 @@ func devConfig(set *config.Config, f devFlags, dc *devcluster.Cluster) (*config.
 		Backup:          config.Backup{URL: "file://" + absPath(filepath.Join(f.dir, "backup"))},
 	}
 	for _, n := range dc.Nodes {
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
+		cfg.Nodes = append(cfg.Nodes, cluster.Node{Name: n.Name, URL: n.HTTPURL(), SSH: n.SSHAddr(), Health: n.HealthURL()})
 	}
 	if err := cfg.Normalize(); err != nil {
 		return nil, err

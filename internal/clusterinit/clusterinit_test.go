@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/token"
 	gossh "golang.org/x/crypto/ssh"
@@ -186,7 +187,7 @@ func TestGenerate(t *testing.T) {
 		if c.TLSCert != TLSCertPath || c.TLSKey != TLSKeyPath {
 			t.Fatalf("tls-cert %q, tls-key %q", c.TLSCert, c.TLSKey)
 		}
-		want := []config.Node{
+		want := []cluster.Node{
 			{Name: "charm1", URL: "http://10.0.0.1:35354", SSH: "10.0.0.1:35353", Health: "http://10.0.0.1:35356/", Meta: "http://10.0.0.1:35357", Zone: "rack-a"},
 			{Name: "charm2", URL: "http://charm-b.internal:35354", SSH: "charm-b.internal:35353", Health: "http://charm-b.internal:35356/", Meta: "http://charm-b.internal:35357", Zone: "rack-b"},
 			{Name: "charm3", URL: "http://[fd00::3]:35354", SSH: "[fd00::3]:35353", Health: "http://[fd00::3]:35356/", Meta: "http://[fd00::3]:35357", Zone: "rack-c"},
@@ -306,7 +307,7 @@ func TestGenerate(t *testing.T) {
 		// The admin port is published (on the host's loopback), so in the
 		// container it listens on every interface: with a token, which a
 		// proxy configured so accepts.
-		admin := config.Config{Nodes: []config.Node{{URL: "http://charm1:35354"}},
+		admin := config.Config{Nodes: []cluster.Node{{URL: "http://charm1:35354"}},
 			AdminAddress: p.Environment["CRING_ADMIN_ADDRESS"], AdminToken: p.Environment["CRING_ADMIN_TOKEN"]}
 		if err := admin.Normalize(); err != nil || !slices.Contains(p.Ports, "127.0.0.1:35356:35356") || admin.AdminAddress != ":35356" {
 			t.Errorf("compose proxy admin: %v, ports %v, env %v", err, p.Ports, p.Environment)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 )
 
@@ -128,7 +129,7 @@ func TestComposeMatchesUnits(t *testing.T) {
 				}
 				// The health check asks the health port the way the proxy
 				// does: https (trusting the node CA) when the node serves TLS.
-				var pn config.Node
+				var pn cluster.Node
 				for _, cn := range proxyCfg.Nodes {
 					if cn.Name == n.Name {
 						pn = cn

@@ -60,10 +60,6 @@ const (
 	DefaultSSHIdleTimeout        = 10 * time.Minute
 )
 
-// Node is one Charm server behind the proxy (the membership's type: the
-// config declares the nodes the membership is built from).
-type Node = cluster.Node
-
 // Backup is the optional backup target (validated here, used by the backup package).
 type Backup struct {
 	URL       string `yaml:"url" env:"CRING_BACKUP_URL" flag:"backup-url" help:"backup target: S3 endpoint URL or file:///dir"`
@@ -83,20 +79,20 @@ type Config struct {
 	File string `yaml:"-" env:"CRING_CONFIG" flag:"config" help:"cring.yaml with per-node settings (name, url, ssh, health, zone)"`
 	// Hosts are nodes given by URL alone (--host); Resolve appends them
 	// to Nodes.
-	Hosts           []string      `yaml:"hosts" env:"CRING_HOST" flag:"host" help:"Charm node HTTP URL (repeat for every node)"`
-	Nodes           []Node        `yaml:"nodes"`
-	Replicas        int           `yaml:"replicas" env:"CRING_REPLICAS" flag:"replicas,min1" help:"copies of every file (N), clamped to the node count"`
-	WriteQuorum     int           `yaml:"write-quorum" env:"CRING_WRITE_QUORUM" flag:"write-quorum,min1" help:"replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)"` // 0: the default
-	PublicURL       string        `yaml:"public-url" env:"CRING_PUBLIC_URL" flag:"public-url" help:"the URL clients use, which the nodes sign tokens for (default: what the nodes announce)"`
-	Address         string        `yaml:"address" env:"CRING_ADDRESS" flag:"address" help:"HTTP listen address"`
-	SSHProxyAddress string        `yaml:"ssh-proxy-address" env:"CRING_SSH_PROXY_ADDRESS" flag:"ssh-proxy-address" help:"SSH listen address"`
-	SSHBackendPort  int           `yaml:"ssh-backend-port" env:"CRING_SSH_BACKEND_PORT" flag:"ssh-backend-port" help:"nodes' SSH port (a --host node's SSH address is its host name plus this port)"`
-	AdminAddress    string        `yaml:"admin-address" env:"CRING_ADMIN_ADDRESS" flag:"admin-address" help:"health, status, metrics and profiles listen address (/healthz, /readyz, /status, /metrics); not loopback only with --admin-token"`
-	AdminToken      string        `yaml:"admin-token" env:"CRING_ADMIN_TOKEN" flag:"admin-token" help:"bearer token the admin address requires (all but /healthz, /readyz and an aggregate /status); required when it is not loopback; better in CRING_ADMIN_TOKEN or the config file than on a command line"` // required when AdminAddress is not loopback
-	HealthInterval  time.Duration `yaml:"health-interval" env:"CRING_HEALTH_INTERVAL" flag:"health-interval" help:"how often every node is probed"`
-	NodeTimeout     time.Duration `yaml:"node-timeout" env:"CRING_NODE_TIMEOUT" flag:"node-timeout" help:"how long a node may take to answer or stall mid-body before it loses the request"`
-	SSHMaxConns     int           `yaml:"ssh-max-conns" env:"CRING_SSH_MAX_CONNS" flag:"ssh-max-conns" help:"SSH connections in total; more are closed at once"`
-	SSHIdleTimeout  time.Duration `yaml:"ssh-idle-timeout" env:"CRING_SSH_IDLE_TIMEOUT" flag:"ssh-idle-timeout" help:"an SSH connection with no byte either way for this long is closed"`
+	Hosts           []string       `yaml:"hosts" env:"CRING_HOST" flag:"host" help:"Charm node HTTP URL (repeat for every node)"`
+	Nodes           []cluster.Node `yaml:"nodes"`
+	Replicas        int            `yaml:"replicas" env:"CRING_REPLICAS" flag:"replicas,min1" help:"copies of every file (N), clamped to the node count"`
+	WriteQuorum     int            `yaml:"write-quorum" env:"CRING_WRITE_QUORUM" flag:"write-quorum,min1" help:"replicas that must store a write before it is acknowledged (W; default 2, or N when N < 2)"` // 0: the default
+	PublicURL       string         `yaml:"public-url" env:"CRING_PUBLIC_URL" flag:"public-url" help:"the URL clients use, which the nodes sign tokens for (default: what the nodes announce)"`
+	Address         string         `yaml:"address" env:"CRING_ADDRESS" flag:"address" help:"HTTP listen address"`
+	SSHProxyAddress string         `yaml:"ssh-proxy-address" env:"CRING_SSH_PROXY_ADDRESS" flag:"ssh-proxy-address" help:"SSH listen address"`
+	SSHBackendPort  int            `yaml:"ssh-backend-port" env:"CRING_SSH_BACKEND_PORT" flag:"ssh-backend-port" help:"nodes' SSH port (a --host node's SSH address is its host name plus this port)"`
+	AdminAddress    string         `yaml:"admin-address" env:"CRING_ADMIN_ADDRESS" flag:"admin-address" help:"health, status, metrics and profiles listen address (/healthz, /readyz, /status, /metrics); not loopback only with --admin-token"`
+	AdminToken      string         `yaml:"admin-token" env:"CRING_ADMIN_TOKEN" flag:"admin-token" help:"bearer token the admin address requires (all but /healthz, /readyz and an aggregate /status); required when it is not loopback; better in CRING_ADMIN_TOKEN or the config file than on a command line"` // required when AdminAddress is not loopback
+	HealthInterval  time.Duration  `yaml:"health-interval" env:"CRING_HEALTH_INTERVAL" flag:"health-interval" help:"how often every node is probed"`
+	NodeTimeout     time.Duration  `yaml:"node-timeout" env:"CRING_NODE_TIMEOUT" flag:"node-timeout" help:"how long a node may take to answer or stall mid-body before it loses the request"`
+	SSHMaxConns     int            `yaml:"ssh-max-conns" env:"CRING_SSH_MAX_CONNS" flag:"ssh-max-conns" help:"SSH connections in total; more are closed at once"`
+	SSHIdleTimeout  time.Duration  `yaml:"ssh-idle-timeout" env:"CRING_SSH_IDLE_TIMEOUT" flag:"ssh-idle-timeout" help:"an SSH connection with no byte either way for this long is closed"`
 	// SSHMaxConnsPerAddress bounds the SSH connections from one source
 	// address; a client that has not finished its SSH key exchange within
 	// SSHHandshakeTimeout is closed.
@@ -200,12 +196,12 @@ func decodeFile(path string, c *Config) error {
 
 // NodeFromHost turns a prototype-style --host URL into a node: its name is the
 // URL's host:port and its SSH address the host name plus sshPort.
-func NodeFromHost(host string, sshPort int) (Node, error) {
+func NodeFromHost(host string, sshPort int) (cluster.Node, error) {
 	u, err := parseNodeURL(host)
 	if err != nil {
-		return Node{}, fmt.Errorf("--host %q: %w", host, err)
+		return cluster.Node{}, fmt.Errorf("--host %q: %w", host, err)
 	}
-	return Node{
+	return cluster.Node{
 		Name: u.Host,
 		URL:  host,
 		SSH:  net.JoinHostPort(u.Hostname(), strconv.Itoa(sshPort)),

@@ -1,16 +1,17 @@
 package config
 
 import (
+	"github.com/cring-dev/cring/internal/cluster"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
-func nodes(urls ...string) []Node {
-	var out []Node
+func nodes(urls ...string) []cluster.Node {
+	var out []cluster.Node
 	for _, u := range urls {
-		out = append(out, Node{URL: u})
+		out = append(out, cluster.Node{URL: u})
 	}
 	return out
 }
@@ -48,9 +49,9 @@ func TestNormalize(t *testing.T) {
 		{name: "negative W", cfg: Config{Nodes: nodes("http://a:1"), WriteQuorum: -1}, wantErr: "write-quorum must be at least 1"},
 		{name: "bad scheme", cfg: Config{Nodes: nodes("ftp://a:1")}, wantErr: "want an http:// or https:// URL"},
 		{name: "no host", cfg: Config{Nodes: nodes("http://")}, wantErr: "missing host"},
-		{name: "duplicate url", cfg: Config{Nodes: []Node{{Name: "x", URL: "http://a:1"}, {Name: "y", URL: "http://a:1/"}}}, wantErr: "duplicate node url"},
-		{name: "duplicate name", cfg: Config{Nodes: []Node{{Name: "x", URL: "http://a:1"}, {Name: "x", URL: "http://b:1"}}}, wantErr: `duplicate node name "x"`},
-		{name: "bad ssh", cfg: Config{Nodes: []Node{{URL: "http://a:1", SSH: "nope"}}}, wantErr: "ssh address"},
+		{name: "duplicate url", cfg: Config{Nodes: []cluster.Node{{Name: "x", URL: "http://a:1"}, {Name: "y", URL: "http://a:1/"}}}, wantErr: "duplicate node url"},
+		{name: "duplicate name", cfg: Config{Nodes: []cluster.Node{{Name: "x", URL: "http://a:1"}, {Name: "x", URL: "http://b:1"}}}, wantErr: `duplicate node name "x"`},
+		{name: "bad ssh", cfg: Config{Nodes: []cluster.Node{{URL: "http://a:1", SSH: "nope"}}}, wantErr: "ssh address"},
 		{name: "bad public url", cfg: Config{Nodes: nodes("http://a:1"), PublicURL: "proxy:35354"}, wantErr: "public-url"},
 		{name: "bad address", cfg: Config{Nodes: nodes("http://a:1"), Address: "35354"}, wantErr: "address"},
 		{name: "bad accounts", cfg: Config{Nodes: nodes("http://a:1"), Accounts: "ldap"}, wantErr: "accounts must be"},

@@ -269,7 +269,7 @@ func (s *Server) install(g *generation) {
 			old.stop()
 		}
 		for _, n := range old.cfg.Nodes {
-			if !slices.ContainsFunc(g.cfg.Nodes, func(m config.Node) bool { return m.Name == n.Name }) {
+			if !slices.ContainsFunc(g.cfg.Nodes, func(m cluster.Node) bool { return m.Name == n.Name }) {
 				s.metrics.ForgetNode(n.Name)
 			}
 		}

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/cluster"
 	jose "gopkg.in/square/go-jose.v2"
 )
 
@@ -16,7 +16,7 @@ import (
 // getJSON's timeout) and fails when a node that answered does not publish
 // the --server-key's public half: the healer's tokens would get 401 there,
 // forever. checked is false when no node answered.
-func (s *Server) checkServerKey(ctx context.Context, nodes []config.Node) (checked bool, err error) {
+func (s *Server) checkServerKey(ctx context.Context, nodes []cluster.Node) (checked bool, err error) {
 	var (
 		mu      sync.Mutex
 		wg      sync.WaitGroup

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/charmbracelet/keygen"
+	"github.com/cring-dev/cring/internal/cluster"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/pgtest"
 )
@@ -64,7 +65,7 @@ func TestStartSaysWhereHintsLive(t *testing.T) {
 		{"shared", pgtest.Start(t), "shared state: hints, known users and heartbeats in PostgreSQL", "this proxy's alone"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := &config.Config{Hosts: nil, Nodes: []config.Node{{URL: "http://127.0.0.1:1"}}, ServerKey: key,
+			cfg := &config.Config{Hosts: nil, Nodes: []cluster.Node{{URL: "http://127.0.0.1:1"}}, ServerKey: key,
 				DataDir: t.TempDir(), State: tt.state, ScrubInterval: -1}
 			if err := cfg.Normalize(); err != nil {
 				t.Fatal(err)
