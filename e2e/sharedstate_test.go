@@ -182,6 +182,10 @@ func TestSharedStateProxyLostForGood(t *testing.T) {
 		t.Fatalf("cring status on B does not show A (%s) down:\n%s", aID, out)
 	}
 	t.Logf("cring status on B: %s (A last seen %s ago)", strings.TrimSpace(line), seenA.Age)
+	testwait.For(t, 15*time.Second, "B's metrics counting A down", func() bool {
+		_, m := adminGet(t, b.Admin, "/metrics", adminToken)
+		return strings.Contains(m, "\ncring_proxies_down 1\n") && strings.Contains(m, "\ncring_state_hints_pending 0\n")
+	})
 
 	// A proxy added later scans every user without being told of them.
 	c := start("C")
