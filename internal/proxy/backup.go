@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -32,11 +33,14 @@ type Backup interface {
 	List(ctx context.Context, prefix string) ([]backup.Object, error)
 }
 
-// backupTee copies the file part of an upload to a spool file (backups)
-// and its SHA-256 (version records) while the body streams to the replicas.
+// backupTee is the upload's file as the proxy itself keeps it: a spool file
+// for the backup and its SHA-256 for version records. It is one more target
+// of the replication: a streamed body reaches it as it reaches the nodes
+// (replication.stream), a small one from the buffer the nodes get.
 type backupTee struct {
 	spool *os.File  // nil without backups
 	sum   hash.Hash // nil without version records
+	ctype string    // the upload's multipart content type
 	pw    *io.PipeWriter
 	done  chan struct{}
 	n     int64
@@ -50,39 +54,61 @@ func (t *backupTee) errOrNil() error {
 	return t.err
 }
 
-// startBackupTee wraps body (r's) so the upload's file bytes also land in a
-// spool file; nil when backups don't apply to this request.
-func (p *Proxy) startBackupTee(r *http.Request, body io.Reader, ref fileRef, sum bool) (*backupTee, io.Reader, error) {
+// newBackupTee is the proxy's own copy of r's upload: nil when backups
+// don't apply and no checksum is needed.
+func (p *Proxy) newBackupTee(r *http.Request, ref fileRef, sum bool) (*backupTee, error) {
 	if (p.backup == nil && !sum) || r.Method != http.MethodPost || tombstone.Reserved(ref.path) {
-		return nil, body, nil
+		return nil, nil
 	}
-	pr, pw := io.Pipe()
-	t := &backupTee{pw: pw, done: make(chan struct{})}
-	var to []io.Writer
+	t := &backupTee{ctype: r.Header.Get("Content-Type")}
 	if p.backup != nil {
 		spool, err := p.backup.Spool()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		t.spool = spool
-		to = append(to, spool)
 	}
 	if sum {
 		t.sum = sha256.New()
-		to = append(to, t.sum)
 	}
-	go func() {
-		defer close(t.done)
-		t.n, t.err = backup.ExtractUpload(pr, r.Header.Get("Content-Type"), io.MultiWriter(to...))
-		pr.Close()
-	}()
-	return t, io.TeeReader(body, pw), nil
+	return t, nil
 }
 
-// finish waits for the spool to be complete.
+// to is where the upload's file bytes go.
+func (t *backupTee) to() io.Writer {
+	var to []io.Writer
+	if t.spool != nil {
+		to = append(to, t.spool)
+	}
+	if t.sum != nil {
+		to = append(to, t.sum)
+	}
+	return io.MultiWriter(to...)
+}
+
+// take copies a small upload's file from its whole body.
+func (t *backupTee) take(body []byte) {
+	t.n, t.err = backup.ExtractUpload(bytes.NewReader(body), t.ctype, t.to())
+}
+
+// follow returns src teed into the copy as it is read; finish ends it.
+func (t *backupTee) follow(src io.Reader) io.Reader {
+	pr, pw := io.Pipe()
+	t.pw, t.done = pw, make(chan struct{})
+	go func() {
+		defer close(t.done)
+		t.n, t.err = backup.ExtractUpload(pr, t.ctype, t.to())
+		pr.Close()
+	}()
+	return io.TeeReader(src, pw)
+}
+
+// finish waits for a followed body's copy to be complete.
 func (t *backupTee) finish(bodyErr error) error {
-	t.pw.CloseWithError(bodyErr)
-	<-t.done
+	if t.pw != nil {
+		t.pw.CloseWithError(bodyErr)
+		<-t.done
+	}
 	return t.err
 }
 

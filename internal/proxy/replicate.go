@@ -40,6 +40,7 @@ type replication struct {
 	pref       []int
 	targets    []int
 	extra      []int      // a delete's other healthy nodes: best effort, never counted
+	streamed   bool       // the body streams from the client (stream pumps it)
 	reps       []*replica // a streamed body's per-target pipes (nil entries: not dialed)
 	isTarget   map[int]int
 	results    chan outcome
@@ -58,7 +59,7 @@ type replication struct {
 // Node requests outlive the caller (the last replica may finish after the
 // answer) but not a client that leaves before it.
 func (p *Proxy) replicate(ctx context.Context, r *http.Request, ref fileRef, pref, targets []int, small []byte, streamed bool) *replication {
-	rep := &replication{p: p, r: r, ref: ref, pref: pref, targets: targets, isTarget: map[int]int{}}
+	rep := &replication{p: p, r: r, ref: ref, pref: pref, targets: targets, streamed: streamed, isTarget: map[int]int{}}
 	for k, i := range targets {
 		rep.isTarget[i] = k
 	}
@@ -114,14 +115,23 @@ func (p *Proxy) replicate(ctx context.Context, r *http.Request, ref fileRef, pre
 	return rep
 }
 
-// stream pumps a streamed body to the replicas (nothing to do otherwise)
-// and returns the client's error, which fails every replica.
-func (rep *replication) stream(src io.Reader) error {
-	live := slices.DeleteFunc(slices.Clone(rep.reps), func(rp *replica) bool { return rp == nil })
-	if len(live) == 0 {
+// stream pumps a streamed body to the replicas and to the proxy's own copy
+// of it, when kept (nothing to do for a small body, or none), and returns
+// the client's error, which fails every replica.
+func (rep *replication) stream(src io.Reader, local *backupTee) error {
+	if !rep.streamed {
 		return nil
 	}
+	live := slices.DeleteFunc(slices.Clone(rep.reps), func(rp *replica) bool { return rp == nil })
+	if local != nil {
+		src = local.follow(src)
+	}
 	err := rep.p.pump(rep.r.Context(), src, live)
+	if local != nil {
+		if lerr := local.finish(err); lerr != nil && err == nil {
+			rep.p.keptTee(rep.ref.key(), local)
+		}
+	}
 	if err != nil {
 		rep.cancelAll(err)
 	}

@@ -45,15 +45,12 @@ func (p *Proxy) write(w http.ResponseWriter, r *http.Request, ref fileRef, st st
 		if intent {
 			p.dropIntent(r, ref, st)
 		}
-		p.abandon(key, up, errSuperseded)
+		p.discardSpool(up.tee)
 		writeError(w, http.StatusConflict, errSuperseded.Error())
 		return
 	}
 	rep := p.replicate(r.Context(), r, ref, pref, targets, up.small, up.streamed)
-	bodyErr := rep.stream(up.src)
-	if up.streamed {
-		p.finishTee(key, up.tee, bodyErr)
-	}
+	bodyErr := rep.stream(up.src, up.tee)
 	rep.collect(bodyErr)
 	rep.finish()
 	if intent && (bodyErr != nil || rep.n == 0) {
@@ -99,10 +96,10 @@ func (p *Proxy) readUpload(w http.ResponseWriter, r *http.Request, ref fileRef, 
 		}
 		up.src, up.stop = checked, stop
 	}
-	// With backups, the upload's file also goes to a spool file as it
-	// streams; without one there is no ack, so check before any node works.
+	// With backups, the upload's file also goes to a spool file; without
+	// one there is no ack, so check before any node works.
 	var err error
-	if up.tee, up.src, err = p.startBackupTee(r, up.src, ref, p.mayNeedRecord(targets)); err != nil {
+	if up.tee, err = p.newBackupTee(r, ref, p.mayNeedRecord(targets)); err != nil {
 		up.stop()
 		p.log.Error("cannot spool the backup of an upload", "err", err)
 		writeError(w, http.StatusServiceUnavailable, "cannot back up the upload: "+err.Error())
@@ -124,10 +121,13 @@ func (p *Proxy) readUpload(w http.ResponseWriter, r *http.Request, ref fileRef, 
 	if err == nil && boundary != "" {
 		err = checkForm(bytes.NewReader(up.small), boundary)
 	}
-	p.finishTee(ref.key(), up.tee, err)
 	if err != nil {
 		p.bodyFailed(w, r, ref.key(), up.tee, err)
 		return nil, false
+	}
+	if up.tee != nil {
+		up.tee.take(up.small)
+		p.keptTee(ref.key(), up.tee)
 	}
 	return up, true
 }
@@ -135,15 +135,6 @@ func (p *Proxy) readUpload(w http.ResponseWriter, r *http.Request, ref fileRef, 
 // errSuperseded: an upload found a newer version of its file recorded
 // before sending its data.
 var errSuperseded = errors.New("a newer version of this file was written meanwhile; this one was not stored")
-
-// abandon drops an upload that will not be sent: a streamed body's backup
-// spool and checksum stop waiting for bytes that will never come.
-func (p *Proxy) abandon(key string, up *upload, err error) {
-	if up.streamed {
-		p.finishTee(key, up.tee, err)
-	}
-	p.discardSpool(up.tee)
-}
 
 // recordFirst writes what must precede an upload's data where a node may
 // not keep stamps. A small upload's version record goes before its data,
@@ -167,7 +158,7 @@ func (p *Proxy) recordFirst(w http.ResponseWriter, r *http.Request, ref fileRef,
 	}
 	if err != nil {
 		p.obs.QuorumFailure(r.Method) // the upload's first step failed
-		p.abandon(ref.key(), up, err)
+		p.discardSpool(up.tee)
 		writeError(w, http.StatusServiceUnavailable, "could not record the upload's version: "+err.Error())
 		return false, false, false
 	}
@@ -306,15 +297,12 @@ func (p *Proxy) discardSpool(tee *backupTee) {
 	}
 }
 
-// finishTee waits for the backup spool of an upload whose body has been read.
-// A spool that failed is dropped: no backup copy means no ack (backupAck
-// reports it).
-func (p *Proxy) finishTee(key string, tee *backupTee, bodyErr error) {
-	if tee == nil {
-		return
-	}
-	if err := tee.finish(bodyErr); err != nil && bodyErr == nil {
-		p.log.Warn("upload could not be spooled for the backup", "key", key, "err", err)
+// keptTee checks the proxy's own copy of an upload whose body has been
+// read whole. A spool that failed is dropped: no backup copy means no ack
+// (backupAck reports it).
+func (p *Proxy) keptTee(key string, tee *backupTee) {
+	if tee.err != nil {
+		p.log.Warn("upload could not be spooled for the backup", "key", key, "err", tee.err)
 		p.discardSpool(tee)
 	}
 }
