@@ -194,6 +194,20 @@ func TestSharedStateProxyLostForGood(t *testing.T) {
 		r := status(c).Heal.LastScan
 		return r != nil && r.Users == 1 && slices.ContainsFunc(r.UserUsage, func(u userUsage) bool { return u.User == id })
 	})
+	// So does cring repair, with the proxies' config and no data dir.
+	repair := exec.Command(bin, "repair", "--config", cfgPath, "--server-key", dc.KeyPath, "--state", pgURL, "--dry-run", "--json")
+	repair.Env = envWithout("CRING_", "CHARM_")
+	rout, err := repair.Output()
+	if err != nil {
+		t.Fatalf("cring repair over the shared state's users: %v\n%s", err, rout)
+	}
+	var rep struct {
+		Users int `json:"users"`
+		Keys  int `json:"keys"`
+	}
+	if err := json.Unmarshal(rout, &rep); err != nil || rep.Users != 1 || rep.Keys < len(keys) {
+		t.Fatalf("cring repair: %v %+v, want the user and its %d files", err, rep, len(keys))
+	}
 }
 
 // sharedStatus is what this test reads of /status.

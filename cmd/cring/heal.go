@@ -24,6 +24,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cring-dev/cring/internal/cluster"
+	"github.com/cring-dev/cring/internal/clusterstate"
 	"github.com/cring-dev/cring/internal/config"
 	"github.com/cring-dev/cring/internal/heal"
 	"github.com/cring-dev/cring/internal/health"
@@ -53,7 +54,8 @@ func newRepair() (*cobra.Command, *repairFlags) {
 		Long: `One anti-entropy pass, the same a running proxy makes in the background:
 walk every user's files on every node, and bring each key back to its N
 replicas with the winning copy (newest acknowledged write; deletes stay
-deleted). Users come from --user, or from a proxy's --data-dir.`,
+deleted). Users come from --user, or else from the shared state (--state or
+the config's state:) and a proxy's --data-dir.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := applyEnv(cmd.Flags()); err != nil {
@@ -70,6 +72,8 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 			if err != nil {
 				return usageError{err}
 			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
 			users := f.users
 			if len(users) == 0 && proxyDir != "" {
 				users, err = heal.ReadUsers(filepath.Join(proxyDir, "heal"))
@@ -77,16 +81,21 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 					return err
 				}
 			}
-			if len(users) == 0 {
-				return usageError{errors.New("no users to scan: give --user CHARMID (repeatable) or the proxy's --data-dir")}
+			if len(f.users) == 0 && cfg.State != "" {
+				shared, err := sharedUsers(ctx, cfg.State)
+				if err != nil {
+					return err
+				}
+				users = slices.Compact(slices.Sorted(slices.Values(append(users, shared...))))
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			if len(users) == 0 {
+				return usageError{errors.New("no users to scan: give --user CHARMID (repeatable), the shared --state or the proxy's --data-dir")}
+			}
 			return runRepair(ctx, cmd.OutOrStdout(), cfg, users, heal.ScanOptions{DryRun: f.dry, Deep: f.deep}, f.jsonOut)
 		},
 	}
 	fl := cmd.Flags()
-	f.settings = config.Bind(fl, "host", "config", "replicas", "write-quorum", "public-url", "server-key", "data-dir", "node-timeout", "node-ca")
+	f.settings = config.Bind(fl, "host", "config", "replicas", "write-quorum", "public-url", "server-key", "data-dir", "node-timeout", "node-ca", "state")
 	// What these settings are to a repair, where it differs from serve.
 	for name, usage := range map[string]string{
 		"config":       "cring.yaml (the proxy's)",
@@ -97,6 +106,7 @@ deleted). Users come from --user, or from a proxy's --data-dir.`,
 		"data-dir":     "a proxy's data dir, to scan the users it has seen",
 		"node-timeout": "how long a node may stall",
 		"node-ca":      "PEM CA certificate(s) trusted for https node URLs, besides the system's roots (as serve --node-ca)",
+		"state":        "the proxies' shared state (PostgreSQL URL), to scan every user they have seen",
 	} {
 		fl.Lookup(name).Usage = usage
 	}
@@ -130,6 +140,16 @@ func (f *repairFlags) config(getenv func(string) (string, bool), stateDir string
 		return nil, "", err
 	}
 	return cfg, proxyDir, nil
+}
+
+// sharedUsers lists every user the proxies recorded in the shared state.
+func sharedUsers(ctx context.Context, url string) ([]string, error) {
+	store, err := clusterstate.New(url, clusterstate.Options{})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	defer store.Close()
+	return store.Users(ctx)
 }
 
 func runRepair(ctx context.Context, out io.Writer, cfg *config.Config, users []string, o heal.ScanOptions, jsonOut bool) error {
