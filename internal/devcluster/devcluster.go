@@ -15,7 +15,6 @@ import (
 	"fmt"
 	stdlog "log"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -166,55 +165,6 @@ func New(dir string, o Options) (*Cluster, error) {
 		})
 	}
 	return c, nil
-}
-
-// FreePorts returns n currently free TCP ports on host. They are drawn
-// below Linux's ephemeral range (32768+), so the outgoing connections of a
-// busy test can't take a port between this check and the server's listen.
-func FreePorts(host string, n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			return nil, errors.New("find free port: none free in 20000-32767")
-		}
-		p := 20000 + rand.IntN(12768)
-		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
-		if err != nil {
-			continue
-		}
-		lns = append(lns, l)
-		ports = append(ports, p)
-	}
-	return ports, nil
-}
-
-// FreePortRange returns the first of n consecutive free ports on host,
-// drawn like FreePorts.
-func FreePortRange(host string, n int) (int, error) {
-	for range 1000 {
-		base := 20000 + rand.IntN(12768-n)
-		var lns []net.Listener
-		for p := base; p < base+n; p++ {
-			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
-			if err != nil {
-				break
-			}
-			lns = append(lns, l)
-		}
-		for _, l := range lns {
-			l.Close()
-		}
-		if len(lns) == n {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("find %d consecutive free ports: none in 20000-32767", n)
 }
 
 // HTTPURL is the node's HTTP API base URL.

@@ -1,0 +1,47 @@
+//go:build unix
+
+package devcluster
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// portBlock is the first port and the size of the block of ports this
+// process draws from: the first block, counting from one picked by its pid,
+// that no other live process holds. A block is held with an exclusive flock
+// on a file under the temp dir, on a descriptor left open on purpose until
+// the process exits (the kernel then releases it), and the file names its
+// holder's pid so later calls find the block again without keeping state.
+// Anything failing falls back to the whole range, as before blocks.
+func portBlock() (base, size int) {
+	dir := filepath.Join(os.TempDir(), "cring-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return portBase, portSpan
+	}
+	pid := strconv.Itoa(os.Getpid())
+	for k := range blocks {
+		b := (os.Getpid() + k) % blocks
+		name := filepath.Join(dir, strconv.Itoa(b))
+		fd, err := syscall.Open(name, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o666)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			syscall.Close(fd)
+			if holder, err := os.ReadFile(name); err == nil && strings.TrimSpace(string(holder)) == pid {
+				return portBase + b*blockSize, blockSize // ours, held by an earlier call's descriptor
+			}
+			continue
+		}
+		// Ours now (new, or left by a process that has exited): the
+		// descriptor stays open so the lock lasts as long as the process.
+		_ = syscall.Ftruncate(fd, 0)
+		_, _ = syscall.Pwrite(fd, []byte(pid), 0)
+		return portBase + b*blockSize, blockSize
+	}
+	return portBase, portSpan
+}
