@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +14,11 @@ import (
 	"github.com/cring-dev/cring/internal/netns"
 )
 
-var multiHostKinds = flag.String("multihost.kinds", "cring-node", "node kinds of the multi-host tests, comma-separated (stock has an open chaos finding: docs/chaos.md, 'Open')")
+var (
+	multiHostKinds = flag.String("multihost.kinds", "cring-node", "node kinds of the multi-host tests, comma-separated (stock has an open chaos finding: docs/chaos.md, 'Open')")
+	multiHostKeep  = flag.String("multihost.keep", "", "keep every multi-host run's work dir (data, logs, history.jsonl, report.txt) under this directory")
+	multiHostOpen  = flag.Bool("multihost.open", false, "also run the multi-host tests that fail on an open finding (docs/chaos.md, 'Open')")
+)
 
 // multiHostRun runs a scripted chaos run on test hosts (internal/netns):
 // five nodes, two proxies and the clients each on a network namespace of
@@ -22,6 +27,16 @@ var multiHostKinds = flag.String("multihost.kinds", "cring-node", "node kinds of
 // resurrected delete, a key not on exactly its N replicas after healing,
 // a crash or a hang) and hands each passing report to check, if any.
 func multiHostRun(t *testing.T, seed uint64, period time.Duration, schedule []chaos.Fault, check func(*testing.T, chaos.Report)) {
+	multiHostRunWith(t, chaos.Options{
+		Seed: seed, Duration: period, Schedule: schedule,
+		ScanInterval: 5 * time.Second, // convergence is checked after a scan of each proxy
+	}, check)
+}
+
+// multiHostRunWith is multiHostRun with more of the run's options set
+// (proxies, a balancer, a shared state, timers); the kind, binaries, test
+// hosts, work dir and logging are filled in.
+func multiHostRunWith(t *testing.T, opts chaos.Options, check func(*testing.T, chaos.Report)) {
 	if os.Geteuid() != 0 {
 		t.Skip("test hosts (network namespaces) need root")
 	}
@@ -38,14 +53,14 @@ func multiHostRun(t *testing.T, seed uint64, period time.Duration, schedule []ch
 					t.Errorf("namespaces left behind: %v %v", left, err)
 				}
 			})
-			rep, err := chaos.Run(context.Background(), chaos.Options{
-				Seed: seed, Duration: period, Kind: chaos.Kind(strings.TrimSpace(kind)),
-				CringBin: cringBin, CharmBin: charmBin,
-				Hosts: true, Schedule: schedule,
-				ScanInterval: 5 * time.Second, // convergence is checked after a scan of each proxy
-				Dir:          t.TempDir(),
-				Logf:         t.Logf,
-			})
+			o := opts
+			o.Kind = chaos.Kind(strings.TrimSpace(kind))
+			o.CringBin, o.CharmBin = cringBin, charmBin
+			o.Hosts, o.Dir, o.Logf = true, t.TempDir(), t.Logf
+			if *multiHostKeep != "" {
+				o.Dir, o.Keep = filepath.Join(*multiHostKeep, strings.ReplaceAll(t.Name(), "/", "-")), true
+			}
+			rep, err := chaos.Run(context.Background(), o)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,8 +14,10 @@ import (
 
 	"github.com/charmbracelet/lipgloss"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/cring-dev/cring/internal/chaos"
+	"github.com/cring-dev/cring/internal/config"
 )
 
 type chaosFlags struct {
@@ -35,13 +37,23 @@ type chaosFlags struct {
 	faults    string
 	hangAfter time.Duration
 	hosts     bool
+	proxies   int
+	balancer  string
+	haproxy   string
+	state     bool
 }
 
 // errChaosFailed: a run found something; the report is already printed.
 var errChaosFailed = errors.New("chaos run failed")
 
 func newChaosCmd() *cobra.Command {
-	var f chaosFlags
+	cmd, _ := newChaos()
+	return cmd
+}
+
+// newChaos is the chaos command and the flags it parses into.
+func newChaos() (*cobra.Command, *chaosFlags) {
+	f := &chaosFlags{}
 	cmd := &cobra.Command{
 		Use:   "chaos",
 		Short: "Seeded chaos run of a local cluster with a checker of every acknowledged operation",
@@ -60,10 +72,16 @@ With --hosts (root, ip and iptables) every node, proxy and the clients run on a
 test host of their own (a network namespace on a private bridge): network faults
 are firewall rules between hosts, and two more faults cut one proxy from one or
 two nodes (partition-proxy) and slow one proxy's link to one node (link-latency)
-while the other proxy still reaches them. See docs/chaos.md.`,
+while the other proxy still reaches them.
+
+--proxies runs more proxies; --balancer haproxy puts a real HAProxy in front of
+them (TCP, /readyz checks) and sends every client operation through it; --state
+gives the proxies a shared PostgreSQL (started for the run) and adds the
+destroy-proxy fault: a proxy killed with its data dir and replaced by a fresh
+one, after which the cluster must converge within 30 s. See docs/chaos.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := applyEnv(cmd.Flags())
+			set, err := applyChaosEnv(cmd.Flags(), os.LookupEnv)
 			if err != nil {
 				return usageError{err}
 			}
@@ -87,13 +105,29 @@ while the other proxy still reaches them. See docs/chaos.md.`,
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary one)")
 	fl.BoolVar(&f.keep, "keep", false, "keep the work directory: data, logs, history.jsonl, finals.jsonl, report.txt")
 	fl.Float64Var(&f.rate, "rate", 30, "client operations per second, over both proxies")
-	fl.DurationVar(&f.converge, "converge-timeout", 60*time.Second, "how long the healed cluster may take to put every key on exactly N replicas")
+	fl.DurationVar(&f.converge, "converge-timeout", 0, "how long the healed cluster may take to put every key on exactly N replicas (default: 60s, 30s when the plan destroys a proxy)")
 	fl.DurationVar(&f.settle, "settle", 0, "how long the converged cluster must then stay unchanged before the final reads (default: --scan-interval + 2s)")
 	fl.DurationVar(&f.scan, "scan-interval", 10*time.Second, "the proxies' --scan-interval")
-	fl.StringVar(&f.faults, "faults", "all", "comma-separated fault kinds to draw from: kill-node,stop-node,kill-proxy,latency,blackhole,reset, and with --hosts partition-proxy,link-latency")
+	fl.StringVar(&f.faults, "faults", "all", "comma-separated fault kinds to draw from: kill-node,stop-node,kill-proxy,latency,blackhole,reset,destroy-proxy, and with --hosts partition-proxy,link-latency (all: destroy-proxy only with --state)")
 	fl.BoolVar(&f.hosts, "hosts", false, "every node, proxy and the clients on a test host of their own (network namespaces; needs root, ip and iptables): adds the partition-proxy and link-latency faults")
 	fl.DurationVar(&f.hangAfter, "hang-after", 30*time.Second, "a client operation that takes this long is a hang")
-	return cmd
+	fl.IntVar(&f.proxies, "proxies", 2, "number of cring serve processes")
+	fl.StringVar(&f.balancer, "balancer", "", "haproxy: every client operation through a real HAProxy in front of the proxies (default: the clients use the proxies in turn)")
+	fl.StringVar(&f.haproxy, "haproxy-bin", "", "the haproxy binary for --balancer haproxy (default: haproxy on PATH, or /usr/sbin/haproxy)")
+	fl.BoolVar(&f.state, "state", false, "start a PostgreSQL for the run and give every proxy --state on it (shared hints, users, heartbeats); adds the destroy-proxy fault")
+	return cmd, f
+}
+
+// applyChaosEnv sets the flags not given from CRING_<FLAG> variables,
+// except CRING_STATE: for every other command it is the proxies'
+// PostgreSQL URL, not --state's yes or no.
+func applyChaosEnv(fs *pflag.FlagSet, getenv func(string) (string, bool)) (map[string]bool, error) {
+	return config.ApplyEnv(fs, func(k string) (string, bool) {
+		if k == "CRING_STATE" {
+			return "", false
+		}
+		return getenv(k)
+	})
 }
 
 func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
@@ -114,9 +148,15 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 		return chaos.Options{}, fmt.Errorf("--rate must be positive, got %g", f.rate)
 	case f.runs > 1 && f.dir != "":
 		return chaos.Options{}, errors.New("--dir takes one run; with --runs each run gets its own temporary directory")
+	case f.proxies < 1:
+		return chaos.Options{}, fmt.Errorf("--proxies must be at least 1, got %d", f.proxies)
+	case f.balancer != "" && f.balancer != chaos.BalancerHAProxy:
+		return chaos.Options{}, fmt.Errorf("--balancer %q: want haproxy", f.balancer)
+	case f.converge < 0:
+		return chaos.Options{}, fmt.Errorf("--converge-timeout must not be negative, got %s", f.converge)
 	}
 	for _, k := range kinds {
-		if !f.hosts && !slices.Contains(chaos.FaultKinds, k) {
+		if !f.hosts && k != chaos.DestroyProxy && !slices.Contains(chaos.FaultKinds, k) {
 			return chaos.Options{}, fmt.Errorf("--faults: %s needs --hosts", k)
 		}
 	}
@@ -127,7 +167,16 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 		Seed: f.seed, Duration: f.duration, Nodes: f.nodes, Kind: chaos.Kind(f.kind),
 		CharmBin: f.charmBin, CringBin: f.cringBin, Dir: f.dir, Keep: f.keep,
 		Rate: f.rate, ConvergeTimeout: f.converge, Settle: f.settle, ScanInterval: f.scan, Faults: kinds, HangAfter: f.hangAfter,
-		Hosts: f.hosts,
+		Hosts: f.hosts, Proxies: f.proxies, Balancer: f.balancer, HAProxyBin: f.haproxy, State: f.state,
+	}
+	if o.Balancer == chaos.BalancerHAProxy && o.HAProxyBin == "" {
+		// Debian puts it in /usr/sbin, which a user's PATH may lack.
+		if o.HAProxyBin, err = exec.LookPath("haproxy"); err != nil {
+			if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
+				return o, errors.New("--balancer haproxy needs HAProxy: --haproxy-bin, haproxy on PATH or /usr/sbin/haproxy (scripts/install-peers installs it)")
+			}
+			o.HAProxyBin = "/usr/sbin/haproxy"
+		}
 	}
 	if o.CringBin == "" {
 		if o.CringBin, err = os.Executable(); err != nil {
@@ -156,11 +205,21 @@ func runChaos(ctx context.Context, w io.Writer, o chaos.Options, runs int) error
 		ro.Logf = func(format string, args ...any) {
 			fmt.Fprintln(w, dim.Render(fmt.Sprintf("%6.1fs ", time.Since(start).Seconds())+fmt.Sprintf(format, args...)))
 		}
+		proxies := fmt.Sprintf("%d proxies", ro.Proxies)
+		if ro.Proxies == 1 {
+			proxies = "1 proxy"
+		}
+		if ro.Balancer != "" {
+			proxies += " behind " + ro.Balancer
+		}
+		if ro.State {
+			proxies += " on a shared PostgreSQL"
+		}
 		where := ""
 		if ro.Hosts {
 			where = ", each on a host of its own"
 		}
-		fmt.Fprintln(w, title.Render(fmt.Sprintf("💍 cring chaos: seed %d, %d %s nodes, 2 proxies%s, faults for %s", ro.Seed, ro.Nodes, ro.Kind, where, ro.Duration)))
+		fmt.Fprintln(w, title.Render(fmt.Sprintf("💍 cring chaos: seed %d, %d %s nodes, %s%s, faults for %s", ro.Seed, ro.Nodes, ro.Kind, proxies, where, ro.Duration)))
 		rep, err := chaos.Run(ctx, ro)
 		if err != nil {
 			return err

@@ -10,8 +10,10 @@
 // wrote, keys not on exactly N replicas, crashes and hangs are failures.
 // With Options.Hosts every process runs on a test host of its own
 // (internal/netns) and the network faults are firewall rules between
-// hosts, which can also cut or slow one proxy's links alone.
-// See docs/chaos.md.
+// hosts, which can also cut or slow one proxy's links alone. More proxies,
+// a real HAProxy in front of them (Options.Balancer) and a shared
+// PostgreSQL state with destroy-proxy faults (Options.State) make the
+// run of several disposable proxies. See docs/chaos.md.
 package chaos
 
 import (
@@ -61,13 +63,18 @@ type Options struct {
 	Rate                  float64
 	Workers               int           // concurrent client operations (8)
 	ScanInterval          time.Duration // the proxies' anti-entropy scans (10s)
-	ConvergeTimeout       time.Duration // how long the healed cluster may take to converge (60s)
+	// ConvergeTimeout is how long the healed cluster may take to converge:
+	// 60s, or 30s when the plan destroys a proxy (a lost proxy must cost
+	// no convergence time: docs/design.md, "Disposable proxies").
+	ConvergeTimeout time.Duration
 	// Settle is how long the converged state must then stay unchanged
 	// before the final reads (default: the scan interval plus 2s, so
 	// every proxy's healer has scanned the converged cluster once).
 	Settle    time.Duration
 	HangAfter time.Duration // a client op this long is a hang (30s)
-	Faults    []FaultKind   // kinds to draw from (all: FaultKinds, or HostFaultKinds with Hosts)
+	// Faults are the kinds to draw from; none: FaultKinds, with Hosts
+	// HostFaultKinds, and with State destroy-proxy too.
+	Faults []FaultKind
 
 	// Hosts puts every node, every proxy and the clients on a test host
 	// of its own (internal/netns: network namespaces on one bridge; needs
@@ -78,6 +85,19 @@ type Options struct {
 	// Schedule, when set, is the fault plan instead of one drawn from the
 	// seed (scripted runs; the seed still draws the clients' operations).
 	Schedule []Fault
+
+	// Balancer puts a load balancer in front of every proxy: "haproxy"
+	// runs HAProxyBin (TCP, /readyz checks, as docs/deploy.md sets it up;
+	// on a test host of its own with Hosts), every client operation goes
+	// through it, and the final reads go through it as well as through
+	// each proxy. "" (the default): the clients use the proxies in turn.
+	Balancer   string
+	HAProxyBin string
+	// State runs a PostgreSQL (its binaries found as internal/pgtest
+	// finds them; on a test host of its own with Hosts) and gives every
+	// proxy --state on it: hints, known users and heartbeats shared.
+	// Runs with State also draw destroy-proxy faults.
+	State bool
 
 	// Logf receives progress lines; nil is quiet.
 	Logf func(format string, args ...any)
@@ -105,9 +125,15 @@ func (o Options) withDefaults() Options {
 	for _, d := range []struct {
 		v *time.Duration
 		d time.Duration
-	}{{&o.Duration, 90 * time.Second}, {&o.ScanInterval, 10 * time.Second}, {&o.ConvergeTimeout, 60 * time.Second}, {&o.HangAfter, 30 * time.Second}} {
+	}{{&o.Duration, 90 * time.Second}, {&o.ScanInterval, 10 * time.Second}, {&o.HangAfter, 30 * time.Second}} {
 		if *d.v == 0 {
 			*d.v = d.d
+		}
+	}
+	if o.ConvergeTimeout == 0 {
+		o.ConvergeTimeout = 60 * time.Second
+		if o.Proxies >= 1 && slices.ContainsFunc(o.plan(), func(f Fault) bool { return f.Kind == DestroyProxy }) {
+			o.ConvergeTimeout = 30 * time.Second
 		}
 	}
 	if o.Settle == 0 {
@@ -138,6 +164,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("fault period %s: want at least 10s", o.Duration)
 	case o.Rate <= 0 || o.Workers < 1:
 		return errors.New("rate and workers must be positive")
+	case o.Balancer != "" && o.Balancer != BalancerHAProxy:
+		return fmt.Errorf("balancer %q: want haproxy (or none)", o.Balancer)
+	case o.Balancer == BalancerHAProxy && o.HAProxyBin == "":
+		return errors.New("the haproxy balancer needs the haproxy binary")
 	}
 	for _, k := range o.Faults {
 		if hostOnly(k) && !o.Hosts {
@@ -157,11 +187,27 @@ func (o Options) plan() []Fault {
 		return o.Schedule
 	}
 	kinds := o.Faults
-	if len(kinds) == 0 && o.Hosts {
-		kinds = HostFaultKinds
+	if len(kinds) == 0 {
+		kinds = o.defaultKinds()
 	}
 	return Plan(o.Seed, o.Duration, o.Nodes, o.Proxies, o.maxImpaired(), kinds)
 }
+
+// defaultKinds are the kinds a run draws from when Faults names none.
+func (o Options) defaultKinds() []FaultKind {
+	kinds := FaultKinds
+	if o.Hosts {
+		kinds = HostFaultKinds
+	}
+	if o.State {
+		// What the shared state is for: a proxy lost with its data dir.
+		kinds = append(slices.Clone(kinds), DestroyProxy)
+	}
+	return kinds
+}
+
+// BalancerHAProxy is Options.Balancer for HAProxy.
+const BalancerHAProxy = "haproxy"
 
 // maxImpaired is how many nodes may be impaired at once: two, and never
 // so many that no write quorum is left anywhere.
@@ -173,6 +219,9 @@ type Report struct {
 	Nodes    int           `json:"nodes"`
 	Kind     Kind          `json:"kind"`
 	Hosts    bool          `json:"hosts,omitempty"` // every process on a test host of its own
+	Proxies  int           `json:"proxies"`
+	Balancer string        `json:"balancer,omitempty"` // the clients' way in ("haproxy"), or none
+	State    bool          `json:"state,omitempty"`    // the proxies share a PostgreSQL
 	Duration time.Duration `json:"duration"`
 	Plan     []Fault       `json:"plan"`
 	// Views is which nodes each proxy's health checks saw down during the
@@ -180,6 +229,9 @@ type Report struct {
 	// saw them up at the same moment (information, as stale reads).
 	Views     []ProxyView `json:"views"`
 	Disagreed []string    `json:"disagreed"`
+	// BalancerDown is the proxies the balancer's checks took out at least
+	// once during the fault period.
+	BalancerDown []string `json:"balancer_down,omitempty"`
 
 	Ops, Acked, Failed, Unknown int
 	Skipped                     int // client ticks dropped with every worker busy
@@ -211,6 +263,17 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "chaos seed=%d nodes=%d kind=%s", r.Seed, r.Nodes, r.Kind)
 	if r.Hosts {
 		b.WriteString(" hosts")
+	}
+	// Said only when not the default two proxies used in turn: the
+	// summary of such runs reads as it always did.
+	if r.Proxies != 0 && r.Proxies != 2 {
+		fmt.Fprintf(&b, " proxies=%d", r.Proxies)
+	}
+	if r.Balancer != "" {
+		fmt.Fprintf(&b, " balancer=%s", r.Balancer)
+	}
+	if r.State {
+		b.WriteString(" state")
 	}
 	fmt.Fprintf(&b, " ops=%d acked=%d", r.Ops, r.Acked)
 	for _, c := range Classes {
@@ -245,6 +308,13 @@ func (r *Report) WriteDetails(w io.Writer) {
 	if len(r.Disagreed) > 0 {
 		fmt.Fprintf(w, "the proxies disagreed at one moment on: %s\n", strings.Join(r.Disagreed, ","))
 	}
+	if r.Balancer != "" {
+		if len(r.BalancerDown) == 0 {
+			fmt.Fprintf(w, "during the faults the balancer kept every proxy\n")
+		} else {
+			fmt.Fprintf(w, "during the faults the balancer took out: %s\n", strings.Join(r.BalancerDown, ","))
+		}
+	}
 	fmt.Fprintf(w, "ops: %d total, %d acknowledged, %d failed, %d unknown; %d ticks skipped (workers busy); %d stale reads during faults (information)\n",
 		r.Ops, r.Acked, r.Failed, r.Unknown, r.Skipped, r.StaleReads)
 	for _, f := range r.Findings {
@@ -277,7 +347,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		cleanup()
 	}()
 	rep = Report{Seed: o.Seed, Nodes: o.Nodes, Kind: o.Kind, Duration: o.Duration,
-		Plan: o.plan(), Hosts: o.Hosts}
+		Plan: o.plan(), Hosts: o.Hosts, Proxies: o.Proxies, Balancer: o.Balancer, State: o.State}
 
 	c, err := startCluster(ctx, o, dir)
 	if err != nil {
@@ -324,25 +394,75 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := writeArtifacts(dir, &rep, ops, finals); err != nil {
 		o.logf("could not write the run's artifacts: %v", err)
 	}
+	if o.Keep {
+		c.saveStatus(ctx, a)
+		if c.state != nil {
+			if err := c.state.dump(ctx, c.hosts, filepath.Join(dir, "logs")); err != nil {
+				o.logf("could not keep the shared state's tables: %v", err)
+			}
+		}
+	}
 	return rep, nil
+}
+
+// saveStatus keeps each proxy's /status at the end of a kept run
+// (logs/<proxy>.status.json): the hints it and the shared state still
+// owe, which nodes it sees, what its healer did.
+func (c *cluster) saveStatus(ctx context.Context, a *api) {
+	for _, p := range c.proxies {
+		err := func() error {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(rctx, http.MethodGet, p.admin+"/status", nil)
+			if err != nil {
+				return err
+			}
+			if c.admin != "" {
+				req.Header.Set("Authorization", "Bearer "+c.admin)
+			}
+			resp, err := a.client.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(c.dir, "logs", p.name+".status.json"), b, 0o600)
+		}()
+		if err != nil {
+			c.o.logf("%s /status: %v", p.name, err)
+		}
+	}
 }
 
 // faultPeriod runs the clients and the fault plan side by side for the
 // fault period, printing progress every 10 seconds.
 func (c *cluster) faultPeriod(ctx context.Context, o Options, a *api, ks keySpace, hist *history, rep *Report, t0 time.Time) error {
-	o.logf("fault period: %s, %d faults planned, %.0f ops/s over %d keys through %d proxies", o.Duration, len(rep.Plan), o.Rate, len(ks.keys()), len(c.proxies))
+	through := fmt.Sprintf("%d proxies", len(c.proxies))
+	if c.lb != nil {
+		through = "the balancer in front of " + through
+	}
+	o.logf("fault period: %s, %d faults planned, %.0f ops/s over %d keys through %s", o.Duration, len(rep.Plan), o.Rate, len(ks.keys()), through)
 	fctx, cancel := context.WithDeadline(ctx, t0.Add(o.Duration))
 	defer cancel()
-	var urls []string
-	for _, p := range c.proxies {
-		urls = append(urls, p.url)
+	// The clients use the proxies in turn, or all go through the balancer.
+	targets := c.proxyTargets()
+	if c.lb != nil {
+		targets = []target{{name: "balancer", url: c.lb.url}}
 	}
-	wl := &workload{o: o, ks: ks, api: a, proxies: urls, hist: hist}
+	ca := c.clientAPI()
+	defer ca.close()
+	wl := &workload{o: o, ks: ks, api: ca, targets: targets, hist: hist}
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); wl.run(fctx) }()
 	go func() { defer wg.Done(); c.progress(fctx, o, hist, t0) }()
-	go func() { defer wg.Done(); rep.Views, rep.Disagreed = c.watchHealth(fctx, a) }()
+	go func() {
+		defer wg.Done()
+		rep.Views, rep.Disagreed, rep.BalancerDown = c.watchHealth(fctx, a)
+	}()
 	// The plan ends within the period; its last steps (restarts) run to
 	// completion even when they end it.
 	ex := &executor{c: c, o: o, start: t0}
@@ -374,8 +494,33 @@ func (c *cluster) progress(ctx context.Context, o Options, hist *history, t0 tim
 	}
 }
 
+// proxyTargets are the proxies, each reached directly.
+func (c *cluster) proxyTargets() []target {
+	out := make([]target, len(c.proxies))
+	for i, p := range c.proxies {
+		out[i] = target{name: p.name, url: p.url}
+	}
+	return out
+}
+
+// clientAPI is what the clients send their operations with: from the
+// clients' host with test hosts. Through a balancer each operation is a
+// connection of its own (no keep-alive), so HAProxy's round robin spreads
+// operations, not a few long-lived connections, over the proxies: a
+// partitioned or returning proxy gets its share.
+func (c *cluster) clientAPI() *api {
+	a := newAPI(c.jwt)
+	t := a.client.Transport.(*http.Transport)
+	if c.hosts != nil {
+		t.DialContext = c.hosts.dial
+	}
+	t.DisableKeepAlives = c.lb != nil
+	return a
+}
+
 // waitReady waits until every proxy sees every node healthy and answers an
-// authenticated request (so it has the nodes' key set).
+// authenticated request (so it has the nodes' key set), and the balancer,
+// if any, has every proxy up.
 func (c *cluster) waitReady(ctx context.Context, a *api) error {
 	for _, p := range c.proxies {
 		err := poll(ctx, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
@@ -391,6 +536,9 @@ func (c *cluster) waitReady(ctx context.Context, a *api) error {
 		if err != nil {
 			return fmt.Errorf("%s not ready with %d healthy nodes: %w", p.name, len(c.nodes), err)
 		}
+	}
+	if c.lb != nil {
+		return c.lb.waitUp(ctx, c.proxies)
 	}
 	return nil
 }
@@ -408,10 +556,15 @@ func getJSON(ctx context.Context, a *api, url string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// finalReads reads every key and lists every directory through every proxy.
+// finalReads reads every key and lists every directory through every
+// proxy, and through the balancer if there is one.
 func (c *cluster) finalReads(ctx context.Context, a *api, ks keySpace) []Observation {
 	var out []Observation
-	for _, p := range c.proxies {
+	targets := c.proxyTargets()
+	if c.lb != nil {
+		targets = append(targets, target{name: "balancer", url: c.lb.url})
+	}
+	for _, p := range targets {
 		for _, k := range ks.keys() {
 			obs := Observation{Key: k, Via: p.name + " read"}
 			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)

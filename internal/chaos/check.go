@@ -24,7 +24,8 @@ const (
 	// NotN: after the convergence deadline the key is not on exactly its
 	// N replicas with identical bytes (and nowhere else).
 	NotN Class = "not-N"
-	// Split: the two proxies answer differently for the same key.
+	// Split: two ways in (the proxies, the balancer) answer differently
+	// for the same key.
 	Split Class = "split"
 	// Unreadable: a final read or listing through a healed cluster failed.
 	Unreadable Class = "unreadable"

@@ -114,14 +114,20 @@ func listing(b []byte) ([]string, error) {
 	return append(names, unnamed...), nil
 }
 
+// target is where clients send requests: a proxy, or the balancer.
+type target struct {
+	name string // "proxy1", "balancer"
+	url  string // http://host:port
+}
+
 // workload is the clients: a dispatcher that draws ops from the seeded
 // generator at a steady rate and workers that run them against the
-// proxies in turn.
+// targets in turn.
 type workload struct {
 	o       Options
 	ks      keySpace
 	api     *api
-	proxies []string
+	targets []target
 	hist    *history
 	skipped int // ticks with every worker busy
 }
@@ -167,7 +173,10 @@ loop:
 // deletes 10%, directory deletes 3%, reads 32%, listings 15%.
 func (w *workload) next(rng *rand.Rand, id int) *Op {
 	d, j := rng.IntN(w.ks.dirs), rng.IntN(w.ks.perDir)
-	op := &Op{ID: id, Proxy: id % len(w.proxies), Path: w.ks.key(d, j)}
+	op := &Op{ID: id, Proxy: id % len(w.targets), Path: w.ks.key(d, j)}
+	if t := w.targets[op.Proxy]; t.name == "balancer" {
+		op.Via = t.name
+	}
 	switch n := rng.IntN(100); {
 	case n < 40:
 		op.Kind = OpWrite
@@ -194,7 +203,7 @@ func (w *workload) next(rng *rand.Rand, id int) *Op {
 func (w *workload) exec(op *Op) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.HangAfter)
 	defer cancel()
-	base := w.proxies[op.Proxy]
+	base := w.targets[op.Proxy].url
 	method := map[OpKind]string{OpWrite: http.MethodPost, OpDelete: http.MethodDelete, OpDeleteDir: http.MethodDelete,
 		OpRead: http.MethodGet, OpList: http.MethodGet}[op.Kind]
 	op.Start = time.Now()

@@ -31,11 +31,17 @@ type cluster struct {
 	keyPath   string
 	nodes     []*node
 	proxies   []*proxyProc
-	fronts    *fronts  // nil with test hosts
-	hosts     *hostNet // nil without
-	user      string   // the charm ID every client acts as
-	jwt       string
-	admin     string // the proxies' admin token with test hosts
+	fronts    *fronts   // nil with test hosts
+	hosts     *hostNet  // nil without
+	lb        *balancer // nil without Options.Balancer
+	state     *pgState  // nil without Options.State
+	// tmp is a private directory outside the work dir for what needs a
+	// short path or another owner (HAProxy's socket, PostgreSQL's data
+	// directory), removed by close; "" when nothing needs it.
+	tmp   string
+	user  string // the charm ID every client acts as
+	jwt   string
+	admin string // the proxies' admin token with test hosts
 
 	mu      sync.Mutex
 	crashes []Finding
@@ -61,6 +67,32 @@ type proxyProc struct {
 	admin string
 	ssh   string // host:port
 	proc  *proc
+
+	mu      sync.Mutex
+	dataDir string // the next start's --data-dir
+	gen     int    // how many times it was destroyed
+}
+
+// dir is the data dir the proxy runs (or will next run) on.
+func (p *proxyProc) dir() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dataDir
+}
+
+// destroy kills the proxy and deletes its data dir, as when its machine
+// is lost; its next start is a fresh proxy on a new, empty data dir
+// (proxies/<name>.<n>), as on the machine that replaces it.
+func (p *proxyProc) destroy() (string, error) {
+	p.proc.kill()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := os.RemoveAll(p.dataDir); err != nil {
+		return "", fmt.Errorf("destroy %s: %w", p.name, err)
+	}
+	p.gen++
+	p.dataDir = filepath.Join(filepath.Dir(p.dataDir), fmt.Sprintf("%s.%d", p.name, p.gen+1))
+	return p.dataDir, nil
 }
 
 func (c *cluster) crashed(f Finding) {
@@ -82,9 +114,16 @@ const portsPerNode = 5
 // starts the nodes, their fronts and the proxies.
 func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) {
 	c := &cluster{o: o, dir: dir}
+	if o.State || o.Balancer != "" {
+		var err error
+		if c.tmp, err = os.MkdirTemp("", "cring-chaos-private-"); err != nil {
+			return nil, fmt.Errorf("private dir: %w", err)
+		}
+	}
 	if o.Hosts {
 		var err error
-		if c.hosts, err = newHostNet(o.Nodes, o.Proxies); err != nil {
+		if c.hosts, err = newHostNet(o.Nodes, o.Proxies, o.Balancer != "", o.State); err != nil {
+			c.close()
 			return nil, err
 		}
 		if c.admin, err = adminToken(); err != nil {
@@ -108,11 +147,17 @@ func (c *cluster) start(ctx context.Context) error {
 			return fmt.Errorf("work dir: %w", err)
 		}
 	}
-	ports, proxyPorts, err := c.layout()
+	l, err := c.layout()
 	if err != nil {
 		return err
 	}
+	ports, proxyPorts := l.nodes, l.proxies
+	// The nodes sign tokens for the public URL, which is where clients
+	// come in: the balancer's when there is one.
 	c.publicURL = "http://" + proxyPorts[0][0]
+	if l.balancer != "" {
+		c.publicURL = "http://" + l.balancer
+	}
 	c.keyPath = filepath.Join(dir, "key", "charm_server_ed25519")
 	kp, err := keygen.New(c.keyPath, keygen.WithKeyType(keygen.Ed25519), keygen.WithWrite())
 	if err != nil {
@@ -151,13 +196,19 @@ func (c *cluster) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.State {
+		if err := c.startState(ctx, l.state); err != nil {
+			return err
+		}
+	}
 	for i := range o.Proxies {
 		pp := proxyPorts[i]
 		p := &proxyProc{
-			name:  fmt.Sprintf("proxy%d", i+1),
-			url:   "http://" + pp[0],
-			ssh:   pp[1],
-			admin: "http://" + pp[2],
+			name:    fmt.Sprintf("proxy%d", i+1),
+			url:     "http://" + pp[0],
+			ssh:     pp[1],
+			admin:   "http://" + pp[2],
+			dataDir: filepath.Join(dir, "proxies", fmt.Sprintf("proxy%d", i+1)),
 		}
 		p.proc = &proc{name: p.name, logPath: filepath.Join(dir, "logs", p.name+".log"),
 			command: c.proxyCommand(i, p, cfgPath), ready: p.admin + "/healthz", crashed: c.crashed, client: c.readyClient()}
@@ -166,6 +217,9 @@ func (c *cluster) start(ctx context.Context) error {
 		if err := p.proc.start(ctx); err != nil {
 			return err
 		}
+	}
+	if l.balancer != "" {
+		return c.startBalancer(ctx, l.balancer)
 	}
 	return nil
 }
@@ -177,14 +231,24 @@ type nodePorts struct {
 	ports [portsPerNode]int
 }
 
-// layout gives every node its address and ports, and every proxy its
-// HTTP, SSH and admin addresses (host:port): free loopback ports, all
-// drawn at once so no two collide, or with test hosts each host's address
-// and the usual ports.
-func (c *cluster) layout() ([]nodePorts, [][3]string, error) {
+// layout is where every server of a run listens.
+type layout struct {
+	nodes   []nodePorts
+	proxies [][3]string // HTTP, SSH and admin addresses (host:port)
+	// The balancer's HTTP address and PostgreSQL's (host:port), "" when
+	// the run has none.
+	balancer, state string
+}
+
+// layout gives every node its address and ports, every proxy its HTTP,
+// SSH and admin addresses, and the balancer and PostgreSQL theirs: free
+// loopback ports, all drawn at once so no two collide, or with test hosts
+// each host's address and the usual ports.
+func (c *cluster) layout() (layout, error) {
 	o := c.o
 	nodes := make([]nodePorts, o.Nodes)
 	proxies := make([][3]string, o.Proxies)
+	l := layout{nodes: nodes, proxies: proxies}
 	if c.hosts != nil {
 		for i, h := range c.hosts.nodes {
 			nodes[i] = nodePorts{h.Addr.String(), [portsPerNode]int{hostHTTPPort, hostSSHPort, hostHealthPort, hostStatsPort, hostMetaPort}}
@@ -194,11 +258,17 @@ func (c *cluster) layout() ([]nodePorts, [][3]string, error) {
 			proxies[i] = [3]string{net.JoinHostPort(a, strconv.Itoa(hostHTTPPort)), net.JoinHostPort(a, strconv.Itoa(hostSSHPort)),
 				net.JoinHostPort(a, strconv.Itoa(hostAdminPort))}
 		}
-		return nodes, proxies, nil
+		if h := c.hosts.balancer; h != nil {
+			l.balancer = net.JoinHostPort(h.Addr.String(), strconv.Itoa(hostHTTPPort))
+		}
+		if h := c.hosts.state; h != nil {
+			l.state = net.JoinHostPort(h.Addr.String(), strconv.Itoa(hostPGPort))
+		}
+		return l, nil
 	}
-	ports, err := devcluster.FreePorts("127.0.0.1", portsPerNode*o.Nodes+3*o.Proxies)
+	ports, err := devcluster.FreePorts("127.0.0.1", portsPerNode*o.Nodes+3*o.Proxies+2)
 	if err != nil {
-		return nil, nil, err
+		return layout{}, err
 	}
 	for i := range nodes {
 		nodes[i].host = "127.0.0.1"
@@ -210,7 +280,14 @@ func (c *cluster) layout() ([]nodePorts, [][3]string, error) {
 			proxies[i][j] = net.JoinHostPort("127.0.0.1", strconv.Itoa(pp[3*i+j]))
 		}
 	}
-	return nodes, proxies, nil
+	rest := pp[3*o.Proxies:]
+	if o.Balancer != "" {
+		l.balancer = net.JoinHostPort("127.0.0.1", strconv.Itoa(rest[0]))
+	}
+	if o.State {
+		l.state = net.JoinHostPort("127.0.0.1", strconv.Itoa(rest[1]))
+	}
+	return l, nil
 }
 
 // openFront puts node i behind what its network faults act on, and says
@@ -302,7 +379,9 @@ func (c *cluster) nodeCommand(i int, n *node) func() *exec.Cmd {
 		dn := n.dev
 		var cmd *exec.Cmd
 		if c.o.Kind == KindCringNode {
-			cmd = c.command(nodes, i, c.o.CringBin, "node", "--shutdown-timeout", "1s", "--meta-port", strconv.Itoa(n.meta))
+			// --meta-bind: the proxies reach the metadata endpoint on the
+			// node's address (loopback, or its test host's).
+			cmd = c.command(nodes, i, c.o.CringBin, "node", "--shutdown-timeout", "1s", "--meta-port", strconv.Itoa(n.meta), "--meta-bind", dn.Host)
 		} else {
 			cmd = c.command(nodes, i, c.o.CharmBin, "serve")
 		}
@@ -325,18 +404,22 @@ func (c *cluster) nodeCommand(i int, n *node) func() *exec.Cmd {
 func (c *cluster) proxyCommand(i int, p *proxyProc, cfgPath string) func() *exec.Cmd {
 	proxies := func(hn *hostNet) []*netns.Host { return hn.proxies }
 	return func() *exec.Cmd {
-		cmd := c.command(proxies, i, c.o.CringBin, "serve",
+		args := []string{"serve",
 			"--config", cfgPath,
 			"--address", strings.TrimPrefix(p.url, "http://"),
 			"--ssh-proxy-address", p.ssh,
 			"--admin-address", strings.TrimPrefix(p.admin, "http://"),
-			"--data-dir", filepath.Join(c.dir, "proxies", p.name),
+			"--data-dir", p.dir(),
 			"--server-key", c.keyPath,
 			"--scan-interval", c.o.ScanInterval.String(),
 			"--post-quorum-timeout", "2s",
 			"--node-timeout", "3s",
 			"--health-interval", "500ms",
-		)
+		}
+		if c.state != nil {
+			args = append(args, "--state", c.state.url)
+		}
+		cmd := c.command(proxies, i, c.o.CringBin, args...)
 		cmd.Env = childEnv()
 		if c.admin != "" {
 			// Not on the command line: the admin address is not loopback.
@@ -371,12 +454,19 @@ type yamlConfig struct {
 	WriteQuorum int        `yaml:"write-quorum"`
 	PublicURL   string     `yaml:"public-url"`
 	Nodes       []yamlNode `yaml:"nodes"`
+	// Raised behind a balancer, as docs/deploy.md says: every connection
+	// comes from its address.
+	MaxConnsPerAddress    int `yaml:"max-conns-per-address,omitempty"`
+	SSHMaxConnsPerAddress int `yaml:"ssh-max-conns-per-address,omitempty"`
 }
 
-// writeConfig writes the cring.yaml both proxies share: every node's HTTP
+// writeConfig writes the cring.yaml every proxy shares: every node's HTTP
 // (and metadata) through its front, SSH direct.
 func (c *cluster) writeConfig() (string, error) {
 	y := yamlConfig{Replicas: c.o.Replicas, WriteQuorum: c.o.WriteQuorum, PublicURL: c.publicURL}
+	if c.o.Balancer != "" {
+		y.MaxConnsPerAddress, y.SSHMaxConnsPerAddress = 4096, 1024
+	}
 	for _, n := range c.nodes {
 		yn := yamlNode{Name: n.name, URL: n.proxyURL, SSH: n.dev.SSHAddr(), Meta: n.proxyMeta}
 		y.Nodes = append(y.Nodes, yn)
@@ -408,14 +498,23 @@ func (c *cluster) heal(ctx context.Context) error {
 	for _, p := range c.proxies {
 		errs = append(errs, p.proc.heal(ctx))
 	}
+	if c.lb != nil {
+		errs = append(errs, c.lb.proc.heal(ctx))
+	}
 	return errors.Join(errs...)
 }
 
 // close kills every process and closes the fronts, and removes the test
 // hosts.
 func (c *cluster) close() {
+	if c.lb != nil {
+		c.lb.proc.kill()
+	}
 	for _, p := range c.proxies {
 		p.proc.kill()
+	}
+	if c.state != nil {
+		c.state.stop()
 	}
 	for _, n := range c.nodes {
 		n.proc.kill()
@@ -426,6 +525,11 @@ func (c *cluster) close() {
 	if c.hosts != nil {
 		if err := c.hosts.close(); err != nil {
 			c.o.logf("removing the test hosts: %v", err)
+		}
+	}
+	if c.tmp != "" {
+		if err := os.RemoveAll(c.tmp); err != nil {
+			c.o.logf("removing %s: %v", c.tmp, err)
 		}
 	}
 }

@@ -44,6 +44,7 @@ type Op struct {
 	Kind    OpKind    `json:"kind"`
 	Path    string    `json:"path"` // a key, or a directory for delete-dir and list
 	Proxy   int       `json:"proxy"`
+	Via     string    `json:"via,omitempty"` // "balancer" when not proxy Proxy directly
 	Start   time.Time `json:"start"`
 	End     time.Time `json:"end"`
 	Outcome Outcome   `json:"outcome"`
@@ -74,7 +75,11 @@ func (o *Op) covers(key string) bool {
 func (o *Op) before(p *Op) bool { return o.End.Before(p.Start) }
 
 func (o *Op) String() string {
-	s := fmt.Sprintf("#%d %s %s via proxy%d %s", o.ID, o.Kind, o.Path, o.Proxy+1, o.Outcome)
+	via := fmt.Sprintf("proxy%d", o.Proxy+1)
+	if o.Via != "" {
+		via = o.Via
+	}
+	s := fmt.Sprintf("#%d %s %s via %s %s", o.ID, o.Kind, o.Path, via, o.Outcome)
 	if o.Status != 0 {
 		s += fmt.Sprintf(" (%d)", o.Status)
 	}

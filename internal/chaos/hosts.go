@@ -26,6 +26,7 @@ const (
 	hostHealthPort = 35356
 	hostAdminPort  = 35357 // a proxy's admin address
 	hostMetaPort   = 35358 // a cring node's metadata port
+	hostPGPort     = 5432  // the shared state's PostgreSQL (Options.State)
 )
 
 // hostNet is a run's test hosts: one per node and proxy, and one the
@@ -37,9 +38,14 @@ type hostNet struct {
 	client  *netns.Host
 	nodes   []*netns.Host
 	proxies []*netns.Host
+	// The balancer and the shared state's PostgreSQL each have a host of
+	// their own (nil when the run has none): no fault between proxies and
+	// nodes touches them, so a partition stays one proxy's.
+	balancer *netns.Host
+	state    *netns.Host
 }
 
-func newHostNet(nodes, proxies int) (*hostNet, error) {
+func newHostNet(nodes, proxies int, balancer, state bool) (*hostNet, error) {
 	n, err := netns.New()
 	if err != nil {
 		return nil, err
@@ -59,6 +65,12 @@ func newHostNet(nodes, proxies int) (*hostNet, error) {
 	}
 	for i := range proxies {
 		hn.proxies = append(hn.proxies, add(fmt.Sprintf("proxy%d", i+1)))
+	}
+	if balancer {
+		hn.balancer = add("balancer")
+	}
+	if state {
+		hn.state = add("state")
 	}
 	if err != nil {
 		return nil, errors.Join(err, n.Close())
@@ -193,8 +205,10 @@ func (v ProxyView) String() string {
 // watchHealth samples every proxy's /readyz every 250 ms until ctx ends.
 // It returns which nodes each proxy saw down, and the nodes the proxies
 // disagreed on in one sample (one saw it down, another up): what a
-// partition between some proxies and a node looks like from the proxies.
-func (c *cluster) watchHealth(ctx context.Context, a *api) (views []ProxyView, disagreed []string) {
+// partition between some proxies and a node looks like from the proxies;
+// and with a balancer, the proxies it took out.
+func (c *cluster) watchHealth(ctx context.Context, a *api) (views []ProxyView, disagreed, lbDown []string) {
+	out := map[string]bool{} // proxies the balancer had down
 	down := make([]map[string]bool, len(c.proxies))
 	for i := range down {
 		down[i] = map[string]bool{}
@@ -232,6 +246,14 @@ func (c *cluster) watchHealth(ctx context.Context, a *api) (views []ProxyView, d
 				split[n] = true
 			}
 		}
+		if c.lb != nil {
+			st, _ := c.lb.states() // none while it restarts
+			for p, s := range st {
+				if strings.HasPrefix(s, "DOWN") {
+					out[p] = true
+				}
+			}
+		}
 		select {
 		case <-ctx.Done():
 			views = make([]ProxyView, len(c.proxies))
@@ -246,7 +268,11 @@ func (c *cluster) watchHealth(ctx context.Context, a *api) (views []ProxyView, d
 				disagreed = append(disagreed, n)
 			}
 			slices.Sort(disagreed)
-			return views, disagreed
+			for p := range out {
+				lbDown = append(lbDown, p)
+			}
+			slices.Sort(lbDown)
+			return views, disagreed, lbDown
 		case <-t.C:
 		}
 	}

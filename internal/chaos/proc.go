@@ -21,6 +21,9 @@ type proc struct {
 	logPath string
 	command func() *exec.Cmd // a fresh command line for every start
 	ready   string           // URL that answers (any status) once it serves
+	// probe, when set, says whether it serves instead of ready (a server
+	// that does not speak HTTP).
+	probe   func(ctx context.Context) bool
 	crashed func(Finding)
 	client  *http.Client // asks ready (nil: one of its own, from this namespace)
 
@@ -88,6 +91,9 @@ func (p *proc) waitReady(ctx context.Context, done chan struct{}) error {
 			return false, fmt.Errorf("%s exited while starting; log tail:\n%s", p.name, tail(p.logPath, 15))
 		default:
 		}
+		if p.probe != nil {
+			return p.probe(ctx), nil
+		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.ready, nil)
 		if err != nil {
 			return false, err
@@ -119,6 +125,28 @@ func (p *proc) kill() {
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	p.mu.Unlock()
 	<-done
+}
+
+// shutdown asks the process to end with sig and waits up to grace for it,
+// then kills it: for a server that must clean up after itself
+// (PostgreSQL's shared memory).
+func (p *proc) shutdown(sig syscall.Signal, grace time.Duration) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	if cmd == nil {
+		p.mu.Unlock()
+		return
+	}
+	p.expect = true
+	_ = cmd.Process.Signal(sig)
+	p.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		p.kill()
+	}
 }
 
 // signal sends SIGSTOP or SIGCONT.

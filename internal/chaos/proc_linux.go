@@ -8,5 +8,10 @@ import (
 // dieWithParent kills a child if this process dies first, so an
 // interrupted run leaves no nodes behind.
 func dieWithParent(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	// Set after any credential change (Go orders it so), which would
+	// otherwise clear it.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 }

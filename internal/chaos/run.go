@@ -78,12 +78,21 @@ func (e *executor) apply(ctx context.Context, s step) error {
 		return e.applyLink(s)
 	}
 	for _, t := range f.Targets {
-		if f.Kind == KillProxy {
-			p := e.c.proxies[t].proc
-			if s.begin {
-				p.kill()
-			} else if err := p.heal(ctx); err != nil {
-				return err
+		if onProxy(f.Kind) {
+			p := e.c.proxies[t]
+			switch {
+			case s.begin && f.Kind == DestroyProxy:
+				fresh, err := p.destroy()
+				if err != nil {
+					return err
+				}
+				e.o.logf("%s destroyed with its data dir; a fresh one starts on %s when the fault ends", p.name, fresh)
+			case s.begin:
+				p.proc.kill()
+			default:
+				if err := p.proc.heal(ctx); err != nil {
+					return err
+				}
 			}
 			continue
 		}

@@ -24,6 +24,11 @@ const (
 	// faults of one proxy's links, which the other proxies don't share.
 	PartitionProxy FaultKind = "partition-proxy" // one proxy cut from one or two nodes, both ways
 	LinkLatency    FaultKind = "link-latency"    // one proxy's link to one node slowed (200 ms – 2 s per round trip)
+
+	// DestroyProxy: kill -9 a proxy and delete its data dir; when it ends
+	// a fresh proxy starts in its place on a new, empty data dir (its
+	// machine replaced). Drawn by default only with Options.State.
+	DestroyProxy FaultKind = "destroy-proxy"
 )
 
 // FaultKinds lists every kind a run on one host draws from, in the order
@@ -34,15 +39,23 @@ var FaultKinds = []FaultKind{KillNode, StopNode, KillProxy, Latency, Blackhole, 
 // FaultKinds and the link faults of one proxy.
 var HostFaultKinds = append(slices.Clone(FaultKinds), PartitionProxy, LinkLatency)
 
+// AllFaultKinds lists every kind there is: HostFaultKinds and
+// destroy-proxy.
+var AllFaultKinds = append(slices.Clone(HostFaultKinds), DestroyProxy)
+
 // weights are the relative odds of each kind.
 var weights = map[FaultKind]int{KillNode: 3, StopNode: 2, KillProxy: 2, Latency: 3, Blackhole: 2, Reset: 2,
-	PartitionProxy: 3, LinkLatency: 2}
+	PartitionProxy: 3, LinkLatency: 2, DestroyProxy: 2}
 
 // hostOnly reports whether kind needs test hosts (Options.Hosts).
 func hostOnly(kind FaultKind) bool { return kind == PartitionProxy || kind == LinkLatency }
 
+// onProxy reports whether kind's targets are proxies, not nodes.
+func onProxy(kind FaultKind) bool { return kind == KillProxy || kind == DestroyProxy }
+
 // Fault is one scheduled fault: at At after the fault period starts, for
-// For, on Targets (node indexes, or the proxy index for kill-proxy). A
+// For, on Targets (node indexes, or the proxy index for kill-proxy and
+// destroy-proxy). A
 // partition-proxy or link-latency fault is on the links between proxy
 // Proxy and its target nodes.
 type Fault struct {
@@ -59,7 +72,7 @@ func (f Fault) end() time.Duration { return f.At + f.For }
 func (f Fault) String() string {
 	var names []string
 	for _, t := range f.Targets {
-		if f.Kind == KillProxy {
+		if onProxy(f.Kind) {
 			names = append(names, fmt.Sprintf("proxy%d", t+1))
 		} else {
 			names = append(names, fmt.Sprintf("node%d", t+1))
@@ -77,7 +90,7 @@ func (f Fault) String() string {
 }
 
 // impairsNode reports whether the fault takes nodes away (or slows them).
-func (f Fault) impairsNode() bool { return f.Kind != KillProxy }
+func (f Fault) impairsNode() bool { return !onProxy(f.Kind) }
 
 // Plan is the seeded fault schedule for a fault period over nodes nodes
 // and proxies proxies: the same seed always gives the same plan. At most
@@ -108,6 +121,8 @@ func Plan(seed uint64, period time.Duration, nodes, proxies, maxImpaired int, ki
 			f.For = between(rng, time.Second, 8*time.Second)
 		case KillProxy:
 			f.For = between(rng, 500*time.Millisecond, 5*time.Second)
+		case DestroyProxy:
+			f.For = between(rng, 2*time.Second, 10*time.Second)
 		case Latency:
 			f.For = between(rng, 3*time.Second, 15*time.Second)
 			f.Delay = between(rng, 200*time.Millisecond, 2*time.Second).Round(10 * time.Millisecond)
@@ -148,7 +163,7 @@ func freeTargets(rng *rand.Rand, plan []Fault, f Fault, nodes, proxies, maxImpai
 		}
 	}
 	limit, pool := maxImpaired, nodes
-	if f.Kind == KillProxy {
+	if onProxy(f.Kind) {
 		limit, pool = min(1, proxies-1), proxies
 	}
 	var free []int
@@ -190,8 +205,8 @@ func ParseFaultKinds(s string) ([]FaultKind, error) {
 	var out []FaultKind
 	for _, f := range strings.Split(s, ",") {
 		k := FaultKind(strings.TrimSpace(f))
-		if !slices.Contains(HostFaultKinds, k) {
-			return nil, fmt.Errorf("unknown fault %q (want some of %s)", k, joinKinds(HostFaultKinds))
+		if !slices.Contains(AllFaultKinds, k) {
+			return nil, fmt.Errorf("unknown fault %q (want some of %s)", k, joinKinds(AllFaultKinds))
 		}
 		out = append(out, k)
 	}
@@ -213,11 +228,11 @@ func joinKinds(ks []FaultKind) string {
 func checkSchedule(plan []Fault, period time.Duration, nodes, proxies int, hosts bool) error {
 	for _, f := range plan {
 		pool := nodes
-		if f.Kind == KillProxy {
+		if onProxy(f.Kind) {
 			pool = proxies
 		}
 		switch {
-		case !slices.Contains(HostFaultKinds, f.Kind):
+		case !slices.Contains(AllFaultKinds, f.Kind):
 			return fmt.Errorf("schedule: unknown fault %q", f.Kind)
 		case hostOnly(f.Kind) && !hosts:
 			return fmt.Errorf("schedule: %s needs test hosts (--hosts)", f.Kind)

@@ -37,7 +37,7 @@ func TestPlan(t *testing.T) {
 				if len(plan) < int(tt.period/(10*time.Second)) {
 					t.Errorf("seed %d: only %d faults in %s", seed, len(plan), tt.period)
 				}
-				checkPlan(t, seed, plan, tt.period, tt.impaired, tt.kinds)
+				checkPlan(t, seed, plan, tt.period, 2, tt.impaired, tt.kinds)
 			}
 		})
 	}
@@ -46,7 +46,7 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func checkPlan(t *testing.T, seed uint64, plan []Fault, period time.Duration, maxImpaired int, kinds []FaultKind) {
+func checkPlan(t *testing.T, seed uint64, plan []Fault, period time.Duration, proxyCount, maxImpaired int, kinds []FaultKind) {
 	t.Helper()
 	for _, f := range plan {
 		if f.end() > period || f.For <= 0 || len(f.Targets) == 0 {
@@ -58,7 +58,7 @@ func checkPlan(t *testing.T, seed uint64, plan []Fault, period time.Duration, ma
 		if (f.Kind == Latency || f.Kind == LinkLatency) && (f.Delay < 200*time.Millisecond || f.Delay > 2*time.Second) {
 			t.Errorf("seed %d: %s latency out of 200ms–2s", seed, f)
 		}
-		if hostOnly(f.Kind) && (f.Proxy < 0 || f.Proxy >= 2) {
+		if hostOnly(f.Kind) && (f.Proxy < 0 || f.Proxy >= proxyCount) {
 			t.Errorf("seed %d: %s on a proxy that doesn't exist", seed, f)
 		}
 		if f.Kind == LinkLatency && len(f.Targets) != 1 {
@@ -73,7 +73,10 @@ func checkPlan(t *testing.T, seed uint64, plan []Fault, period time.Duration, ma
 				continue
 			}
 			for _, tg := range f.Targets {
-				if f.Kind == KillProxy {
+				if onProxy(f.Kind) {
+					if tg >= proxyCount {
+						t.Errorf("seed %d: %s on a proxy that doesn't exist", seed, f)
+					}
 					proxies[tg]++
 				} else {
 					nodes[tg]++
@@ -102,6 +105,7 @@ func TestParseFaultKinds(t *testing.T) {
 		{"kill-node, reset", []FaultKind{KillNode, Reset}, false},
 		{"kill-node,flood", nil, true},
 		{"partition-proxy,link-latency", []FaultKind{PartitionProxy, LinkLatency}, false},
+		{"destroy-proxy", []FaultKind{DestroyProxy}, false},
 	} {
 		got, err := ParseFaultKinds(tt.in)
 		if (err != nil) != tt.wantErr || !reflect.DeepEqual(got, tt.want) {
@@ -163,6 +167,8 @@ func TestCheckSchedule(t *testing.T) {
 		{"past the period", Fault{At: 8 * time.Second, For: 5 * time.Second, Kind: KillNode, Targets: []int{0}}, false, false},
 		{"no such node", Fault{At: time.Second, For: time.Second, Kind: KillNode, Targets: []int{5}}, false, false},
 		{"no such proxy", Fault{At: time.Second, For: time.Second, Kind: KillProxy, Targets: []int{2}}, false, false},
+		{"destroy", Fault{At: time.Second, For: time.Second, Kind: DestroyProxy, Targets: []int{1}}, false, true},
+		{"destroy no such proxy", Fault{At: time.Second, For: time.Second, Kind: DestroyProxy, Targets: []int{2}}, false, false},
 		{"link of no proxy", Fault{At: time.Second, For: time.Second, Kind: LinkLatency, Proxy: 2, Targets: []int{0}, Delay: time.Second}, true, false},
 		{"latency without delay", Fault{At: time.Second, For: time.Second, Kind: LinkLatency, Targets: []int{0}}, true, false},
 		{"no target", Fault{At: time.Second, For: time.Second, Kind: Blackhole}, false, false},
@@ -172,5 +178,77 @@ func TestCheckSchedule(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("%s: %v", tt.name, err)
 		}
+	}
+}
+
+// TestPlanThreeProxies: with three proxies and every kind (destroy-proxy
+// among them), plans keep the same limits, at most one proxy is killed or
+// destroyed at a time, and every proxy gets both its link faults and
+// destroy-proxy over a few seeds.
+func TestPlanThreeProxies(t *testing.T) {
+	seen := map[string]bool{}
+	for seed := range uint64(20) {
+		plan := Plan(seed, 2*time.Minute, 5, 3, 2, AllFaultKinds)
+		checkPlan(t, seed, plan, 2*time.Minute, 3, 2, AllFaultKinds)
+		for _, f := range plan {
+			switch {
+			case f.Kind == DestroyProxy:
+				seen[fmt.Sprintf("destroy-proxy proxy%d", f.Targets[0]+1)] = true
+				if want := fmt.Sprintf("destroy-proxy proxy%d", f.Targets[0]+1); !strings.Contains(strings.Join(strings.Fields(f.String()), " "), want) {
+					t.Errorf("%q does not name %s", f, want)
+				}
+			case hostOnly(f.Kind):
+				seen[fmt.Sprintf("%s proxy%d", f.Kind, f.Proxy+1)] = true
+			}
+		}
+	}
+	for p := range 3 {
+		for _, k := range []string{"destroy-proxy", "partition-proxy", "link-latency"} {
+			if want := fmt.Sprintf("%s proxy%d", k, p+1); !seen[want] {
+				t.Errorf("20 seeds drew no %s", want)
+			}
+		}
+	}
+}
+
+// TestOptionsPlan: a run's plan is what it always was unless it asks for
+// a shared state (the only option that adds a kind): a balancer changes
+// no plan, and neither does the default two proxies; with State the plan
+// draws destroy-proxy and the convergence deadline is 30 s.
+func TestOptionsPlan(t *testing.T) {
+	for _, hosts := range []bool{false, true} {
+		want := []FaultKind(nil)
+		if hosts {
+			want = HostFaultKinds
+		}
+		for seed := range uint64(5) {
+			base := Plan(seed, 75*time.Second, 5, 2, 2, want)
+			for _, o := range []Options{
+				{Seed: seed, Duration: 75 * time.Second, Hosts: hosts},
+				{Seed: seed, Duration: 75 * time.Second, Hosts: hosts, Proxies: 2, Balancer: BalancerHAProxy},
+			} {
+				o = o.withDefaults()
+				if got := o.plan(); !reflect.DeepEqual(got, base) {
+					t.Errorf("seed %d hosts=%v balancer=%q: the plan changed", seed, hosts, o.Balancer)
+				}
+				if o.ConvergeTimeout != 60*time.Second {
+					t.Errorf("seed %d: converge timeout %s without destroy-proxy, want 60s", seed, o.ConvergeTimeout)
+				}
+			}
+		}
+	}
+	destroys := 0
+	for seed := range uint64(10) {
+		o := Options{Seed: seed, Duration: 75 * time.Second, Hosts: true, Proxies: 3, State: true}.withDefaults()
+		has := slices.ContainsFunc(o.plan(), func(f Fault) bool { return f.Kind == DestroyProxy })
+		if has {
+			destroys++
+		}
+		if want := map[bool]time.Duration{true: 30 * time.Second, false: 60 * time.Second}[has]; o.ConvergeTimeout != want {
+			t.Errorf("seed %d: converge timeout %s, want %s (destroy-proxy planned: %v)", seed, o.ConvergeTimeout, want, has)
+		}
+	}
+	if destroys < 5 {
+		t.Errorf("only %d of 10 plans with a shared state destroy a proxy", destroys)
 	}
 }
