@@ -3,7 +3,6 @@ package devcluster
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"strconv"
 )
@@ -25,6 +24,8 @@ const (
 // process's block.
 func FreePorts(host string, n int) ([]int, error) {
 	base, size := portBlock()
+	// Offsets in turn, with room for a few taken ones to be skipped.
+	start := portCursor(base, size, n+8)
 	var lns []net.Listener
 	defer func() {
 		for _, l := range lns {
@@ -36,7 +37,7 @@ func FreePorts(host string, n int) ([]int, error) {
 		if tries > 1000 {
 			return nil, fmt.Errorf("find free port: none free in %d-%d", base, base+size-1)
 		}
-		p := base + rand.IntN(size)
+		p := base + (start+tries)%size
 		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
 		if err != nil {
 			continue
@@ -55,7 +56,7 @@ func FreePortRange(host string, n int) (int, error) {
 		return 0, errors.New("find consecutive free ports: more than a block")
 	}
 	for range 1000 {
-		first := base + rand.IntN(size-n+1)
+		first := base + portCursor(base, size, n)%(size-n+1)
 		var lns []net.Listener
 		for p := first; p < first+n; p++ {
 			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))

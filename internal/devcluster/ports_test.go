@@ -46,3 +46,23 @@ func TestPortBlocksPerProcess(t *testing.T) {
 		t.Fatalf("another process drew from this process's block %d", base)
 	}
 }
+
+// TestPortsInTurn: a port handed out is not handed out again before the
+// rest of the block has been, even though nothing listens on it (a server
+// may not have bound it yet, or a stopped node is about to restart on it).
+func TestPortsInTurn(t *testing.T) {
+	_, size := portBlock()
+	seen := map[int]bool{}
+	for range size / 4 {
+		ports, err := FreePorts("127.0.0.1", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ports {
+			if seen[p] {
+				t.Fatalf("port %d handed out twice within %d ports", p, len(seen))
+			}
+			seen[p] = true
+		}
+	}
+}

@@ -3,6 +3,8 @@
 package devcluster
 
 import (
+	"encoding/binary"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,8 +20,8 @@ import (
 // holder's pid so later calls find the block again without keeping state.
 // Anything failing falls back to the whole range, as before blocks.
 func portBlock() (base, size int) {
-	dir := filepath.Join(os.TempDir(), "cring-ports")
-	if err := os.MkdirAll(dir, 0o777); err != nil {
+	dir := portDir()
+	if dir == "" {
 		return portBase, portSpan
 	}
 	pid := strconv.Itoa(os.Getpid())
@@ -44,4 +46,41 @@ func portBlock() (base, size int) {
 		return portBase + b*blockSize, blockSize
 	}
 	return portBase, portSpan
+}
+
+func portDir() string {
+	dir := filepath.Join(os.TempDir(), "cring-ports")
+	if os.MkdirAll(dir, 0o777) != nil {
+		return ""
+	}
+	return dir
+}
+
+// portCursor reserves the next n offsets of the block at base, in turn, so
+// a process hands a port out again only after every other one of its block
+// (a port just handed out may not be listened on yet, and a stopped node's
+// port is not taken while it restarts). The cursor is a file next to the
+// block's, read and advanced under its own flock (a lock on a new
+// descriptor: it also excludes this process's other goroutines).
+func portCursor(base, size, n int) int {
+	dir := portDir()
+	if dir == "" || size == portSpan {
+		return rand.IntN(size)
+	}
+	fd, err := syscall.Open(filepath.Join(dir, strconv.Itoa(base)+".next"), syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o666)
+	if err != nil {
+		return rand.IntN(size)
+	}
+	defer syscall.Close(fd)
+	if syscall.Flock(fd, syscall.LOCK_EX) != nil {
+		return rand.IntN(size)
+	}
+	var b [8]byte
+	start := 0
+	if k, _ := syscall.Pread(fd, b[:], 0); k == len(b) {
+		start = int(binary.LittleEndian.Uint64(b[:]) % uint64(size))
+	}
+	binary.LittleEndian.PutUint64(b[:], uint64((start+n)%size))
+	_, _ = syscall.Pwrite(fd, b[:], 0)
+	return start
 }
