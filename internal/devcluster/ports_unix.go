@@ -15,7 +15,7 @@ import (
 // portBlock is the first port and the size of the block of ports this
 // process draws from: the first block, counting from one picked by its pid,
 // that no other live process holds. A block is held with an exclusive flock
-// on a file under the temp dir, on a descriptor left open on purpose until
+// on a file under /tmp, on a descriptor left open on purpose until
 // the process exits (the kernel then releases it), and the file names its
 // holder's pid so later calls find the block again without keeping state.
 // Anything failing falls back to the whole range, as before blocks.
@@ -48,8 +48,11 @@ func portBlock() (base, size int) {
 	return portBase, portSpan
 }
 
+// portDir is where the blocks' files live: one place for every process of
+// the machine, whatever TMPDIR it runs with (a bench points its nodes'
+// TMPDIR elsewhere, and the blocks must be the same ones).
 func portDir() string {
-	dir := filepath.Join(os.TempDir(), "cring-ports")
+	dir := "/tmp/cring-ports"
 	if os.MkdirAll(dir, 0o777) != nil {
 		return ""
 	}
