@@ -119,18 +119,27 @@ func (p *Proxy) seq(w http.ResponseWriter, r *http.Request, user, name string) {
 		need = inc
 	}
 	majority := len(p.m.Nodes)/2 + 1
-	for range maxSeqRounds {
+	for round := range maxSeqRounds {
 		top, handed, answered, failed := p.seqRound(r.Context(), r)
 		if answered < need {
-			p.obs.QuorumFailure("seq")
 			if o, same := sameClientError(failed); answered == 0 && same {
+				p.obs.QuorumFailure("seq")
 				relay(w, o)
 				return
 			}
 			if knowsNoUser(failed) {
+				p.obs.QuorumFailure("seq")
 				writeError(w, http.StatusServiceUnavailable, accountsDifferMessage(answered, len(p.m.Nodes)))
 				return
 			}
+			if round < maxSeqRounds-1 && r.Context().Err() == nil {
+				// A node that failed this round (slow, or a request lost) may
+				// answer the next; one that is down was marked so and is not
+				// asked again. Numbers the round took are skipped, never
+				// handed out twice.
+				continue
+			}
+			p.obs.QuorumFailure("seq")
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 				"sequence needs %d of %d nodes to be sure it never goes backwards, %d answered", need, len(p.m.Nodes), answered))
 			return

@@ -1205,6 +1205,29 @@ func TestSeq(t *testing.T) {
 			t.Errorf("GET = %d, want 7", got)
 		}
 	})
+	t.Run("a node failing once", func(t *testing.T) {
+		c := start(t, nil, nil, nil)
+		var failed atomic.Bool
+		c.fakes[1].setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+			if strings.HasPrefix(r.URL.Path, "/v1/seq/") && !failed.Swap(true) {
+				replyJSON(w, http.StatusInternalServerError, message("busy"))
+				return true
+			}
+			return false
+		})
+		c.fakes[2].setHook(func(f *fake, w http.ResponseWriter, r *http.Request) bool {
+			if strings.HasPrefix(r.URL.Path, "/v1/seq/") {
+				replyJSON(w, http.StatusInternalServerError, message("down"))
+				return true
+			}
+			return false
+		})
+		// Two of three must answer; one of the two left fails once: the
+		// next round asks again instead of failing the increment.
+		if got := seqOf(t, c.call(http.MethodPost, "/v1/seq/kv", nil, "")); got <= 5 {
+			t.Errorf("POST = %d, want more than node1's 5", got)
+		}
+	})
 	t.Run("two down", func(t *testing.T) {
 		c := start(t, refuse, nil, refuse)
 		for _, m := range []string{http.MethodPost, http.MethodGet} {
