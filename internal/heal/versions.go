@@ -284,10 +284,15 @@ func (h *Healer) guarded(v *view, i int) bool {
 	return v.m.Nodes[i].Stock() && !tombstone.Reserved(v.path)
 }
 
-// recordGrace is how long after its version record a small upload's data
-// may still be on its way to a node; a record older than that with no
-// copy is a write that failed.
-const recordGrace = 2 * time.Minute
+// inFlightWindow is how long after its stamp a write known when the key
+// was judged (a version record with no copy yet, or an intent) still counts
+// as on its way to a node: its data goes out right after its record or
+// intent, and a write still streaming after that lands after any copy
+// made meanwhile (so it wins on that node). One older than that is a write
+// that failed, or whose proxy died: blocking copies for it would keep the
+// key off its N replicas (an intent's own grace, PendingGrace, keeps
+// protecting the copies that may be its upload).
+const inFlightWindow = 30 * time.Second
 
 // errNewerVersion: a version newer than the one a repair would copy is
 // recorded or in flight.
@@ -310,10 +315,9 @@ func (h *Healer) newerVersion(ctx context.Context, v *view, dst int, win stamp.S
 		if !slices.ContainsFunc(v.records, func(o *versionRecord) bool { return o.stamp == r.stamp && o.pending == r.pending }) {
 			return fmt.Errorf("%s: %w (%s, recorded since it was judged)", v.path, errNewerVersion, r.stamp)
 		}
-		age := time.Since(r.stamp.Time())
-		inFlight := age < recordGrace
+		inFlight := time.Since(r.stamp.Time()) < inFlightWindow
 		if r.pending {
-			inFlight = age < PendingGrace && !slices.ContainsFunc(all, func(o *versionRecord) bool { return o.stamp == r.stamp && !o.pending })
+			inFlight = inFlight && !slices.ContainsFunc(all, func(o *versionRecord) bool { return o.stamp == r.stamp && !o.pending })
 		}
 		if inFlight {
 			return fmt.Errorf("%s: %w (%s, in flight)", v.path, errNewerVersion, r.stamp)
