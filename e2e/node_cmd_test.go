@@ -29,7 +29,9 @@ func TestNodeStockMode(t *testing.T) {
 	}
 	n := &pgNode{name: "stock", dataDir: data, http: ports[0], ssh: ports[1], health: ports[2]}
 	run := func() *exec.Cmd {
-		cmd := exec.Command(bin, "node", "--ssh-port", fmt.Sprint(n.ssh), "--shutdown-timeout", "2s")
+		// No metadata endpoint: its default port is the same for every
+		// node, and other tests' nodes may hold it.
+		cmd := exec.Command(bin, "node", "--ssh-port", fmt.Sprint(n.ssh), "--shutdown-timeout", "2s", "--meta-port", "0")
 		cmd.Env = append(os.Environ(), "CHARM_SERVER_DATA_DIR="+data, "CHARM_SERVER_BIND_ADDRESS=127.0.0.1",
 			"CHARM_SERVER_HOST=127.0.0.1", fmt.Sprintf("CHARM_SERVER_HTTP_PORT=%d", n.http),
 			fmt.Sprintf("CHARM_SERVER_HEALTH_PORT=%d", n.health), "CRING_ACCOUNTS=")
