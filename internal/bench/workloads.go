@@ -69,20 +69,12 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 	case WorkloadReadSlow, WorkloadUploadSlow:
 		// Its own proxy, in front of a fault-injecting node and the
 		// others, so the rest of the workloads don't pay for the extra hop.
-		front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
+		front, fpx, stop, err := e.frontedProxy(ctx, name)
 		if err != nil {
 			return nil, err
 		}
-		defer front.close()
-		ports, err := devcluster.FreePorts("127.0.0.1", 1)
-		if err != nil {
-			return nil, err
-		}
-		nodes := append([]string{front.url()}, e.nodes[1:]...)
-		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-"+name+".log"); err != nil {
-			return nil, err
-		}
-		defer e.stopProxy(px)
+		defer stop()
+		px = fpx
 		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
 		w.SlowDelayMs = ms(o.SlowDelay)
 		var do op
@@ -118,21 +110,13 @@ func (e *env) workload(ctx context.Context, name string) (*Workload, error) {
 		// Its own proxy, healing on (so every write misses the down node
 		// and is hinted), in front of a node that goes down in proxy mode.
 		// Replay is held back so it doesn't weigh on the healthy turns.
-		front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
+		front, fpx, stop, err := e.frontedProxy(ctx, name,
+			"--server-key", e.dc.KeyPath, "--health-interval", "200ms", "--repair-rate", "1", "--scan-interval", "24h")
 		if err != nil {
 			return nil, err
 		}
-		defer front.close()
-		ports, err := devcluster.FreePorts("127.0.0.1", 1)
-		if err != nil {
-			return nil, err
-		}
-		nodes := append([]string{front.url()}, e.nodes[1:]...)
-		if px, err = e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-"+name+".log",
-			"--server-key", e.dc.KeyPath, "--health-interval", "200ms", "--repair-rate", "1", "--scan-interval", "24h"); err != nil {
-			return nil, err
-		}
-		defer e.stopProxy(px)
+		defer stop()
+		px = fpx
 		w.Title = fmt.Sprintf("upload %s ×%d, 1 node down", FormatSize(o.SmallSize), o.SmallConc)
 		w.Concurrency, w.Size, w.Baseline = o.SmallConc, o.SmallSize, ModeHealthy
 		paths := newPaths("bench/"+name, 0)
@@ -568,4 +552,26 @@ func (e *env) readOp(from string, files []string) op {
 		}
 		return n, err
 	}
+}
+
+// frontedProxy starts a proxy of its own for workload name, in front of a
+// fault-injecting front on the first node and the other nodes, so the rest
+// of the workloads don't pay for the extra hop. stop ends both.
+func (e *env) frontedProxy(ctx context.Context, name string, extra ...string) (*slowFront, *proc, func(), error) {
+	front, err := newSlowFront(strings.TrimPrefix(e.nodes[0], "http://"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ports, err := devcluster.FreePorts("127.0.0.1", 1)
+	if err != nil {
+		front.close()
+		return nil, nil, nil, err
+	}
+	nodes := append([]string{front.url()}, e.nodes[1:]...)
+	px, err := e.startProxy(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nodes, "proxy-"+name+".log", extra...)
+	if err != nil {
+		front.close()
+		return nil, nil, nil, err
+	}
+	return front, px, func() { e.stopProxy(px); front.close() }, nil
 }
