@@ -24,9 +24,17 @@ import (
 // Defaults.
 const (
 	// DefaultLease is how long a claimed batch is its proxy's; the proxy
-	// renews it while it works, so only a dead or cut-off proxy lets it
-	// expire.
-	DefaultLease = time.Minute
+	// renews it every third of that while it works, so only a dead or
+	// cut-off proxy lets it expire. Short, because a destroyed proxy's
+	// batches wait that long for another (the cluster converges within
+	// 30 s of faults ending); a lease lost to a slow renewal costs a batch
+	// replayed twice, which replay tolerates.
+	DefaultLease = 15 * time.Second
+	// MaxBackoff caps how long a batch whose keys failed waits (1 s
+	// doubling): failures while every node is up are transient (a
+	// timeout, a key changed under the repair), and whatever caused them
+	// may have ended a moment later; nothing tells the store when.
+	MaxBackoff = 10 * time.Second
 	// DefaultHintLimit is the hints the store holds for one node before
 	// it marks the node for a full scan instead (as a proxy's own log).
 	DefaultHintLimit = 2_000_000

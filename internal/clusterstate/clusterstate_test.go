@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,7 +150,8 @@ func TestClaimLeaseExpires(t *testing.T) {
 	if err != nil || len(a) != 1 {
 		t.Fatalf("claim: %v %v", claimNames(a), err)
 	}
-	for _, d := range []time.Duration{30 * time.Second, 29 * time.Second} {
+	lease := s.Lease()
+	for _, d := range []time.Duration{lease / 2, lease/2 - time.Second} {
 		c.add(d)
 		if b, err := s.Claim(ctx, "alive", []string{"n3"}, 10, 100); err != nil || len(b) != 0 {
 			t.Fatalf("claimed a leased batch: %v %v", claimNames(b), err)
@@ -159,7 +161,7 @@ func TestClaimLeaseExpires(t *testing.T) {
 	if err := s.Renew(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	c.add(59 * time.Second)
+	c.add(lease - time.Second)
 	if b, err := s.Claim(ctx, "alive", []string{"n3"}, 10, 100); err != nil || len(b) != 0 {
 		t.Fatalf("claimed a renewed batch: %v %v", claimNames(b), err)
 	}
@@ -215,8 +217,9 @@ func TestRepublishedHintSurvivesSettle(t *testing.T) {
 	}
 }
 
-// TestFailedBatchBacksOff: a batch whose keys failed waits 1 s, then 2 s;
-// MakeDue (its node came back) makes it due at once.
+// TestFailedBatchBacksOff: a batch whose keys failed waits 1 s, then 2 s,
+// …, never more than MaxBackoff (what failed may have ended a moment
+// later); MakeDue (its node came back) makes it due at once.
 func TestFailedBatchBacksOff(t *testing.T) {
 	ctx := context.Background()
 	c := newClock()
@@ -232,7 +235,8 @@ func TestFailedBatchBacksOff(t *testing.T) {
 		}
 		return b
 	}
-	for _, wait := range []time.Duration{time.Second, 2 * time.Second} {
+	waits := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, MaxBackoff, MaxBackoff}
+	for _, wait := range waits {
 		b := claim()
 		if len(b) != 1 {
 			t.Fatalf("not due")
@@ -258,6 +262,32 @@ func TestFailedBatchBacksOff(t *testing.T) {
 	}
 	if len(claim()) != 1 {
 		t.Fatal("MakeDue left it waiting")
+	}
+}
+
+// TestReleaseOwner: a proxy killed mid-replay and started again under its
+// id gives its last run's claims back at once, not after their lease;
+// other proxies' claims stay theirs.
+func TestReleaseOwner(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	s := openStore(t, pgtest.Start(t), c, 0)
+	hs := append(hints("n3", "u1", "a", c.Now(), "x"), hints("n3", "u1", "b", c.Now(), "x")...)
+	if _, err := s.Publish(ctx, hs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Claim(ctx, "p1", []string{"n3"}, 1, 100); err != nil || len(b) != 1 {
+		t.Fatalf("claim: %v %v", claimNames(b), err)
+	}
+	if b, err := s.Claim(ctx, "p2", []string{"n3"}, 1, 100); err != nil || len(b) != 1 {
+		t.Fatalf("claim: %v %v", claimNames(b), err)
+	}
+	if err := s.ReleaseOwner(ctx, "p1"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Claim(ctx, "p1", []string{"n3"}, 10, 100)
+	if err != nil || len(b) != 1 {
+		t.Fatalf("after the release, claimed %v (%v), want p1's one batch back", claimNames(b), err)
 	}
 }
 
@@ -364,26 +394,28 @@ func TestClaimsAreDisjoint(t *testing.T) {
 	}
 }
 
-// TestOwedUsers: which users each node is owed hints of, bounded.
-func TestOwedUsers(t *testing.T) {
+// TestOwedDirs: the directories each node is owed hints in, bounded.
+func TestOwedDirs(t *testing.T) {
 	ctx := context.Background()
 	c := newClock()
 	s := openStore(t, pgtest.Start(t), c, 0)
-	hs := append(hints("n3", "u1", "a", c.Now(), "x"), hints("n3", "u1", "b", c.Now(), "x")...)
+	hs := append(hints("n3", "u1", "a", c.Now(), "x", "y"), hints("n3", "u1", "b", c.Now(), "x")...)
 	hs = append(hs, hints("n3", "u2", "a", c.Now(), "x")...)
 	hs = append(hs, hints("n1", "u2", "a", c.Now(), "x")...)
 	if _, err := s.Publish(ctx, hs, nil); err != nil {
 		t.Fatal(err)
 	}
-	owed, complete, err := s.OwedUsers(ctx, 10)
+	owed, complete, err := s.OwedDirs(ctx, 10)
 	if err != nil || !complete {
 		t.Fatal(complete, err)
 	}
-	if len(owed) != 2 || len(owed["n3"]) != 2 || !owed["n1"]["u2"] || owed["n1"]["u1"] {
-		t.Fatalf("owed %v", owed)
+	slices.SortFunc(owed, func(a, b Owed) int { return strings.Compare(a.Node+a.User+a.Dir, b.Node+b.User+b.Dir) })
+	want := []Owed{{"n1", "u2", "a"}, {"n3", "u1", "a"}, {"n3", "u1", "b"}, {"n3", "u2", "a"}}
+	if !slices.Equal(owed, want) {
+		t.Fatalf("owed %v, want %v", owed, want)
 	}
-	if _, complete, err := s.OwedUsers(ctx, 2); err != nil || complete {
-		t.Fatalf("3 pairs under a bound of 2 said complete (%v)", err)
+	if got, complete, err := s.OwedDirs(ctx, 3); err != nil || complete || len(got) != 3 {
+		t.Fatalf("4 directories under a bound of 3: %d, complete %v (%v)", len(got), complete, err)
 	}
 }
 

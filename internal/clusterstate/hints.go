@@ -405,9 +405,9 @@ func (s *Store) Release(ctx context.Context, b *Batch, settled []string, failed 
 		mine := owner != nil && *owner == b.owner
 		if mine {
 			// As a proxy's own log: due again at once, or after a backoff
-			// doubling from 1 s to 1 min while keys fail.
+			// doubling from 1 s to MaxBackoff while keys fail.
 			if failed {
-				backoff = min(max(2*backoff, 1000), 60_000)
+				backoff = min(max(2*backoff, 1000), MaxBackoff.Milliseconds())
 			} else {
 				backoff = 0
 			}
@@ -486,39 +486,52 @@ func (s *Store) Nodes(ctx context.Context) (map[string]NodeState, error) {
 	return out, nil
 }
 
-// OwedUsers lists, per node, the users it is owed hints of in the store,
-// up to most pairs; more is reported as complete=false (the caller then
-// takes every node with hints as owed to everyone).
-func (s *Store) OwedUsers(ctx context.Context, most int) (owed map[string]map[string]bool, complete bool, err error) {
+// Owed is a directory of a user's some node is owed hints in.
+type Owed struct{ Node, User, Dir string }
+
+// OwedDirs lists the directories each node is owed hints in, up to most;
+// more is reported as complete=false (the caller then takes every node
+// with hints as owed everything).
+func (s *Store) OwedDirs(ctx context.Context, most int) (owed []Owed, complete bool, err error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
 	if err := s.ready(ctx); err != nil {
 		return nil, false, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT node, user_id FROM cring_hint_batches GROUP BY node, user_id LIMIT $1`, most+1)
+	rows, err := s.pool.Query(ctx, `SELECT node, user_id, dir FROM cring_hint_batches LIMIT $1`, most+1)
 	if err != nil {
-		return nil, false, fmt.Errorf("state: read owed users: %w", err)
+		return nil, false, fmt.Errorf("state: read owed directories: %w", err)
 	}
 	defer rows.Close()
-	owed = map[string]map[string]bool{}
-	n := 0
 	for rows.Next() {
-		var node, user string
-		if err := rows.Scan(&node, &user); err != nil {
-			return nil, false, fmt.Errorf("state: read owed users: %w", err)
+		var o Owed
+		if err := rows.Scan(&o.Node, &o.User, &o.Dir); err != nil {
+			return nil, false, fmt.Errorf("state: read owed directories: %w", err)
 		}
-		if n++; n > most {
+		if len(owed) == most {
 			return owed, false, nil
 		}
-		if owed[node] == nil {
-			owed[node] = map[string]bool{}
-		}
-		owed[node][user] = true
+		owed = append(owed, o)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, false, fmt.Errorf("state: read owed users: %w", err)
+		return nil, false, fmt.Errorf("state: read owed directories: %w", err)
 	}
 	return owed, true, nil
+}
+
+// ReleaseOwner gives back every batch owner holds: a proxy starting again
+// under its id (its data dir) holds none, whatever its last run claimed.
+func (s *Store) ReleaseOwner(ctx context.Context, owner string) error {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE cring_hint_batches SET lease_owner = NULL, lease_until = NULL
+		WHERE lease_owner = $1`, owner); err != nil {
+		return fmt.Errorf("state: release %s's claims: %w", owner, err)
+	}
+	return nil
 }
 
 // ClearFullScan clears node's full-scan mark if a scan that started at

@@ -213,10 +213,11 @@ func (h *Healer) Missed(user, path, node string) {
 
 // Owed reports whether node still has a hint for path, or is marked for a
 // full scan: its copy may be stale until then.
-// With a shared store, a node the store says is owed any hint of user's
-// counts as owed every key of user's (the view is kept by user, not key).
+// With a shared store, a node the store says is owed a hint in path's
+// directory or one above it counts as owed path (the view is kept by
+// directory, not key).
 func (h *Healer) Owed(user, path, node string) bool {
-	return h.state.owed(hint{User: user, Path: path, Node: node}) || h.shared != nil && h.shared.owes(user, node)
+	return h.state.owed(hint{User: user, Path: path, Node: node}) || h.shared != nil && h.shared.owesPath(user, path, node)
 }
 
 // Complete reports whether node is owed none of user's writes or deletes.

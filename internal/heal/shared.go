@@ -20,19 +20,19 @@ import (
 // moments, after which the log forgets it. Every proxy claims due batches
 // from the store, whoever published them, and replays them as it replays
 // its own; users go to the store too, and every proxy's scans walk them
-// all. Reads ask a view of what the store says each node is owed, by user,
-// refreshed every second, so no request waits for the database. While the
-// store fails, the log is replayed as it is without one.
+// all. Reads ask a view of what the store says each node is owed, by
+// directory, refreshed every second, so no request waits for the database.
+// While the store fails, the log is replayed as it is without one.
 const (
 	publishEvery   = 100 * time.Millisecond // the longest a hint waits for the publisher when it is idle
 	publishHints   = 5000                   // hints per transaction
 	claimBatches   = 64                     // batches claimed at once
 	viewEvery      = time.Second            // the owed view's refresh
 	userCountEvery = 30 * time.Second
-	// maxOwedPairs bounds the view: past it, every node owed hints in the
-	// store is taken as owed to every user (reads skip it).
-	maxOwedPairs = 1_000_000
-	loopTimeout  = 5 * time.Second // the replay loop's calls
+	// maxOwedDirs bounds the view: past it, every node owed hints in the
+	// store is taken as owed everything (reads skip it).
+	maxOwedDirs = 100_000
+	loopTimeout = 5 * time.Second // the replay loop's calls
 )
 
 type shared struct {
@@ -47,6 +47,9 @@ type shared struct {
 	// unpublished: the last publish failed, so the log replays its own
 	// hints meanwhile.
 	unpublished atomic.Bool
+	// ownReleased: the claims a previous run under this id left (killed
+	// mid-replay) are given back; until then this proxy claims nothing.
+	ownReleased bool
 	errLogged   atomic.Int64
 	// The replay loop's calls (refresh, claims) back off after a failure,
 	// so a store that hangs doesn't hold up the replay of the log.
@@ -54,22 +57,22 @@ type shared struct {
 	pause      atomic.Int64 // the last backoff
 
 	vmu       sync.RWMutex
-	owed      map[string]map[string]bool // node → users it is owed hints of
-	owesAll   map[string]bool            // nodes owed too many users to list
-	full      map[string]time.Time       // node → its full-scan mark
-	pending   map[string]int64           // node → hints in the store
+	owed      map[string]map[string]map[string]bool // node → user → directories it is owed hints in
+	owesAll   map[string]bool                       // nodes owed too many directories to list
+	full      map[string]time.Time                  // node → its full-scan mark
+	pending   map[string]int64                      // node → hints in the store
 	userCount int64
-	since     []owedPair // added while a refresh runs, kept over its result
+	since     []owedDir // added while a refresh runs, kept over its result
 	running   bool
 	refreshed time.Time
 	counted   time.Time
 }
 
-type owedPair struct{ node, user string }
+type owedDir struct{ node, user, dir string }
 
 func newShared(store *clusterstate.Store, id string, log *slog.Logger) *shared {
 	return &shared{store: store, id: id, log: log, kick: make(chan struct{}, 1),
-		owed: map[string]map[string]bool{}, owesAll: map[string]bool{}, full: map[string]time.Time{}, pending: map[string]int64{}}
+		owed: map[string]map[string]map[string]bool{}, owesAll: map[string]bool{}, full: map[string]time.Time{}, pending: map[string]int64{}}
 }
 
 func (s *shared) wake() {
@@ -127,22 +130,54 @@ func (s *shared) owes(user, node string) bool {
 	s.vmu.RLock()
 	defer s.vmu.RUnlock()
 	_, full := s.full[node]
-	return full || s.owesAll[node] || s.owed[node][user]
+	return full || s.owesAll[node] || len(s.owed[node][user]) > 0
 }
 
-// addOwed puts pairs just published into the view before the next
+// owesPath reports whether node may lack the latest state of user's path
+// by the store: a hint in path's directory or any above it (a directory
+// delete's hint is in its parent's), path itself as a directory (a
+// listing), or a full scan. Coarser than the key, never narrower.
+func (s *shared) owesPath(user, p, node string) bool {
+	s.vmu.RLock()
+	defer s.vmu.RUnlock()
+	if _, full := s.full[node]; full || s.owesAll[node] {
+		return true
+	}
+	dirs := s.owed[node][user]
+	if len(dirs) == 0 {
+		return false
+	}
+	for d := p; ; {
+		if dirs[d] {
+			return true
+		}
+		if d == "" {
+			return false
+		}
+		d, _ = splitKey(d)
+	}
+}
+
+func addDir(owed map[string]map[string]map[string]bool, o owedDir) {
+	if owed[o.node] == nil {
+		owed[o.node] = map[string]map[string]bool{}
+	}
+	if owed[o.node][o.user] == nil {
+		owed[o.node][o.user] = map[string]bool{}
+	}
+	owed[o.node][o.user][o.dir] = true
+}
+
+// addOwed puts directories just published into the view before the next
 // refresh reads them back.
-func (s *shared) addOwed(pairs []owedPair) {
+func (s *shared) addOwed(dirs []owedDir) {
 	s.vmu.Lock()
 	defer s.vmu.Unlock()
-	for _, p := range pairs {
-		if s.owed[p.node] == nil {
-			s.owed[p.node] = map[string]bool{}
-		}
-		s.owed[p.node][p.user] = true
+	for _, o := range dirs {
+		addDir(s.owed, o)
 	}
 	if s.running {
-		s.since = append(s.since, pairs...)
+		s.since = append(s.since, dirs...)
 	}
 }
 
@@ -205,14 +240,16 @@ func (s *shared) refresh(ctx context.Context) {
 		s.loopFailed("reading what nodes are owed", err)
 		return
 	}
-	owed := map[string]map[string]bool{}
+	owed := map[string]map[string]map[string]bool{}
 	owesAll := map[string]bool{}
 	if slices.ContainsFunc(slices.Collect(maps.Values(nodes)), func(n clusterstate.NodeState) bool { return n.Hints > 0 }) {
-		var complete bool
-		owed, complete, err = s.store.OwedUsers(ctx, maxOwedPairs)
+		dirs, complete, err := s.store.OwedDirs(ctx, maxOwedDirs)
 		if err != nil {
 			s.loopFailed("reading what nodes are owed", err)
 			return
+		}
+		for _, o := range dirs {
+			addDir(owed, owedDir{o.Node, o.User, o.Dir})
 		}
 		if !complete {
 			for n, st := range nodes {
@@ -230,11 +267,8 @@ func (s *shared) refresh(ctx context.Context) {
 	s.loopOK()
 	s.vmu.Lock()
 	defer s.vmu.Unlock()
-	for _, p := range s.since {
-		if owed[p.node] == nil {
-			owed[p.node] = map[string]bool{}
-		}
-		owed[p.node][p.user] = true
+	for _, o := range s.since {
+		addDir(owed, o)
 	}
 	s.owed, s.owesAll = owed, owesAll
 	s.full, s.pending = map[string]time.Time{}, map[string]int64{}
@@ -298,10 +332,10 @@ func (h *Healer) publish(ctx context.Context) bool {
 			return true
 		}
 		out := make([]clusterstate.Hint, len(hs))
-		pairs := make([]owedPair, 0, len(hs))
+		dirs := make([]owedDir, 0, len(hs))
 		for i, p := range hs {
 			out[i] = clusterstate.Hint{Node: p.Node, User: p.User, Dir: p.dir, Name: p.name, Reserved: tombstone.Reserved(p.dir), Recorded: p.at}
-			pairs = append(pairs, owedPair{p.Node, p.User})
+			dirs = append(dirs, owedDir{p.Node, p.User, p.dir})
 		}
 		marked, err := s.store.Publish(ctx, out, marks)
 		if err != nil {
@@ -312,7 +346,7 @@ func (h *Healer) publish(ctx context.Context) bool {
 		s.unpublished.Store(false)
 		// The view first: reads must see the node owed before the log
 		// forgets the hint.
-		s.addOwed(pairs)
+		s.addOwed(dirs)
 		s.addFull(marks)
 		now := time.Now()
 		for _, n := range marked {
@@ -341,6 +375,16 @@ func (h *Healer) replayShared(ctx context.Context, m *cluster.Membership) {
 		if m.Index(n) < 0 {
 			nodes = append(nodes, n) // no longer configured: settle them
 		}
+	}
+	if !s.ownReleased && !s.paused() {
+		cctx, cancel := context.WithTimeout(ctx, loopTimeout)
+		err := s.store.ReleaseOwner(cctx, s.id)
+		cancel()
+		if err != nil {
+			s.loopFailed("releasing the claims of this proxy's last run", err)
+			return
+		}
+		s.ownReleased = true
 	}
 	for ctx.Err() == nil && !s.paused() {
 		cctx, cancel := context.WithTimeout(ctx, loopTimeout)

@@ -134,6 +134,74 @@ func TestSharedHintsOutliveTheirProxy(t *testing.T) {
 	}
 }
 
+// TestSharedOwedByDirectory: with hints in the store, reads skip a node
+// only for the directories it is owed hints in (and what is under a
+// deleted directory), not for every key of the user: two nodes owed one
+// key each must not make the user's other keys unreadable.
+func TestSharedOwedByDirectory(t *testing.T) {
+	ctx := context.Background()
+	hc := newHealCluster(t, healOpts{versioned: true})
+	a := hc.peer(pgtest.Start(t), "A", clusterstate.Options{})
+	a.RecordUser(hc.user)
+	a.Missed(hc.user, "dir1/sub/f1", "node2")
+	a.Missed(hc.user, "dir2", "node3") // a directory delete
+	if !a.publish(ctx) {
+		t.Fatal("publish failed")
+	}
+	refreshNow(a)
+	for _, c := range []struct {
+		path, node string
+		owed       bool
+	}{
+		{"dir1/sub/f1", "node2", true},
+		{"dir1/sub/f2", "node2", true}, // the view is by directory
+		{"dir1/sub", "node2", true},    // its listing
+		{"dir1/other/f1", "node2", false},
+		{"dir3/sub/f1", "node2", false},
+		{"dir1/sub/f1", "node3", true}, // and so is every other key
+		{"dir2/sub/f1", "node3", true}, // under the deleted directory
+		{"dir2", "node3", true},
+		{"dir3/sub/f1", "node3", true}, // dir2's hint is in the root directory
+		{"dir1/sub/f1", "node1", false},
+	} {
+		if got := a.Owed(hc.user, c.path, c.node); got != c.owed {
+			t.Errorf("Owed(%s, %s) = %v, want %v", c.path, c.node, got, c.owed)
+		}
+	}
+	if a.Complete(hc.user, "node2") || !a.Complete(hc.user, "node1") {
+		t.Error("Complete must stay per user: node2 is owed some of the user's writes, node1 none")
+	}
+}
+
+// TestSharedRestartReleasesOwnClaims: a proxy killed mid-replay leaves its
+// claims leased; started again under its id (its data dir), it takes them
+// back at once instead of waiting out the lease.
+func TestSharedRestartReleasesOwnClaims(t *testing.T) {
+	ctx := context.Background()
+	hc := newHealCluster(t, healOpts{versioned: true})
+	url := pgtest.Start(t)
+	a := hc.peer(url, "A", clusterstate.Options{Lease: time.Hour})
+	hc.put("kv/x", []byte("x"), hc.clock.Now(), 0, 1)
+	a.RecordUser(hc.user)
+	a.Missed(hc.user, "kv/x", "node3")
+	if !a.publish(ctx) {
+		t.Fatal("publish failed")
+	}
+	if bs, err := a.shared.store.Claim(ctx, "A", []string{"node3"}, 10, 10); err != nil || len(bs) != 1 {
+		t.Fatalf("claim: %d batches, %v", len(bs), err)
+	}
+	a.Close() // killed holding the claim
+
+	again := hc.peer(url, "A", clusterstate.Options{Lease: time.Hour})
+	again.replayShared(ctx, hc.h.mem.Load())
+	if got := storePending(t, again); len(got) != 0 {
+		t.Fatalf("store still holds %v: the last run's claim kept its batch", got)
+	}
+	if got := len(hc.listed(2, "kv")); got != 1 {
+		t.Fatalf("node3 holds %d of kv's files after the replay, want 1", got)
+	}
+}
+
 // TestSharedReplayNotDoubled: two proxies replaying the same store at once
 // copy each missed key once.
 func TestSharedReplayNotDoubled(t *testing.T) {

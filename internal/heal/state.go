@@ -683,7 +683,7 @@ func (s *state) release(d *dueBatch, failed bool) {
 		return
 	}
 	if failed {
-		b.backoff = min(max(2*b.backoff, time.Second), time.Minute)
+		b.backoff = min(max(2*b.backoff, time.Second), clusterstate.MaxBackoff)
 		b.next = time.Now().Add(b.backoff)
 	} else {
 		b.backoff = 0
