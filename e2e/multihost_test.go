@@ -15,9 +15,8 @@ import (
 )
 
 var (
-	multiHostKinds = flag.String("multihost.kinds", "cring-node", "node kinds of the multi-host tests, comma-separated (stock has an open chaos finding: docs/chaos.md, 'Open')")
+	multiHostKinds = flag.String("multihost.kinds", "cring-node", "node kinds of the multi-host tests, comma-separated (stock,cring-node: each kind adds a run of every multi-host test)")
 	multiHostKeep  = flag.String("multihost.keep", "", "keep every multi-host run's work dir (data, logs, history.jsonl, report.txt) under this directory")
-	multiHostOpen  = flag.Bool("multihost.open", false, "also run the multi-host tests that fail on an open finding (docs/chaos.md, 'Open')")
 )
 
 // multiHostRun runs a scripted chaos run on test hosts (internal/netns):
