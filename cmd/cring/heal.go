@@ -270,6 +270,7 @@ func printReport(out io.Writer, r *heal.Report) {
 	row("deleted but present", r.Resurrected, true)
 	row(verb, r.Repaired+len(fixesIfDry(r)), false)
 	row("failed", r.Failed, true)
+	row("left to hint replay", r.LeftToReplay, false)
 	row("tombstones collected", r.TombstonesGC, false)
 	if len(r.Unreachable) > 0 {
 		fmt.Fprintln(out, badStyle.Render("  unreachable: "+strings.Join(r.Unreachable, ", ")+" (their keys are left for hints)"))
