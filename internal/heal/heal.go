@@ -65,6 +65,7 @@ type Healer struct {
 	stall    time.Duration
 	interval time.Duration
 	grace    time.Duration
+	now      func() time.Time      // the clock that ages records (tests move it)
 	limiter  func(context.Context) // repairs per second
 	bytes    *pacer                // bytes copied per second; nil: unbounded
 	suspects chan suspect
@@ -121,6 +122,7 @@ func New(o Options) (*Healer, error) {
 		stall:    o.StallTimeout,
 		interval: o.ScanInterval,
 		grace:    o.TombstoneGrace,
+		now:      time.Now,
 		suspects: make(chan suspect, 4096),
 		fullScan: make(chan struct{}, 1),
 	}

@@ -57,7 +57,11 @@ type Report struct {
 	Failed              int      `json:"failed"`
 	Unreachable         []string `json:"unreachable_nodes,omitempty"`
 	TombstonesGC        int      `json:"tombstones_collected"`
-	Fixes               []Result `json:"fixes,omitempty"`
+	// RecordsGC: version and intent records collected (or, dry, that
+	// would be): older than the version every replica holds, or than a
+	// deleted key's tombstone (collect.go).
+	RecordsGC int      `json:"records_collected"`
+	Fixes     []Result `json:"fixes,omitempty"`
 	// Usage: what each node holds (blob distribution) and each user stores.
 	Nodes     map[string]*NodeUsage `json:"nodes,omitempty"`
 	UserUsage []UserUsage           `json:"users_by_size,omitempty"` // largest first, at most 100

@@ -38,7 +38,10 @@ type userScan struct {
 	// versions: version directory name → the nodes holding it, and
 	// whether a key's check has read it yet.
 	versions map[string]*versionDir
-	usage    UserUsage
+	// tombCopies: each tombstone's copies by node (collecting a deleted
+	// key's records needs its tombstone on N).
+	tombCopies map[string]map[int]replicaCopy
+	usage      UserUsage
 }
 
 type versionDir struct {
@@ -80,6 +83,7 @@ func (h *Healer) scanDirs(ctx context.Context, m *cluster.Membership, user strin
 		}
 	}
 	tombCopies := s.readTombstones(ctx)
+	s.tombCopies = tombCopies
 	s.readVersionDirs(ctx)
 	if err := ctx.Err(); err != nil {
 		return err
@@ -92,7 +96,9 @@ func (h *Healer) scanDirs(ctx context.Context, m *cluster.Membership, user strin
 			return ctx.Err()
 		}
 		if !vd.read {
-			s.records(ctx, name) // records of keys no node holds any more
+			// Records of a key no node holds any more.
+			recs, files := s.records(ctx, name)
+			s.keepRecords(ctx, name, files, s.collectDeleted(ctx, recs))
 		}
 	}
 	for name, copies := range tombCopies {
@@ -173,11 +179,12 @@ func (s *userScan) readVersionDirs(ctx context.Context) {
 }
 
 // records reads the version records in one version directory on every
-// node holding it, keeps them on their N replicas, and returns them.
-func (s *userScan) records(ctx context.Context, name string) []*versionRecord {
+// node holding it, and returns them and their files' copies by name, for
+// keepRecords.
+func (s *userScan) records(ctx context.Context, name string) ([]*versionRecord, map[string]map[int]replicaCopy) {
 	vd := s.versions[name]
 	if vd == nil {
-		return nil
+		return nil, nil
 	}
 	vd.read = true
 	dir := tombstone.Versions + "/" + name
@@ -219,10 +226,18 @@ func (s *userScan) records(ctx context.Context, name string) []*versionRecord {
 			s.failed(i, err)
 		}
 	}
+	return recs, copies
+}
+
+// keepRecords keeps the record files of version directory name on their
+// N replicas, but for the ones collected.
+func (s *userScan) keepRecords(ctx context.Context, name string, copies map[string]map[int]replicaCopy, collected map[string]bool) {
+	dir := tombstone.Versions + "/" + name
 	for _, f := range slices.Sorted(maps.Keys(copies)) {
-		s.keepRecord(ctx, dir+"/"+f, copies[f])
+		if !collected[f] {
+			s.keepRecord(ctx, dir+"/"+f, copies[f])
+		}
 	}
-	return recs
 }
 
 // keepRecord brings one of cring's own files (a tombstone, a version
@@ -248,8 +263,22 @@ func (s *userScan) keepRecord(ctx context.Context, p string, copies map[int]repl
 	}
 }
 
-// checkDir checks the files of one directory.
+// checkDir checks the files of one directory, then collects the records
+// its settled keys no longer need (collect.go).
 func (s *userScan) checkDir(ctx context.Context, d *treeDir) error {
+	var settled []gcKey
+	defer func() {
+		var gone map[string]map[string]bool
+		if len(settled) > 0 && ctx.Err() == nil {
+			gone = s.collectDir(ctx, d.dir, settled)
+		}
+		for _, k := range settled {
+			if ctx.Err() != nil {
+				return
+			}
+			s.keepRecords(ctx, tombstone.Name(k.v.path), k.files, gone[k.v.path])
+		}
+	}()
 	for _, name := range d.names {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -273,7 +302,8 @@ func (s *userScan) checkDir(ctx context.Context, d *treeDir) error {
 		for _, c := range tombstone.Covering(p) {
 			v.tomb = stamp.Max(v.tomb, s.tombs[tombstone.Name(c)])
 		}
-		v.records = s.records(ctx, tombstone.Name(p))
+		var files map[string]map[int]replicaCopy
+		v.records, files = s.records(ctx, tombstone.Name(p))
 		for i := range v.copies {
 			if s.unknown[i] {
 				delete(v.copies, i) // its records could not be read
@@ -283,6 +313,11 @@ func (s *userScan) checkDir(ctx context.Context, d *treeDir) error {
 		s.rep.Keys++
 		s.h.progress(s.prog, func(p *Progress) { p.Keys++ })
 		s.h.check(ctx, v, s.o, s.rep)
+		if win, ok := s.h.settledVersion(ctx, v); ok && s.h.oldRecords(v, win) {
+			settled = append(settled, gcKey{v: v, win: win, files: files})
+			continue // its records are kept (or collected) once the directory is done
+		}
+		s.keepRecords(ctx, tombstone.Name(p), files, nil)
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ const corruptMark = "corrupt:"
 // versionRecord is a version record seen for a key, or an intent record
 // (pending: an upload whose checksum is not known yet).
 type versionRecord struct {
+	path    string // the key's, from the body; empty when only the name was read
 	stamp   stamp.Stamp
 	size    int64
 	sum     string
@@ -158,7 +159,7 @@ func parseRecord(name string, b []byte) (*versionRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &versionRecord{stamp: s, size: v.Size, sum: v.SHA256, pending: tombstone.IsPending(name)}, nil
+	return &versionRecord{path: v.Path, stamp: s, size: v.Size, sum: v.SHA256, pending: tombstone.IsPending(name)}, nil
 }
 
 // addRecords merges version records into a set, once per stamp and kind.
