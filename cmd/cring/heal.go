@@ -272,6 +272,7 @@ func printReport(out io.Writer, r *heal.Report) {
 	row("failed", r.Failed, true)
 	row("left to hint replay", r.LeftToReplay, false)
 	row("tombstones collected", r.TombstonesGC, false)
+	row("version records collected", r.RecordsGC, false)
 	if len(r.Unreachable) > 0 {
 		fmt.Fprintln(out, badStyle.Render("  unreachable: "+strings.Join(r.Unreachable, ", ")+" (their keys are left for hints)"))
 	}
