@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,6 +168,55 @@ func (hc *healCluster) remove(p string, nodes ...int) {
 	for _, i := range nodes {
 		if err := hc.h.api.remove(context.Background(), m.Nodes[i].API(), hc.user, p, stamp.Stamp{}); err != nil {
 			hc.t.Fatal(err)
+		}
+	}
+}
+
+// TestCollectRecheck: a key that changed between the scan's judgement and
+// its collection (a newer upload landed on a replica) keeps its records:
+// the scan re-reads the directory right before removing, and leaves the
+// key to the next scan, which collects what the newer version made old.
+func TestCollectRecheck(t *testing.T) {
+	hc := newHealCluster(t, healOpts{})
+	now := time.Now()
+	hc.h.now = func() time.Time { return now }
+	at := func(d time.Duration) stamp.Stamp { return stampAt(now.Add(d)) }
+	const p = "d/k"
+	var all []string
+	for k := range 5 {
+		st := at(-time.Hour + time.Duration(k)*time.Minute)
+		hc.upload(p, fmt.Appendf(nil, "version %d", k), st, 0, 1, 2)
+		all = append(all, st.String())
+	}
+	newer := at(-40 * time.Second)
+	all = append(all, newer.String())
+	slices.Sort(all)
+	var once sync.Once
+	hc.fronts[0].mu.Lock()
+	hc.fronts[0].before = func(r *http.Request, n int) {
+		// The walk lists d first; the second listing is the re-read
+		// before the collection: the newer upload lands just before it.
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/v1/fs/d") && n == 2 {
+			once.Do(func() { hc.upload(p, []byte("newer"), newer, 0) })
+		}
+	}
+	hc.fronts[0].mu.Unlock()
+	rep, err := hc.h.Scan(context.Background(), ScanOptions{Users: []string{hc.user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hc.recordsOn(0, p); rep.RecordsGC != 0 || !slices.Equal(got, all) {
+		t.Fatalf("collected %d records of a key that changed since it was judged; node1 keeps %v, want %v", rep.RecordsGC, got, all)
+	}
+	// The next scans spread the newer version, then collect.
+	for range 2 {
+		if _, err := hc.h.Scan(context.Background(), ScanOptions{Users: []string{hc.user}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		if got := hc.recordsOn(i, p); !slices.Equal(got, []string{newer.String()}) {
+			t.Errorf("node%d: records %v, want the newer version's only", i+1, got)
 		}
 	}
 }

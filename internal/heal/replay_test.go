@@ -66,6 +66,9 @@ func (h *testHealth) set(i int, up bool) {
 type front struct {
 	mu   sync.Mutex
 	reqs map[string]int // "GET /v1/fs/kv" → count
+	// before, when set, runs before a request is forwarded (with its
+	// count so far, this one included).
+	before func(r *http.Request, n int)
 }
 
 func (f *front) ServeHTTP(next http.Handler) http.Handler {
@@ -73,7 +76,11 @@ func (f *front) ServeHTTP(next http.Handler) http.Handler {
 		if strings.HasPrefix(r.URL.Path, "/v1/fs/") {
 			f.mu.Lock()
 			f.reqs[r.Method+" "+r.URL.Path]++
+			n, before := f.reqs[r.Method+" "+r.URL.Path], f.before
 			f.mu.Unlock()
+			if before != nil {
+				before(r, n)
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
