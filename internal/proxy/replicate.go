@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cring-dev/cring/internal/tombstone"
@@ -41,7 +42,7 @@ type replication struct {
 	targets    []int
 	extra      []int      // a delete's other healthy nodes: best effort, never counted
 	streamed   bool       // the body streams from the client (stream pumps it)
-	reps       []*replica // a streamed body's per-target pipes (nil entries: not dialed)
+	reps       []*replica // a streamed body's per-target bodies (nil entries: not dialed)
 	isTarget   map[int]int
 	results    chan outcome
 	cancels    map[int]context.CancelCauseFunc
@@ -55,7 +56,8 @@ type replication struct {
 }
 
 // replicate starts r's requests to targets: with small as the body of each
-// (nil: none), or, when streamed, a pipe per target that stream feeds.
+// (nil: none), or, when streamed, a replica body per target that stream
+// feeds.
 // Node requests outlive the caller (the last replica may finish after the
 // answer) but not a client that leaves before it.
 func (p *Proxy) replicate(ctx context.Context, r *http.Request, ref fileRef, pref, targets []int, small []byte, streamed bool) *replication {
@@ -93,11 +95,8 @@ func (p *Proxy) replicate(ctx context.Context, r *http.Request, ref fileRef, pre
 		if small != nil {
 			body = bytes.NewReader(small)
 		} else if streamed {
-			pr, pw := io.Pipe()
-			rp := &replica{node: i, cancel: cancel, pr: pr, pw: pw, in: make(chan []byte, 1), done: make(chan error, 1)}
-			rep.reps[k] = rp
-			body = pr
-			go rp.feed()
+			rep.reps[k] = newReplica(i, cancel)
+			body = rep.reps[k]
 		}
 		go func() {
 			defer cancel(nil)
@@ -276,34 +275,168 @@ func (p *Proxy) targets(pref []int) []int {
 	return out
 }
 
-// replica is one node's copy of a streamed request body.
+// replica is one node's request body of a streamed upload. It hands the
+// transport the pump's chunks straight from the pump's buffer, by Read or by
+// WriteTo (a node connection writes them to its socket as they are: no
+// pipe, no copy buffer, no goroutine of its own). The pump offers a chunk to
+// every live replica and reuses its buffer only once each is done with it:
+// every chunk offered gets exactly one answer on done, from the body once
+// it wrote (or failed to write) the chunk, or from the request's end when
+// the body never took it.
 type replica struct {
-	node    int
-	cancel  context.CancelCauseFunc // ends this node's request
-	pr      *io.PipeReader
-	pw      *io.PipeWriter
-	in      chan []byte
-	done    chan error
-	dead    bool
+	node   int
+	cancel context.CancelCauseFunc // ends this node's request
+	done   chan error              // one answer per chunk offered
+	wake   chan struct{}           // the body has something to look at
+
+	mu      sync.Mutex
+	offered []byte // the chunk on offer, not taken yet
+	held    bool   // the body took the chunk and is not done with it
+	ended   bool   // the node's request is over: no chunk is taken any more
+	endErr  error  // the pump's: no chunk follows (io.EOF: the whole body was offered)
+
+	left []byte // the body's: what Read has not returned yet of its chunk
+
+	dead    bool // the pump's: dropped, failed or ended
 	sentAll bool
 }
 
-func (rp *replica) kill(err error) {
+func newReplica(node int, cancel context.CancelCauseFunc) *replica {
+	return &replica{node: node, cancel: cancel, done: make(chan error, 1), wake: make(chan struct{}, 1)}
+}
+
+func (rp *replica) poke() {
+	select {
+	case rp.wake <- struct{}{}:
+	default:
+	}
+}
+
+// offer puts chunk on offer to the body (the pump's side).
+func (rp *replica) offer(chunk []byte) {
+	rp.mu.Lock()
+	if rp.ended {
+		rp.mu.Unlock()
+		rp.done <- errAnswered
+		return
+	}
+	rp.offered = chunk
+	rp.mu.Unlock()
+	rp.poke()
+}
+
+// kill ends the replica's body with err (the pump's side) and reports
+// whether the body may still be writing the chunk it took.
+func (rp *replica) kill(err error) (held bool) {
 	rp.dead = true
-	rp.pw.CloseWithError(err)
+	rp.mu.Lock()
+	rp.endErr = err
+	rp.offered = nil
+	held = rp.held
+	rp.mu.Unlock()
+	rp.poke()
 	if err == errStalled {
 		// The transport may be stuck writing to a node that stopped
 		// reading; only cancelling the request frees it.
 		rp.cancel(err)
 	}
+	return held
 }
 
-// feed writes chunks into the pipe the node's request reads from; it runs in
-// its own goroutine so one slow node can be timed out without blocking others.
-func (rp *replica) feed() {
-	for chunk := range rp.in {
-		_, err := rp.pw.Write(chunk)
-		rp.done <- err
+// complete ends the replica's body after its last chunk (the pump's side).
+func (rp *replica) complete() {
+	rp.sentAll = true
+	rp.mu.Lock()
+	rp.endErr = io.EOF
+	rp.mu.Unlock()
+	rp.poke()
+}
+
+// requestEnded marks the node's request over (answered or failed): a chunk
+// on offer is answered as not taken, and none is taken any more, though the
+// transport may still be reading.
+func (rp *replica) requestEnded() {
+	rp.mu.Lock()
+	rp.ended = true
+	refused := rp.offered != nil
+	rp.offered = nil
+	rp.mu.Unlock()
+	if refused {
+		rp.done <- errAnswered
+	}
+	rp.poke()
+}
+
+// take waits for the chunk on offer, or the reason there is none.
+func (rp *replica) take() ([]byte, error) {
+	for {
+		rp.mu.Lock()
+		switch {
+		case rp.ended:
+			rp.mu.Unlock()
+			return nil, errAnswered
+		case rp.endErr != nil:
+			err := rp.endErr
+			rp.mu.Unlock()
+			return nil, err
+		case rp.offered != nil:
+			c := rp.offered
+			rp.offered, rp.held = nil, true
+			rp.mu.Unlock()
+			return c, nil
+		}
+		rp.mu.Unlock()
+		<-rp.wake
+	}
+}
+
+// release says the body is done with the chunk it took.
+func (rp *replica) release(err error) {
+	rp.mu.Lock()
+	rp.held = false
+	rp.mu.Unlock()
+	rp.done <- err
+}
+
+func (rp *replica) Read(p []byte) (int, error) {
+	if len(rp.left) == 0 {
+		c, err := rp.take()
+		if err != nil {
+			return 0, err
+		}
+		rp.left = c
+	}
+	n := copy(p, rp.left)
+	rp.left = rp.left[n:]
+	if len(rp.left) == 0 {
+		rp.release(nil)
+	}
+	return n, nil
+}
+
+// WriteTo writes every chunk to w as the pump offers it: what a node
+// connection calls for a request body (serve's nodeConn.ReadFrom), so a
+// chunk goes from the pump's buffer to the socket with no copy.
+func (rp *replica) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	c := rp.left // a chunk Read began
+	rp.left = nil
+	for {
+		if len(c) == 0 {
+			var err error
+			if c, err = rp.take(); err == io.EOF {
+				return total, nil
+			} else if err != nil {
+				return total, err
+			}
+		}
+		n, err := w.Write(c)
+		total += int64(n)
+		c = nil
+		rp.release(err)
+		if err != nil {
+			return total, err
+		}
 	}
 }
 
@@ -408,13 +541,13 @@ func sameClientError(os []outcome) (outcome, bool) {
 }
 
 // roundTrip sends one replica's request and keeps its (small) answer. When the
-// node answers or fails before taking the whole body, its pipe is closed so
-// the pump stops feeding it.
+// node answers or fails before taking the whole body, the pump stops
+// feeding it.
 func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.Reader, rp *replica, cancel context.CancelCauseFunc) outcome {
 	req, err := p.newNodeRequest(ctx, i, r, r.Method, body)
 	if err != nil {
 		if rp != nil {
-			rp.pr.CloseWithError(err)
+			rp.requestEnded()
 		}
 		return outcome{node: i, err: err}
 	}
@@ -426,7 +559,7 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 	}
 	resp, err := p.transport.RoundTrip(req)
 	if rp != nil {
-		rp.pr.CloseWithError(errAnswered)
+		rp.requestEnded()
 	}
 	if err != nil {
 		p.nodeFailed(ctx, i, err)
@@ -441,7 +574,7 @@ var (
 	errTooManyTails = errors.New("too many writes still running on the node")
 )
 
-// pump reads the client's body once and hands every chunk to each live
+// pump reads the client's body once and offers every chunk to each live
 // replica, waiting for all of them before reusing the buffer, so memory stays
 // one buffer per request whatever the file size. A replica that takes no
 // chunk within the stall timeout is dropped; the others carry on. The
@@ -449,18 +582,13 @@ var (
 func (p *Proxy) pump(ctx context.Context, src io.Reader, reps []*replica) error {
 	bp := p.bufs.Get().(*[]byte)
 	buf := *bp
-	defer func() {
-		for _, rp := range reps {
-			close(rp.in)
-		}
-	}()
 	timer := time.NewTimer(p.stall)
 	defer timer.Stop()
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			if dropped := p.broadcastChunk(buf[:n], reps, timer); dropped {
-				// A dropped node's pipe may still be copying from buf:
+				// A dropped node's body may still be writing from buf:
 				// never reuse it.
 				buf = make([]byte, bufSize)
 				bp = nil
@@ -469,8 +597,7 @@ func (p *Proxy) pump(ctx context.Context, src io.Reader, reps []*replica) error 
 		if rerr == io.EOF {
 			for _, rp := range reps {
 				if !rp.dead {
-					rp.sentAll = true
-					rp.pw.Close()
+					rp.complete()
 				}
 			}
 			break
@@ -494,14 +621,14 @@ func (p *Proxy) pump(ctx context.Context, src io.Reader, reps []*replica) error 
 	return nil
 }
 
-// broadcastChunk gives chunk to every live replica and waits until each took
-// it, failed, or stalled past the timeout. It reports whether any replica was
-// dropped while it might still hold chunk.
+// broadcastChunk offers chunk to every live replica and waits until each is
+// done with it, failed, or stalled past the timeout. It reports whether any
+// replica was dropped while it might still hold chunk.
 func (p *Proxy) broadcastChunk(chunk []byte, reps []*replica, timer *time.Timer) bool {
 	live := 0
 	for _, rp := range reps {
 		if !rp.dead {
-			rp.in <- chunk
+			rp.offer(chunk)
 			live++
 		}
 	}
@@ -522,8 +649,7 @@ func (p *Proxy) broadcastChunk(chunk []byte, reps []*replica, timer *time.Timer)
 					rp.kill(err)
 				}
 			default:
-				rp.kill(errStalled)
-				dropped = true
+				dropped = rp.kill(errStalled) || dropped
 			}
 			continue
 		}
@@ -534,8 +660,7 @@ func (p *Proxy) broadcastChunk(chunk []byte, reps []*replica, timer *time.Timer)
 			}
 		case <-timer.C:
 			expired = true
-			rp.kill(errStalled)
-			dropped = true
+			dropped = rp.kill(errStalled) || dropped
 		}
 	}
 	timer.Stop() // Go 1.23+ timers: no stale value to drain after Stop
