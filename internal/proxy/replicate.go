@@ -557,7 +557,11 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 		req.ContentLength = 0
 		req.Header.Del("Content-Length")
 	}
-	resp, err := p.transport.RoundTrip(req)
+	tr := p.transport
+	if rp != nil {
+		tr = p.streamTr
+	}
+	resp, err := tr.RoundTrip(req)
 	if rp != nil {
 		rp.requestEnded()
 	}
