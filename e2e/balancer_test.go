@@ -20,13 +20,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/charmbracelet/charm/client"
 	charmfs "github.com/charmbracelet/charm/fs"
 	"github.com/charmbracelet/keygen"
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/haproxy"
 	"github.com/cring-dev/cring/internal/testwait"
 	"github.com/cring-dev/cring/internal/token"
 )
@@ -51,7 +51,7 @@ import (
 // first scan of a proxy comes 30 s after its start whatever the interval);
 // at the default --scan-interval (1 h) they would wait up to an hour.
 func TestProxiesBehindHAProxy(t *testing.T) {
-	haproxy := haproxyBinary(t)
+	haproxyBin := haproxyBinary(t)
 	charmBin := charmCLI(t)
 	cringBin := cringBinary(t)
 
@@ -86,7 +86,7 @@ func TestProxiesBehindHAProxy(t *testing.T) {
 		p.kill = ciRun(t, p.Name, cmd, "http://"+p.Admin+"/healthz")
 		proxies = append(proxies, p)
 	}
-	lb := startHAProxy(t, haproxy, lbHTTP, lbSSH, proxies)
+	lb := startHAProxy(t, haproxyBin, lbHTTP, lbSSH, proxies)
 	lb.waitStates(t, 20*time.Second, map[string]string{"p1": "UP", "p2": "UP", "p3": "UP"})
 
 	// One user: the CLI's key, seeded on every stock node, and tokens
@@ -381,71 +381,14 @@ func balancerCringYAML(dc *devcluster.Cluster) string {
 	return b.String()
 }
 
-// haproxyConfig is docs/deploy.md's haproxy.cfg ("Several proxies behind a
-// load balancer") on loopback, with short check timers, a stats socket the
-// test reads server states from, and a log line per connection naming its
-// source and the proxy it went to.
-var haproxyConfig = template.Must(template.New("haproxy").Parse(`global
-	maxconn 8192
-	log stdout format raw local0
-	stats socket {{.Dir}}/haproxy.sock mode 600 level admin
-
-defaults
-	mode tcp
-	log global
-	log-format "lb %ci %b %s %ts"
-	timeout connect 2s
-	timeout client 10m
-	timeout server 10m
-	timeout check 2s
-	retries 3
-	option redispatch 1
-
-frontend charm_http
-	bind {{.HTTP}}
-	stick-table type ipv6 size 100k expire 10m store conn_cur
-	tcp-request connection track-sc0 src
-	tcp-request connection reject if { sc0_conn_cur gt 256 }
-	default_backend cring_http
-
-frontend charm_ssh
-	bind {{.SSH}}
-	stick-table type ipv6 size 100k expire 10m store conn_cur
-	tcp-request connection track-sc0 src
-	tcp-request connection reject if { sc0_conn_cur gt 64 }
-	default_backend cring_ssh
-
-backend cring_http
-	balance roundrobin
-	option httpchk GET /readyz
-	http-check expect status 200
-	default-server check inter 500ms fall 2 rise 2
-{{- range .Proxies}}
-	server {{.Name}} {{.HTTP}} port {{.AdminPort}}
-{{- end}}
-
-backend cring_ssh
-	balance leastconn
-	option httpchk GET /readyz
-	http-check expect status 200
-	default-server check inter 500ms fall 2 rise 2
-{{- range .Proxies}}
-	server {{.Name}} {{.SSH}} port {{.AdminPort}}
-{{- end}}
-`))
-
-// haproxyBinary finds HAProxy (Debian puts it in /usr/sbin, which a user's
-// PATH may lack).
+// haproxyBinary finds HAProxy, or fails t.
 func haproxyBinary(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p
+	bin, err := haproxy.Binary()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := os.Stat("/usr/sbin/haproxy"); err == nil {
-		return "/usr/sbin/haproxy"
-	}
-	t.Fatal("HAProxy not installed: run scripts/install-peers (scripts/test does)")
-	return ""
+	return bin
 }
 
 // lbRun is a running HAProxy.
@@ -453,52 +396,54 @@ type lbRun struct {
 	sock, log string
 }
 
-// startHAProxy runs HAProxy in the foreground in front of the proxies,
-// stopped when the test ends.
+// startHAProxy runs HAProxy in front of the proxies with docs/deploy.md's
+// haproxy.cfg ("Several proxies behind a load balancer") on loopback,
+// short check timers, a stats socket the test reads server states from,
+// and a log line per connection naming its source and the proxy it went
+// to; stopped when the test ends.
 func startHAProxy(t *testing.T, bin, httpAddr, sshAddr string, proxies []*lbProxy) *lbRun {
 	t.Helper()
 	dir := t.TempDir()
-	type server struct{ Name, HTTP, SSH, AdminPort string }
-	var servers []server
+	lb := &lbRun{sock: filepath.Join(dir, "haproxy.sock"), log: filepath.Join(dir, "haproxy.log")}
+	c := haproxy.Config{HTTP: httpAddr, SSH: sshAddr, CheckInterval: 500 * time.Millisecond,
+		StatsSocket: lb.sock, LogFormat: "lb %ci %b %s %ts"}
 	for _, p := range proxies {
-		_, port, err := net.SplitHostPort(p.Admin)
+		_, port, err := splitPort(p.Admin)
 		if err != nil {
 			t.Fatal(err)
 		}
-		servers = append(servers, server{p.Name, p.HTTP, p.SSH, port})
+		c.Servers = append(c.Servers, haproxy.Server{Name: p.Name, HTTP: p.HTTP, SSH: p.SSH, AdminPort: port})
 	}
-	var cfg bytes.Buffer
-	if err := haproxyConfig.Execute(&cfg, map[string]any{"Dir": dir, "HTTP": httpAddr, "SSH": sshAddr, "Proxies": servers}); err != nil {
+	cfg, err := c.Render()
+	if err != nil {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
-	writeFile(t, cfgPath, cfg.String())
-	lb := &lbRun{sock: filepath.Join(dir, "haproxy.sock"), log: filepath.Join(dir, "haproxy.log")}
+	writeFile(t, cfgPath, string(cfg))
 	logf, err := os.Create(lb.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-db", "-f", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start haproxy: %v", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	proc, err := haproxy.Start(ctx, bin, cfgPath, logf)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
+		cancel()
+		proc.Stop()
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(lb.log)
-			t.Logf("haproxy.cfg:\n%s\nhaproxy output (last lines):\n%s", cfg.String(), lastLines(b, 30))
+			t.Logf("haproxy.cfg:\n%s\nhaproxy output (last lines):\n%s", cfg, lastLines(b, 30))
 		}
 	})
 	testwait.For(t, 10*time.Second, "HAProxy's stats socket", func() bool {
 		select {
-		case <-done:
+		case <-proc.Done():
 			b, _ := os.ReadFile(lb.log)
-			t.Fatalf("haproxy exited at start:\n%s", b)
+			t.Fatalf("haproxy exited at start (%v):\n%s", proc.Err(), b)
 		default:
 		}
 		_, err := lb.states()
@@ -510,33 +455,7 @@ func startHAProxy(t *testing.T, bin, httpAddr, sshAddr string, proxies []*lbProx
 // states is each server's state as HAProxy sees it, by backend/server
 // ("cring_http/p1": "UP", "DOWN", "UP 1/2" while going down…).
 func (lb *lbRun) states() (map[string]string, error) {
-	c, err := net.DialTimeout("unix", lb.sock, time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy stats socket: %w", err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := io.WriteString(c, "show stat\n"); err != nil {
-		return nil, fmt.Errorf("haproxy stats socket: %w", err)
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy stats socket: %w", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
-		return nil, fmt.Errorf("haproxy show stat: %q", b)
-	}
-	col := slices.Index(strings.Split(strings.TrimPrefix(lines[0], "# "), ","), "status")
-	out := map[string]string{}
-	for _, l := range lines[1:] {
-		f := strings.Split(l, ",")
-		if col < 0 || len(f) <= col {
-			return nil, fmt.Errorf("haproxy show stat: %q", l)
-		}
-		out[f[0]+"/"+f[1]] = f[col]
-	}
-	return out, nil
+	return haproxy.ServerStates(context.Background(), lb.sock)
 }
 
 // waitStates waits until every named server is in the given state in both
@@ -549,7 +468,7 @@ func (lb *lbRun) waitStates(t *testing.T, d time.Duration, want map[string]strin
 			return false
 		}
 		for name, state := range want {
-			for _, be := range []string{"cring_http", "cring_ssh"} {
+			for _, be := range []string{haproxy.HTTPBackend, haproxy.SSHBackend} {
 				if st[be+"/"+name] != state {
 					return false
 				}
@@ -572,7 +491,7 @@ func (lb *lbRun) serversBySource(t *testing.T, uploads []*lbUpload) map[string]s
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
-			if len(f) == 5 && f[0] == "lb" && f[2] == "cring_http" {
+			if len(f) == 5 && f[0] == "lb" && f[2] == haproxy.HTTPBackend {
 				via[f[1]] = f[3]
 			}
 		}

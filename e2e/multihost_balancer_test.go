@@ -31,10 +31,10 @@ func TestMultiHostBalancerDestroyProxy(t *testing.T) {
 		{At: 3 * time.Second, For: 20 * time.Second, Kind: chaos.PartitionProxy, Proxy: 0, Targets: []int{0, 1}},
 		{At: 7 * time.Second, For: 8 * time.Second, Kind: chaos.DestroyProxy, Targets: []int{1}},
 	}
-	haproxy := haproxyBinary(t)
+	haproxyBin := haproxyBinary(t)
 	multiHostRunWith(t, chaos.Options{
 		Seed: 33, Duration: period, Schedule: schedule,
-		Proxies: 3, Balancer: chaos.BalancerHAProxy, HAProxyBin: haproxy, State: true,
+		Proxies: 3, Balancer: chaos.BalancerHAProxy, HAProxyBin: haproxyBin, State: true,
 		// Scans as in production (hourly; none within the run): hints
 		// alone must heal. The converged state must then hold for 5 s.
 		ScanInterval: time.Hour, Settle: 5 * time.Second,

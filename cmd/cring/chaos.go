@@ -18,6 +18,7 @@ import (
 
 	"github.com/cring-dev/cring/internal/chaos"
 	"github.com/cring-dev/cring/internal/config"
+	"github.com/cring-dev/cring/internal/haproxy"
 )
 
 type chaosFlags struct {
@@ -170,12 +171,8 @@ func (f *chaosFlags) options(set map[string]bool) (chaos.Options, error) {
 		Hosts: f.hosts, Proxies: f.proxies, Balancer: f.balancer, HAProxyBin: f.haproxy, State: f.state,
 	}
 	if o.Balancer == chaos.BalancerHAProxy && o.HAProxyBin == "" {
-		// Debian puts it in /usr/sbin, which a user's PATH may lack.
-		if o.HAProxyBin, err = exec.LookPath("haproxy"); err != nil {
-			if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
-				return o, errors.New("--balancer haproxy needs HAProxy: --haproxy-bin, haproxy on PATH or /usr/sbin/haproxy (scripts/install-peers installs it)")
-			}
-			o.HAProxyBin = "/usr/sbin/haproxy"
+		if o.HAProxyBin, err = haproxy.Binary(); err != nil {
+			return o, fmt.Errorf("--balancer haproxy needs HAProxy (or --haproxy-bin): %w", err)
 		}
 	}
 	if o.CringBin == "" {

@@ -247,7 +247,7 @@ func (c *cluster) watchHealth(ctx context.Context, a *api) (views []ProxyView, d
 			}
 		}
 		if c.lb != nil {
-			st, _ := c.lb.states() // none while it restarts
+			st, _ := c.lb.states(ctx) // none while it restarts
 			for p, s := range st {
 				if strings.HasPrefix(s, "DOWN") {
 					out[p] = true
