@@ -82,7 +82,8 @@ func TestCheckForm(t *testing.T) {
 					t.Fatalf("%s: %v, want %d saying %q", how, err, tt.status, tt.msg)
 				}
 			}
-			check("whole", checkForm(bytes.NewReader(tt.body), bnd))
+			check("whole", checkForm(bytes.NewReader(tt.body), bnd, nil))
+			check("whole, parts skipped through 4 KiB", checkForm(bytes.NewReader(tt.body), bnd, make([]byte, formHead)))
 
 			// Streamed in small reads, as the pump reads a client.
 			src, stop, err := checkHead(&trickle{b: tt.body, n: 777}, bnd, -1)
@@ -96,7 +97,7 @@ func TestCheckForm(t *testing.T) {
 			// fine.
 			for cut := 1; cut < min(len(tt.body), 300); cut += 7 {
 				hr := &headReader{r: bytes.NewReader(tt.body[:cut])}
-				err := checkForm(hr, bnd)
+				err := checkForm(hr, bnd, nil)
 				if tt.status == 0 && err != nil && !hr.more {
 					t.Fatalf("head of %d bytes of a good form: %v", cut, err)
 				}

@@ -119,7 +119,7 @@ func (p *Proxy) readUpload(w http.ResponseWriter, r *http.Request, ref fileRef, 
 		err = clientBodyError(r.Context(), err)
 	}
 	if err == nil && boundary != "" {
-		err = checkForm(bytes.NewReader(up.small), boundary)
+		err = checkForm(bytes.NewReader(up.small), boundary, nil)
 	}
 	if err != nil {
 		p.bodyFailed(w, r, ref.key(), up.tee, err)
