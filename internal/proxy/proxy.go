@@ -46,11 +46,7 @@ type Options struct {
 	Members   *cluster.Membership
 	Verifier  Verifier
 	Transport http.RoundTripper
-	// StreamTransport carries the node requests that stream an upload's
-	// body (its connections' buffers only see headers and a short answer:
-	// the body passes them by); nil: Transport.
-	StreamTransport http.RoundTripper
-	Logger          *slog.Logger
+	Logger    *slog.Logger
 	// SharedAccounts: every node reads and writes one account store, so
 	// account calls go to a single node and seq needs no merging.
 	SharedAccounts bool
@@ -93,7 +89,6 @@ type Proxy struct {
 	m          *cluster.Membership
 	verifier   Verifier
 	transport  http.RoundTripper
-	streamTr   http.RoundTripper // streamed upload bodies (Options.StreamTransport)
 	log        *slog.Logger
 	stall      time.Duration
 	bodyIdle   time.Duration
@@ -146,11 +141,6 @@ func New(o Options) (*Proxy, error) {
 		byHost[m.Nodes[i].API().Host] = m.Nodes[i].Name
 	}
 	o.Transport = &observedTransport{next: o.Transport, byHost: byHost, obs: o.Observer}
-	if o.StreamTransport == nil {
-		o.StreamTransport = o.Transport
-	} else {
-		o.StreamTransport = &observedTransport{next: o.StreamTransport, byHost: byHost, obs: o.Observer}
-	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 30 * time.Second
 	}
@@ -167,7 +157,6 @@ func New(o Options) (*Proxy, error) {
 		m:          m,
 		verifier:   o.Verifier,
 		transport:  o.Transport,
-		streamTr:   o.StreamTransport,
 		log:        o.Logger,
 		stall:      o.StallTimeout,
 		bodyIdle:   o.BodyIdleTimeout,

@@ -557,11 +557,7 @@ func (p *Proxy) roundTrip(ctx context.Context, i int, r *http.Request, body io.R
 		req.ContentLength = 0
 		req.Header.Del("Content-Length")
 	}
-	tr := p.transport
-	if rp != nil {
-		tr = p.streamTr
-	}
-	resp, err := tr.RoundTrip(req)
+	resp, err := p.transport.RoundTrip(req)
 	if rp != nil {
 		rp.requestEnded()
 	}

@@ -16,10 +16,6 @@ const (
 	// connection: a 4 KiB file's request (or answer) and its headers fit
 	// in one write (or read); bodies larger than it bypass it.
 	nodeBufSize = 8 << 10
-	// streamBufSize is the same for the connections that stream an
-	// upload's body (a request's headers, a short answer; the body passes
-	// the buffer by): net/http's default.
-	streamBufSize = 4 << 10
 	// copyBufSize is what a request body is copied to a node through: a
 	// smaller one costs large uploads a write call per copy (16 KiB took
 	// 25% more of the proxy's CPU per 64 MiB upload).

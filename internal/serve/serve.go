@@ -44,7 +44,6 @@ type Server struct {
 	cfg       *config.Config // as started: addresses, keys, data dir
 	log       *slog.Logger
 	transport *http.Transport
-	streamTr  *http.Transport // streamed upload bodies: small connection buffers
 	verifier  *auth.Verifier
 	gen       atomic.Pointer[generation]
 	runCtx    context.Context // set by Serve: generations' loops run under it
@@ -92,8 +91,6 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("--node-ca: %w", err)
 	}
 	s.transport.TLSClientConfig = nodeTLS
-	s.streamTr = s.transport.Clone()
-	s.streamTr.WriteBufferSize, s.streamTr.ReadBufferSize = streamBufSize, streamBufSize
 
 	if cfg.TLSCert != "" {
 		if s.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey, log); err != nil {
@@ -234,7 +231,6 @@ func (s *Server) newGeneration(cfg *config.Config) (*generation, error) {
 		Members:           m,
 		Verifier:          s.verifier,
 		Transport:         s.transport,
-		StreamTransport:   s.streamTr,
 		Logger:            s.log,
 		StallTimeout:      cfg.NodeTimeout,
 		PostQuorumTimeout: cfg.PostQuorumTimeout,
@@ -540,7 +536,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	_ = as.Shutdown(sctx)
 	wg.Wait()
 	s.transport.CloseIdleConnections()
-	s.streamTr.CloseIdleConnections()
 	return err
 }
 
