@@ -1381,6 +1381,16 @@ func TestReadWaitsForOwnWrite(t *testing.T) {
 	if r := c.upload(p, old, ctype); r.status != 200 {
 		t.Fatalf("first write: %d %q", r.status, r.body)
 	}
+	// Acknowledged at W, its last replica may still be on its way: the
+	// hooks below must see only the second write's requests.
+	testwait.For(t, 5*time.Second, "the first write on every node", func() bool {
+		for _, f := range c.fakes {
+			if _, ok := f.file(p); !ok {
+				return false
+			}
+		}
+		return true
+	})
 	release := make(chan struct{})
 	var truncated sync.WaitGroup
 	truncated.Add(len(c.fakes))
