@@ -93,17 +93,7 @@ func TestMultiHostPartition(t *testing.T) {
 		{At: 3 * time.Second, For: 22 * time.Second, Kind: chaos.PartitionProxy, Proxy: 0, Targets: []int{0, 1}},
 	}
 	multiHostRun(t, 31, period, schedule, func(t *testing.T, rep chaos.Report) {
-		if len(rep.Views) != 2 {
-			t.Fatalf("views of %d proxies, want 2", len(rep.Views))
-		}
-		for _, n := range []string{"node1", "node2"} {
-			if !slices.Contains(rep.Views[0].Down, n) {
-				t.Errorf("proxy1 never saw %s down through its partition (%s)", n, rep.Views[0])
-			}
-			if !slices.Contains(rep.Disagreed, n) {
-				t.Errorf("the proxies never disagreed on %s: proxy2 did not keep it while proxy1 lost it (disagreed on %v)", n, rep.Disagreed)
-			}
-		}
+		checkProxy1Partitioned(t, rep, 2)
 	})
 }
 
@@ -124,4 +114,22 @@ func TestMultiHostLinkLatency(t *testing.T) {
 		link(1, 3, 1200*time.Millisecond),
 	}
 	multiHostRun(t, 32, period, schedule, nil)
+}
+
+// checkProxy1Partitioned checks a run with proxies proxies in which proxy1
+// was cut from node1 and node2: proxy1 saw them down, and the others kept
+// them while it did.
+func checkProxy1Partitioned(t *testing.T, rep chaos.Report, proxies int) {
+	t.Helper()
+	if len(rep.Views) != proxies {
+		t.Fatalf("views of %d proxies, want %d", len(rep.Views), proxies)
+	}
+	for _, n := range []string{"node1", "node2"} {
+		if !slices.Contains(rep.Views[0].Down, n) {
+			t.Errorf("proxy1 never saw %s down through its partition (%s)", n, rep.Views[0])
+		}
+		if !slices.Contains(rep.Disagreed, n) {
+			t.Errorf("the proxies never disagreed on %s: the others did not keep it while proxy1 lost it (disagreed on %v)", n, rep.Disagreed)
+		}
+	}
 }

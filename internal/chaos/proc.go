@@ -114,32 +114,35 @@ func (p *proc) waitReady(ctx context.Context, done chan struct{}) error {
 // kill ends the process with SIGKILL (a crash the schedule asked for) and
 // waits for it.
 func (p *proc) kill() {
+	if done := p.end(syscall.SIGKILL); done != nil {
+		<-done
+	}
+}
+
+// end sends sig to the process as an expected end and returns what closes
+// when it has exited (nil: it isn't running).
+func (p *proc) end(sig syscall.Signal) <-chan struct{} {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	if cmd == nil {
-		p.mu.Unlock()
-		return
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return nil
 	}
 	p.expect = true
-	p.stopped = false
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	p.mu.Unlock()
-	<-done
+	if sig == syscall.SIGKILL {
+		p.stopped = false
+	}
+	_ = p.cmd.Process.Signal(sig)
+	return p.done
 }
 
 // shutdown asks the process to end with sig and waits up to grace for it,
 // then kills it: for a server that must clean up after itself
 // (PostgreSQL's shared memory).
 func (p *proc) shutdown(sig syscall.Signal, grace time.Duration) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	if cmd == nil {
-		p.mu.Unlock()
+	done := p.end(sig)
+	if done == nil {
 		return
 	}
-	p.expect = true
-	_ = cmd.Process.Signal(sig)
-	p.mu.Unlock()
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {

@@ -1,21 +1,18 @@
 package chaos
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cring-dev/cring/internal/pgbin"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -32,11 +29,11 @@ type pgState struct {
 // startState initialises a database cluster in the private dir and runs
 // PostgreSQL on addr (host:port) until the run ends.
 func (c *cluster) startState(ctx context.Context, addr string) error {
-	bin, err := pgBinDir()
+	bin, err := pgbin.Dir()
 	if err != nil {
 		return err
 	}
-	cred, err := pgCredential()
+	cred, err := pgbin.Credential()
 	if err != nil {
 		return err
 	}
@@ -114,16 +111,9 @@ func (c *cluster) startState(ctx context.Context, addr string) error {
 // ping connects to the server (from the clients' host with test hosts)
 // and asks it a question: it answers once it accepts sessions.
 func (s *pgState) ping(ctx context.Context, hosts *hostNet) error {
-	cfg, err := pgx.ParseConfig(s.url)
-	if err != nil {
-		return err
-	}
-	if hosts != nil {
-		cfg.DialFunc = hosts.dial
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := s.connect(ctx, hosts)
 	if err != nil {
 		return err
 	}
@@ -131,20 +121,25 @@ func (s *pgState) ping(ctx context.Context, hosts *hostNet) error {
 	return conn.Ping(ctx)
 }
 
-// dump writes every cring_ table as it is at the end of a kept run
-// (logs/state.<table>.tsv): which hints are still owed, who holds their
-// leases, the proxies' last heartbeats.
-func (s *pgState) dump(ctx context.Context, hosts *hostNet, dir string) error {
+// connect opens a session, from the clients' host with test hosts.
+func (s *pgState) connect(ctx context.Context, hosts *hostNet) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(s.url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if hosts != nil {
 		cfg.DialFunc = hosts.dial
 	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// dump writes every cring_ table as it is at the end of a kept run
+// (logs/state.<table>.tsv): which hints are still owed, who holds their
+// leases, the proxies' last heartbeats.
+func (s *pgState) dump(ctx context.Context, hosts *hostNet, dir string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := s.connect(ctx, hosts)
 	if err != nil {
 		return err
 	}
@@ -201,42 +196,3 @@ func dumpTable(ctx context.Context, conn *pgx.Conn, table, path string) error {
 // stop shuts the server down at once (SIGQUIT: immediate shutdown, which
 // still removes its shared memory).
 func (s *pgState) stop() { s.proc.shutdown(syscall.SIGQUIT, 10*time.Second) }
-
-// pgBinDir finds PostgreSQL's server binaries as internal/pgtest does:
-// Debian's newest /usr/lib/postgresql/N/bin, else initdb on PATH.
-func pgBinDir() (string, error) {
-	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
-	version := func(p string) int {
-		v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(p))))
-		return v
-	}
-	slices.SortFunc(found, func(a, b string) int { return cmp.Compare(version(b), version(a)) })
-	if len(found) > 0 {
-		return filepath.Dir(found[0]), nil
-	}
-	if p, err := exec.LookPath("initdb"); err == nil {
-		return filepath.Dir(p), nil
-	}
-	return "", errors.New("state: PostgreSQL not installed (scripts/install-postgres installs it)")
-}
-
-// pgCredential is who runs PostgreSQL: the postgres user when we are
-// root, else ourselves (nil).
-func pgCredential() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("state: no postgres OS user (scripts/install-postgres makes it): %w", err)
-	}
-	uid, err := strconv.Atoi(u.Uid)
-	if err != nil {
-		return nil, fmt.Errorf("state: postgres uid %q: %w", u.Uid, err)
-	}
-	gid, err := strconv.Atoi(u.Gid)
-	if err != nil {
-		return nil, fmt.Errorf("state: postgres gid %q: %w", u.Gid, err)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}

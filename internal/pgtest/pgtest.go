@@ -9,15 +9,11 @@
 package pgtest
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,11 +23,9 @@ import (
 	"time"
 
 	"github.com/cring-dev/cring/internal/devcluster"
+	"github.com/cring-dev/cring/internal/pgbin"
 	"github.com/jackc/pgx/v5"
 )
-
-// NotInstalled is the failure when PostgreSQL's binaries are missing.
-const NotInstalled = "PostgreSQL not installed: run scripts/install-postgres (scripts/test does)"
 
 type server struct {
 	port     int
@@ -84,45 +78,12 @@ func (s *server) admin(sql string) error {
 	return err
 }
 
-// binDir finds PostgreSQL's server binaries: Debian's newest
-// /usr/lib/postgresql/N/bin, else initdb on PATH.
-func binDir() (string, error) {
-	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	version := func(p string) int {
-		v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(p))))
-		return v
-	}
-	slices.SortFunc(found, func(a, b string) int { return cmp.Compare(version(b), version(a)) })
-	if len(found) > 0 {
-		return filepath.Dir(found[0]), nil
-	}
-	if p, err := exec.LookPath("initdb"); err == nil {
-		return filepath.Dir(p), nil
-	}
-	return "", errors.New(NotInstalled)
-}
-
-// credential is who runs PostgreSQL: the postgres user when we are root,
-// else ourselves (nil).
-func credential() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("%s (no postgres OS user: %v)", NotInstalled, err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
 func startServer() (*server, error) {
-	bin, err := binDir()
+	bin, err := pgbin.Dir()
 	if err != nil {
 		return nil, err
 	}
-	cred, err := credential()
+	cred, err := pgbin.Credential()
 	if err != nil {
 		return nil, err
 	}
