@@ -292,10 +292,10 @@ type replica struct {
 	mu      sync.Mutex
 	offered []byte // the chunk on offer, not taken yet
 	held    bool   // the body took the chunk and is not done with it
+	writing bool   // WriteTo is writing the held chunk (only it can end that)
 	ended   bool   // the node's request is over: no chunk is taken any more
 	endErr  error  // the pump's: no chunk follows (io.EOF: the whole body was offered)
-
-	left []byte // the body's: what Read has not returned yet of its chunk
+	left    []byte // what Read has not returned yet of the held chunk
 
 	dead    bool // the pump's: dropped, failed or ended
 	sentAll bool
@@ -353,13 +353,17 @@ func (rp *replica) complete() {
 }
 
 // requestEnded marks the node's request over (answered or failed): a chunk
-// on offer is answered as not taken, and none is taken any more, though the
-// transport may still be reading.
+// on offer, or one Read returned only part of, is answered as not taken
+// (the transport, its writes failed, may never read again), and none is
+// taken any more. A chunk WriteTo is writing is answered by WriteTo.
 func (rp *replica) requestEnded() {
 	rp.mu.Lock()
 	rp.ended = true
 	refused := rp.offered != nil
 	rp.offered = nil
+	if rp.held && !rp.writing {
+		rp.held, rp.left, refused = false, nil, true
+	}
 	rp.mu.Unlock()
 	if refused {
 		rp.done <- errAnswered
@@ -367,8 +371,9 @@ func (rp *replica) requestEnded() {
 	rp.poke()
 }
 
-// take waits for the chunk on offer, or the reason there is none.
-func (rp *replica) take() ([]byte, error) {
+// take waits for the chunk on offer, or the reason there is none: for
+// WriteTo to write (write), or for Read to return (kept in left).
+func (rp *replica) take(write bool) ([]byte, error) {
 	for {
 		rp.mu.Lock()
 		switch {
@@ -381,7 +386,10 @@ func (rp *replica) take() ([]byte, error) {
 			return nil, err
 		case rp.offered != nil:
 			c := rp.offered
-			rp.offered, rp.held = nil, true
+			rp.offered, rp.held, rp.writing = nil, true, write
+			if !write {
+				rp.left = c
+			}
 			rp.mu.Unlock()
 			return c, nil
 		}
@@ -390,26 +398,38 @@ func (rp *replica) take() ([]byte, error) {
 	}
 }
 
-// release says the body is done with the chunk it took.
+// release says WriteTo is done with the chunk it took.
 func (rp *replica) release(err error) {
 	rp.mu.Lock()
-	rp.held = false
+	rp.held, rp.writing = false, false
 	rp.mu.Unlock()
 	rp.done <- err
 }
 
+// Read copies under the lock, so a request that ends mid-chunk can answer
+// the chunk and no later Read touches the pump's buffer.
 func (rp *replica) Read(p []byte) (int, error) {
-	if len(rp.left) == 0 {
-		c, err := rp.take()
-		if err != nil {
+	rp.mu.Lock()
+	if !rp.held {
+		rp.mu.Unlock()
+		if _, err := rp.take(false); err != nil {
 			return 0, err
 		}
-		rp.left = c
+		rp.mu.Lock()
+	}
+	if !rp.held {
+		rp.mu.Unlock()
+		return 0, errAnswered // the request ended and answered the chunk
 	}
 	n := copy(p, rp.left)
 	rp.left = rp.left[n:]
-	if len(rp.left) == 0 {
-		rp.release(nil)
+	done := len(rp.left) == 0
+	if done {
+		rp.held = false
+	}
+	rp.mu.Unlock()
+	if done {
+		rp.done <- nil
 	}
 	return n, nil
 }
@@ -419,12 +439,14 @@ func (rp *replica) Read(p []byte) (int, error) {
 // chunk goes from the pump's buffer to the socket with no copy.
 func (rp *replica) WriteTo(w io.Writer) (int64, error) {
 	var total int64
+	rp.mu.Lock()
 	c := rp.left // a chunk Read began
-	rp.left = nil
+	rp.left, rp.writing = nil, rp.held
+	rp.mu.Unlock()
 	for {
 		if len(c) == 0 {
 			var err error
-			if c, err = rp.take(); err == io.EOF {
+			if c, err = rp.take(true); err == io.EOF {
 				return total, nil
 			} else if err != nil {
 				return total, err

@@ -88,6 +88,16 @@ func endsEarly(_ *testing.T, rp *replica, _ []byte, _ chan struct{}) ([]byte, er
 	return out.Bytes(), err
 }
 
+// endsMidChunk reads part of a chunk, as net/http does filling its
+// connection's buffer (a TLS connection's body goes through it all the
+// way), then its request ends and the transport never reads again.
+func endsMidChunk(_ *testing.T, rp *replica, _ []byte, _ chan struct{}) ([]byte, error) {
+	buf := make([]byte, 1000)
+	n, err := rp.Read(buf)
+	rp.requestEnded()
+	return buf[:n], err
+}
+
 func TestPumpBroadcast(t *testing.T) {
 	src := make([]byte, 1<<20+123)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -98,11 +108,13 @@ func TestPumpBroadcast(t *testing.T) {
 		name    string
 		bodies  []consumer // nil: a request that never reads its body
 		sentAll []bool
+		stalled []bool // dropped after the stall timeout, not at once
 	}{
-		{"all read", []consumer{reads, writesItself, reads}, []bool{true, true, true}},
-		{"one never reads", []consumer{writesItself, nil, reads}, []bool{true, false, true}},
-		{"one stalls holding a chunk", []consumer{reads, stallsHolding, writesItself}, []bool{true, false, true}},
-		{"one ends early", []consumer{endsEarly, writesItself, reads}, []bool{false, true, true}},
+		{"all read", []consumer{reads, writesItself, reads}, []bool{true, true, true}, []bool{false, false, false}},
+		{"one never reads", []consumer{writesItself, nil, reads}, []bool{true, false, true}, []bool{false, true, false}},
+		{"one stalls holding a chunk", []consumer{reads, stallsHolding, writesItself}, []bool{true, false, true}, []bool{false, true, false}},
+		{"one ends early", []consumer{endsEarly, writesItself, reads}, []bool{false, true, true}, []bool{false, false, false}},
+		{"one ends mid-chunk", []consumer{reads, endsMidChunk, writesItself}, []bool{true, false, true}, []bool{false, false, false}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -139,6 +151,11 @@ func TestPumpBroadcast(t *testing.T) {
 			free()
 			wg.Wait()
 			for k, rp := range reps {
+				// A request that ended answers its chunk: its replica
+				// never costs the others a stall timeout.
+				if stalled := rp.endErr == errStalled; stalled != tt.stalled[k] {
+					t.Errorf("replica %d: dropped as stalled %v, want %v", k, stalled, tt.stalled[k])
+				}
 				if rp.sentAll != tt.sentAll[k] {
 					t.Errorf("replica %d: sentAll %v, want %v", k, rp.sentAll, tt.sentAll[k])
 				}
